@@ -1,0 +1,329 @@
+"""Adapters: the only code that knows a model family.
+
+An adapter turns a fitted estimator into pure functions over one flat parameter
+vector ``theta`` (float64 torch tensor) and writes a parameter vector back into a
+copy of the estimator.  Everything downstream (curvature, values, the patch) sees
+only these functions:
+
+* ``forward(theta, X) -> outputs``  raw model outputs (logits or predictions), (n, K);
+* ``sample_loss(outputs, y) -> (n,)`` the per-sample loss the estimator minimises;
+* ``penalty(theta, n)``             the regulariser ``r`` of DESIGN section 1;
+* ``log_proba(outputs)``            classifiers: log class probabilities as the
+                                    estimator's ``predict_proba`` gives them;
+* ``build(theta)``                  a deep copy of the estimator carrying ``theta``.
+
+The training objective in mean form is ``J = (1/n) sum_i s_i l_i + r``.
+"""
+
+import copy
+import functools
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_sample_weight
+
+SUPPORTED_ESTIMATORS = (
+    "LogisticRegression (penalty 'l2' or None, solver other than 'liblinear')",
+    "LinearRegression",
+    "Ridge",
+    "SGDClassifier(loss='log_loss', penalty 'l2' or None)",
+    "SGDRegressor(loss='squared_error', penalty 'l2' or None)",
+)
+
+
+class UnsupportedEstimatorError(TypeError):
+    """Raised for an estimator (or an estimator setting) PUMA cannot differentiate."""
+
+
+def _unsupported(estimator, why):
+    supported = "\n  - ".join(SUPPORTED_ESTIMATORS)
+    return UnsupportedEstimatorError(
+        f"{type(estimator).__name__} is not supported by PumaPatcher: {why}. "
+        f"Supported estimators:\n  - {supported}"
+    )
+
+
+# --------------------------------------------------------------------------- losses
+# Each loss works on raw outputs (n, K) and encoded targets; they are the exact
+# pointwise losses of scikit-learn's solvers, so that J's minimiser is the fitted model.
+
+
+def _binary_logistic_loss(out, y):
+    # y holds class indices 0/1; one logit for the positive class (classes_[1]).
+    f = out[:, 0]
+    return F.softplus(f) - y.to(f.dtype) * f
+
+
+def _binary_logistic_log_proba(out):
+    f = out[:, 0]
+    return torch.stack([F.logsigmoid(-f), F.logsigmoid(f)], dim=1)
+
+
+def _multinomial_loss(out, y):
+    return torch.logsumexp(out, dim=1) - out.gather(1, y[:, None])[:, 0]
+
+
+def _multinomial_log_proba(out):
+    return torch.log_softmax(out, dim=1)
+
+
+def _ovr_logistic_loss(out, y):
+    # SGDClassifier trains one binary log-loss model per class (one-vs-rest).
+    # A comparison, not F.one_hot: one_hot is data-dependent and breaks vmap.
+    target = (y[:, None] == torch.arange(out.shape[1])).to(out.dtype)
+    return (F.softplus(out) - target * out).sum(dim=1)
+
+
+def _ovr_log_proba(out):
+    # scikit-learn's _predict_proba_lr: per-class sigmoids, normalised to sum to one.
+    log_sig = F.logsigmoid(out)
+    return log_sig - torch.logsumexp(log_sig, dim=1, keepdim=True)
+
+
+def _squared_loss(out, y, scale):
+    return scale * ((y - out) ** 2).sum(dim=1)
+
+
+# ------------------------------------------------------------------------- adapter
+
+
+class LinearAdapter:
+    """A fitted linear model with outputs ``f = X W[:, :d]^T + W[:, d]``.
+
+    ``theta`` is ``W.ravel()`` with ``W`` of shape (n_outputs, n_features + fit_intercept);
+    the intercept column is never penalised.  The per-point Hessian of every loss here is
+    ``J_i^T D_i J_i`` exactly (outputs are linear in theta), which is what makes the
+    leave-one-out correction of the values exact up to one Newton step.
+    """
+
+    linear_in_params = True
+
+    def __init__(
+        self,
+        estimator,
+        *,
+        loss,
+        log_proba=None,
+        penalty_coef=0.0,
+        penalty_scales_with_n=True,
+        classes=None,
+    ):
+        self.estimator = estimator
+        coef = np.asarray(estimator.coef_, dtype=np.float64)
+        self._coef_shape = np.shape(estimator.coef_)
+        self._intercept_shape = np.shape(estimator.intercept_)
+        self.fit_intercept = bool(getattr(estimator, "fit_intercept", True))
+        coef2d = coef.reshape(-1, coef.shape[-1]) if coef.ndim > 1 else coef[None, :]
+        self.n_outputs, self.n_features = coef2d.shape
+        W = coef2d
+        if self.fit_intercept:
+            intercept = np.broadcast_to(
+                np.asarray(estimator.intercept_, dtype=np.float64).ravel(),
+                (self.n_outputs,),
+            )
+            W = np.column_stack([coef2d, intercept])
+        self.theta = torch.as_tensor(W.ravel().copy(), dtype=torch.float64)
+        self.loss = loss
+        self._log_proba = log_proba
+        self.classes = classes
+        self.is_classifier = classes is not None
+        coef_per_output = np.broadcast_to(
+            np.asarray(penalty_coef, dtype=np.float64).ravel(), (self.n_outputs,)
+        )
+        mask = np.zeros((self.n_outputs, self.n_features + self.fit_intercept))
+        mask[:, : self.n_features] = coef_per_output[:, None]
+        self._penalty_weights = torch.as_tensor(mask.ravel(), dtype=torch.float64)
+        self._penalty_scales_with_n = penalty_scales_with_n
+
+    @property
+    def n_params(self):
+        return self.theta.numel()
+
+    # -- pure functions over theta ---------------------------------------------------
+    def forward(self, theta, X):
+        W = theta.reshape(self.n_outputs, -1)
+        out = X @ W[:, : self.n_features].T
+        if self.fit_intercept:
+            out = out + W[:, self.n_features]
+        return out
+
+    def sample_loss(self, out, y):
+        return self.loss(out, y)
+
+    def penalty(self, theta, n):
+        r = (self._penalty_weights * theta**2).sum()
+        return r / n if self._penalty_scales_with_n else r
+
+    def log_proba(self, out):
+        return self._log_proba(out)
+
+    # -- data --------------------------------------------------------------------------
+    def encode_X(self, X):
+        # A copy: torch cannot wrap read-only (memory-mapped) arrays safely.
+        return torch.tensor(np.asarray(X, dtype=np.float64))
+
+    def encode_y(self, y):
+        """Targets as the loss expects them: class indices, or an (n, K) float array."""
+        y = np.asarray(y)
+        if self.is_classifier:
+            y = y.ravel()
+            idx = np.searchsorted(self.classes, y)
+            idx = np.clip(idx, 0, len(self.classes) - 1)
+            unknown = self.classes[idx] != y
+            if np.any(unknown):
+                raise ValueError(
+                    f"y contains labels {np.unique(y[unknown]).tolist()} that the "
+                    f"estimator was not trained on; known classes: "
+                    f"{self.classes.tolist()}."
+                )
+            return torch.as_tensor(idx, dtype=torch.long)
+        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        if y.shape[1] != self.n_outputs:
+            raise ValueError(
+                f"y has {y.shape[1]} target column(s); the estimator predicts "
+                f"{self.n_outputs}."
+            )
+        return torch.as_tensor(y)
+
+    def training_weights(self, y, sample_weight):
+        """Per-sample weights s_i the estimator used: sample_weight times class_weight."""
+        n = len(y)
+        s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
+        class_weight = getattr(self.estimator, "class_weight", None)
+        if class_weight is not None:
+            s = s * compute_sample_weight(class_weight, np.ravel(y))
+        return torch.as_tensor(s, dtype=torch.float64)
+
+    def label_grid(self, out):
+        """Hypothetical labels for label-free values: every class, or a unit residual."""
+        if self.is_classifier:
+            return [torch.full((out.shape[0],), k, dtype=torch.long)
+                    for k in range(len(self.classes))]
+        return [out + F.one_hot(torch.full((out.shape[0],), k), self.n_outputs).to(out)
+                for k in range(self.n_outputs)]
+
+    # -- writing back ----------------------------------------------------------------
+    def build(self, theta):
+        est = copy.deepcopy(self.estimator)
+        W = theta.detach().cpu().numpy().astype(np.float64).reshape(self.n_outputs, -1)
+        dtype = np.asarray(self.estimator.coef_).dtype
+        est.coef_ = W[:, : self.n_features].reshape(self._coef_shape).astype(dtype)
+        if self.fit_intercept:
+            intercept = W[:, self.n_features]
+            if self._intercept_shape == ():
+                est.intercept_ = float(intercept[0])
+            else:
+                est.intercept_ = intercept.reshape(self._intercept_shape).astype(dtype)
+        return est
+
+
+# ---------------------------------------------------------------------- factories
+
+
+def _logistic_regression(est):
+    penalty, l1_ratio = est.penalty, est.l1_ratio
+    # scikit-learn >= 1.8 spells the penalty with l1_ratio; the old `penalty` still works.
+    l1_part = {"l1": 1.0, "l2": 0.0, None: 0.0}.get(penalty, l1_ratio or 0.0)
+    if l1_part != 0:
+        raise _unsupported(est, f"penalty={penalty!r} with l1_ratio={l1_ratio!r} has an "
+                                "L1 part, which is not differentiable; use l1_ratio=0 "
+                                "(L2) or C=np.inf (no penalty)")
+    if est.solver == "liblinear":
+        raise _unsupported(est, "solver='liblinear' penalises the intercept and fits "
+                                "one-vs-rest; use solver='lbfgs'")
+    no_penalty = penalty is None or est.C == np.inf
+    penalty_coef = 0.0 if no_penalty else 1.0 / (2.0 * est.C)
+    classes = est.classes_
+    binary = len(classes) == 2
+    return LinearAdapter(
+        est,
+        loss=_binary_logistic_loss if binary else _multinomial_loss,
+        log_proba=_binary_logistic_log_proba if binary else _multinomial_log_proba,
+        penalty_coef=penalty_coef,
+        classes=classes,
+    )
+
+
+def _check_sgd_penalty(est):
+    if est.penalty not in ("l2", None) and not (
+        est.penalty == "elasticnet" and est.l1_ratio == 0
+    ):
+        raise _unsupported(est, f"penalty={est.penalty!r} is not differentiable; use "
+                                "penalty='l2' or None")
+    return 0.0 if est.penalty is None else est.alpha / 2.0
+
+
+def _sgd_classifier(est):
+    if est.loss != "log_loss":
+        raise _unsupported(est, f"loss={est.loss!r} has no probabilistic model; use "
+                                "loss='log_loss'")
+    classes = est.classes_
+    binary = len(classes) == 2
+    return LinearAdapter(
+        est,
+        loss=_binary_logistic_loss if binary else _ovr_logistic_loss,
+        log_proba=_binary_logistic_log_proba if binary else _ovr_log_proba,
+        penalty_coef=_check_sgd_penalty(est),
+        penalty_scales_with_n=False,
+        classes=classes,
+    )
+
+
+def _sgd_regressor(est):
+    if est.loss != "squared_error":
+        raise _unsupported(est, f"loss={est.loss!r} is not supported; use "
+                                "loss='squared_error'")
+    return LinearAdapter(
+        est,
+        loss=functools.partial(_squared_loss, scale=0.5),
+        penalty_coef=_check_sgd_penalty(est),
+        penalty_scales_with_n=False,
+    )
+
+
+def _ridge(est):
+    if est.positive:
+        raise _unsupported(est, "positive=True adds bound constraints")
+    # sum_i (y_i - f_i)^2 + alpha ||w||^2, i.e. mean form with r = alpha ||w||^2 / n.
+    alpha = np.asarray(est.alpha, dtype=np.float64)
+    if np.any(alpha < 0):
+        raise ValueError(f"Ridge alpha must be non-negative, got {est.alpha!r}.")
+    return LinearAdapter(est, loss=functools.partial(_squared_loss, scale=1.0), penalty_coef=alpha)
+
+
+def _linear_regression(est):
+    if est.positive:
+        raise _unsupported(est, "positive=True adds bound constraints")
+    return LinearAdapter(est, loss=functools.partial(_squared_loss, scale=1.0))
+
+
+def _registry():
+    from sklearn.linear_model import (
+        LinearRegression,
+        LogisticRegression,
+        Ridge,
+        SGDClassifier,
+        SGDRegressor,
+    )
+
+    return [
+        (LogisticRegression, _logistic_regression),
+        (SGDClassifier, _sgd_classifier),
+        (SGDRegressor, _sgd_regressor),
+        (Ridge, _ridge),
+        (LinearRegression, _linear_regression),
+    ]
+
+
+def check_supported(estimator):
+    """Raise UnsupportedEstimatorError unless some adapter handles this estimator type."""
+    if not any(isinstance(estimator, cls) for cls, _ in _registry()):
+        raise _unsupported(estimator, "no adapter exists for this model family")
+
+
+def make_adapter(fitted_estimator):
+    """The adapter for a fitted estimator."""
+    for cls, factory in _registry():
+        if isinstance(fitted_estimator, cls):
+            return factory(fitted_estimator)
+    raise _unsupported(fitted_estimator, "no adapter exists for this model family")

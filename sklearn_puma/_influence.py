@@ -1,0 +1,334 @@
+"""The influence core: data values, compensation weights, the patch and its eta search.
+
+Everything here works on flat parameter vectors and an adapter's pure functions
+(DESIGN sections 2 and 3); the scikit-learn surface lives in ``_patcher.py``.
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from sklearn.base import clone
+from torch.func import jacrev, vmap
+
+from ._autodiff import (
+    chunk_size,
+    gradient,
+    hessian_matrix,
+    map_chunks,
+    output_derivatives,
+    per_sample_grads,
+)
+from ._curvature import make_inverse
+from ._warnings import PartialRemovalWarning, PumaWarning, SolverWarning
+
+
+class Problem:
+    """A fitted model in flat-parameter form, with the data it was trained on."""
+
+    def __init__(self, adapter, X, y, sample_weight, *, hessian="auto", damping="auto",
+                 n_jobs=None):
+        self.adapter = adapter
+        self.theta_hat = adapter.theta
+        self.X, self.y, self.s = X, y, sample_weight
+        self.n = len(X)
+        self.hessian_kind, self.damping, self.n_jobs = hessian, damping, n_jobs
+        # The fitted model is the exact optimum of the tilted objective (see objective()).
+        self.tilt = gradient(adapter, self.theta_hat, X, y, sample_weight, self.n,
+                             n_jobs=n_jobs)
+        self.inverse_hat = self.inverse(self.theta_hat, sample_weight)
+
+    def grad(self, theta, weights):
+        return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
+                        tilt=self.tilt, n_jobs=self.n_jobs)
+
+    def inverse(self, theta, weights):
+        H = hessian_matrix(self.adapter, theta, self.X, self.y, weights, self.n,
+                           n_jobs=self.n_jobs)
+        return make_inverse(self.hessian_kind, H, damping=self.damping)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def first_order_values(problem, inverse, criterion, theta, X, y, weights):
+    """``v_i = (w_i / n) G_C H^{-1} g_i`` for labelled points, shape (len(X), m).
+
+    One inverse solve per criterion row, then one chunked pass over the points.
+    """
+    adapter = problem.adapter
+    S = inverse.solve(jacrev(criterion)(theta).T)  # (p, m)
+
+    def part(sl):
+        return per_sample_grads(adapter, theta, X[sl], y[sl]) @ S
+
+    size = chunk_size(adapter.n_params)
+    G_S = torch.cat(map_chunks(part, len(X), size, problem.n_jobs))
+    return G_S * (weights / problem.n)[:, None]
+
+
+def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
+    """Leave-one-out parameter changes ``dtheta_i``, yielded chunk by chunk as (slice, (b, p)).
+
+    ``dtheta_i`` is the Newton step on the objective without point i, whose Hessian
+    ``H - c_i J_i^T D_i J_i`` is inverted by the push-through (Woodbury) identity:
+    ``dtheta_i = c_i H^{-1} J_i^T (I - c_i D_i J_i H^{-1} J_i^T)^{-1} dl_i/df``, with
+    ``c_i = w_i / n``.  For one output this is the leverage correction ``1 / (1 - h_i)``.
+    Exact for models linear in theta (their per-point Hessian is ``J_i^T D_i J_i``).
+    """
+    adapter = problem.adapter
+    p, K = adapter.n_params, adapter.n_outputs
+
+    def part(sl):
+        J, r, D = output_derivatives(adapter, theta, X[sl], y[sl])
+        b = J.shape[0]
+        HinvJt = inverse.solve(J.reshape(b * K, p).T).T.reshape(b, K, p)
+        M = J @ HinvJt.transpose(1, 2)  # (b, K, K)
+        c = (weights[sl] / problem.n)[:, None, None]
+        eye = torch.eye(K, dtype=J.dtype).expand(b, K, K)
+        A = eye - c * (D @ M)
+        # A point of leverage 1 (A singular) alone determines some direction: without it
+        # the model is not identified there.  The pseudo-inverse leaves that direction
+        # where it is, and the caller is told how many such points there are.
+        z = torch.linalg.pinv(A, rtol=1e-10) @ r[:, :, None]  # (b, K, 1)
+        n_singular = int((torch.linalg.svdvals(A)[:, -1] < 1e-10).sum())
+        return sl, c[:, :, 0] * (HinvJt.transpose(1, 2) @ z)[:, :, 0], n_singular
+
+    parts = map_chunks(part, len(X), size, problem.n_jobs)
+    n_singular = sum(part[2] for part in parts)
+    if n_singular:
+        warnings.warn(
+            f"{n_singular} point(s) have leverage 1: removing one leaves the model "
+            "unidentified along some direction, which their leave-one-out values ignore "
+            "(use value_method='first_order' to see their first-order influence).",
+            PumaWarning,
+            stacklevel=4,
+        )
+    return [(sl, dtheta) for sl, dtheta, _ in parts]
+
+
+def loo_values(problem, inverse, criterion, theta, X, y, weights):
+    """Accurate leave-one-out values ``C(theta + dtheta_i) - C(theta)``, shape (len(X), m).
+
+    The criterion is evaluated at the moved parameters, which adds its curvature to
+    the leverage-corrected parameter change (DESIGN section 2).
+    """
+    C_hat = criterion(theta)
+    n_eval_outputs = criterion.X.shape[0] * problem.adapter.n_outputs
+    size = chunk_size(max(problem.adapter.n_params * problem.adapter.n_outputs,
+                          n_eval_outputs))
+    changes = loo_parameter_changes(problem, inverse, theta, X, y, weights, size)
+    return torch.cat([vmap(criterion)(theta + dtheta) - C_hat for _, dtheta in changes])
+
+
+def loo_log_proba(problem, X, y, weights):
+    """Log class probabilities of each labelled point under the model refit without it."""
+    adapter, theta = problem.adapter, problem.theta_hat
+    size = chunk_size(adapter.n_params * adapter.n_outputs)
+    changes = loo_parameter_changes(problem, problem.inverse_hat, theta, X, y, weights, size)
+
+    def own_output(dtheta, x):
+        return adapter.forward(theta + dtheta, x[None])[0]
+
+    return torch.cat([
+        adapter.log_proba(vmap(own_output)(dtheta, X[sl])) for sl, dtheta in changes
+    ])
+
+
+def compute_values(problem, criterion, X, y, weights, method, theta=None, inverse=None):
+    theta = problem.theta_hat if theta is None else theta
+    inverse = problem.inverse_hat if inverse is None else inverse
+    fn = loo_values if method == "loo" else first_order_values
+    return fn(problem, inverse, criterion, theta, X, y, weights)
+
+
+def label_free_values(problem, criterion, X):
+    """Values of unlabelled points under every hypothetical label (DESIGN: transform).
+
+    Classifiers: one block per class (the point's value if it carried that label);
+    regressors: one block per output (the value of a unit residual).  Each block has
+    one column per criterion row.  Unit sample weight.
+    """
+    adapter, theta = problem.adapter, problem.theta_hat
+    out = adapter.forward(theta, X)
+    ones = torch.ones(len(X), dtype=torch.float64)
+    blocks = [
+        first_order_values(problem, problem.inverse_hat, criterion, theta, X, labels, ones)
+        for labels in adapter.label_grid(out.detach())
+    ]
+    return torch.cat(blocks, dim=1)
+
+
+# -------------------------------------------------------------- compensation weights
+
+
+def compensation_weights(V, change, *, alpha, max_weight, solver="lasso"):
+    """Compensation weights for a predicted criterion change ``change`` (m,).
+
+    ``V`` is (m, u): the first-order values of the up-weightable points; weights ``lam``
+    move the criteria by ``-V lam``, so the final change is ``change - V lam``.  Only a
+    worsening needs cancelling, so the misfit is one-sided:
+
+        argmin_{0 <= lam <= max_weight}  1/(2m) ||max(0, change - V lam)||^2 + alpha_abs sum(lam)
+
+    A row the removal improves may give back part of its improvement but never end up
+    worse; asking it to keep all of it (a two-sided fit to ``max(change, 0)``) forces a
+    compromise that leaves the worsening rows half-cancelled.  ``alpha`` is scale-free:
+    a fraction of ``alpha_max = max(V^T max(change, 0)) / m``, the smallest penalty whose
+    solution is zero.  ``solver`` is "lasso" (the problem above, bounded L-BFGS-B) or a
+    scikit-learn linear regressor exposing ``coef_``, fitted to the two-sided target.
+    """
+    m, u = V.shape
+    target = np.maximum(change, 0.0)
+    scale = np.linalg.norm(target)
+    if u == 0 or scale == 0:
+        return np.zeros(u)
+    # Scaling V and the change by 1/||target|| leaves the minimiser unchanged (alpha_abs
+    # scales along) and keeps the solver's absolute tolerances meaningful.
+    V, change, target = V / scale, change / scale, target / scale
+    alpha_max = float(np.max(V.T @ target)) / m
+    if alpha_max <= 0 or alpha >= 1:
+        return np.zeros(u)
+    alpha_abs = alpha * alpha_max
+    if isinstance(solver, str):
+        return _bounded_lasso(V, change, alpha_abs, max_weight)
+    return _sklearn_solver(solver, V, target, alpha_abs, max_weight)
+
+
+def _bounded_lasso(V, change, alpha_abs, max_weight):
+    m, u = V.shape
+
+    def fun(lam):
+        shortfall = np.maximum(change - V @ lam, 0.0)
+        return (0.5 * shortfall @ shortfall / m + alpha_abs * lam.sum(),
+                -V.T @ shortfall / m + alpha_abs)
+
+    res = minimize(
+        fun, np.zeros(u), jac=True, method="L-BFGS-B",
+        bounds=[(0.0, max_weight)] * u,
+        options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-12},
+    )
+    lam = np.clip(res.x, 0.0, max_weight)
+    if not res.success:
+        _, g = fun(lam)
+        # Projected gradient: zero at a solution of the box-constrained problem.
+        pg = np.where(lam <= 0, np.minimum(g, 0),
+                      np.where(lam >= max_weight, np.maximum(g, 0), g))
+        warnings.warn(
+            f"The compensation solve did not converge ({res.message}); largest "
+            f"projected gradient {float(np.abs(pg).max()):.3g}. The weights may be "
+            "suboptimal.",
+            SolverWarning,
+            stacklevel=4,
+        )
+    return lam
+
+
+def _sklearn_solver(solver, V, target, alpha_abs, max_weight):
+    est = clone(solver)
+    params = est.get_params()
+    # Rows are criteria and columns points: no intercept, non-negative weights, and the
+    # scale-free alpha translated into the solver's own units.
+    overrides = {"alpha": alpha_abs, "fit_intercept": False, "positive": True}
+    est.set_params(**{k: v for k, v in overrides.items() if k in params})
+    est.fit(V, target)
+    coef = np.ravel(est.coef_)
+    clipped = int(np.sum((coef < 0) | (coef > max_weight)))
+    if clipped:
+        warnings.warn(
+            f"{type(est).__name__} gave {clipped} weight(s) outside [0, max_weight="
+            f"{max_weight}]; they were clipped.",
+            SolverWarning,
+            stacklevel=4,
+        )
+    return np.clip(coef, 0.0, max_weight)
+
+
+# ---------------------------------------------------------------------------- patch
+
+
+@dataclass
+class PatchResult:
+    theta: torch.Tensor
+    lam: np.ndarray
+    sample_weight: np.ndarray
+    eta: float
+    before: np.ndarray
+    after: np.ndarray
+    full_step_change: np.ndarray
+
+
+def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, solver,
+          n_steps, delta):
+    """Remove the points in ``remove_mask`` (DESIGN section 3).
+
+    Each step re-linearises at the current parameters: the measured criterion change so
+    far plus the predicted change of a Newton step with the marked points removed is the
+    target the up-weights must cancel (only on rows that worsen); the weights come from
+    the bounded Lasso solve; then one Newton step on the reweighted objective.
+    Finally the step is shortened (eta) until every criterion row, measured, worsens by
+    at most ``delta``.
+    """
+    s = problem.s
+    keep = torch.as_tensor(~remove_mask)
+    up_idx = np.flatnonzero(upweight_mask & ~remove_mask)
+    base_weights = s * keep
+    theta_hat = problem.theta_hat
+    C0 = criterion(theta_hat).detach()
+    theta, inverse = theta_hat, problem.inverse_hat
+    lam_up = np.zeros(len(up_idx))
+
+    for step_index in range(n_steps):
+        # The last of several steps keeps the weights: a pure Newton step on J_w polishes
+        # the patch towards the model retrained with sample_weight_ (which a weight that
+        # still moved would miss).
+        if step_index == 0 or step_index < n_steps - 1:
+            G_C = jacrev(criterion)(theta)
+            drift = criterion(theta).detach() - C0
+            a = drift - G_C @ inverse.solve(problem.grad(theta, base_weights))
+            V = first_order_values(problem, inverse, criterion, theta, problem.X[up_idx],
+                                   problem.y[up_idx], s[up_idx])
+            lam_up = compensation_weights(V.T.numpy(), a.numpy(), alpha=alpha,
+                                          max_weight=max_weight, solver=solver)
+            weights = base_weights.clone()
+            weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam_up))
+        inverse = problem.inverse(theta, weights)
+        theta = theta - inverse.solve(problem.grad(theta, weights))
+
+    step = theta - theta_hat
+    full_change = (criterion(theta).detach() - C0).numpy()
+    eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)
+    theta_mod = theta_hat + eta * step
+    after = criterion(theta_mod).detach()
+    lam = np.zeros(problem.n)
+    lam[up_idx] = lam_up
+    final_weights = (s.numpy() * ~remove_mask) * (1.0 + lam)
+    # A shortened step is (to first order) the optimum of the interpolated weights.
+    sample_weight = s.numpy() + eta * (final_weights - s.numpy())
+    if eta < 1.0:
+        worst = int(np.argmax(full_change))
+        names = criterion.names
+        warnings.warn(
+            f"The full patch would worsen criterion {names[worst]!r} by "
+            f"{full_change[worst]:.4g} > delta={delta:g}; the step was shortened to "
+            f"eta={eta:.3f}, so the marked points are only partly removed. Raise delta, "
+            "lower alpha, raise max_weight or add criterion rows to compensate better.",
+            PartialRemovalWarning,
+            stacklevel=3,
+        )
+    return PatchResult(theta_mod.detach(), lam, sample_weight, eta, C0.numpy(),
+                       after.numpy(), full_change)
+
+
+def _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change, n_bisect=30):
+    """The largest eta in (0, 1] whose measured worsening stays within delta (bisection)."""
+    if np.all(full_change <= delta):
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(n_bisect):
+        mid = (lo + hi) / 2
+        change = (criterion(theta_hat + mid * step).detach() - C0).numpy()
+        lo, hi = (mid, hi) if np.all(change <= delta) else (lo, mid)
+    return lo

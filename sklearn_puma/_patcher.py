@@ -1,0 +1,609 @@
+"""PumaPatcher: the scikit-learn face of PUMA (validation, delegation, set_output)."""
+
+import copy
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, TransformerMixin, _fit_context, clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils import get_tags
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
+
+from ._adapters import check_supported, make_adapter
+from ._criteria import CRITERION_NAMES, BoundCriterion, criterion_names
+from ._influence import (
+    Problem,
+    compute_values,
+    label_free_values,
+    loo_log_proba,
+    patch,
+)
+
+
+def _estimator_has(attr):
+    def check(self):
+        est = getattr(self, "estimator_", None)
+        if est is None:
+            est = self._get_estimator()
+            est = est.estimator if isinstance(est, FrozenEstimator) else est
+        return hasattr(est, attr)
+
+    return check
+
+
+class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
+    """Value training points against a performance criterion and patch them out.
+
+    PUMA (Performance Unchanged Model Augmentation) measures how much each training
+    point helps or hurts any differentiable criterion (``value``), and removes the
+    influence of marked points from the fitted model without retraining, up-weighting
+    the other points so that every criterion worsens by at most ``delta`` (``patch``).
+
+    Parameters
+    ----------
+    estimator : estimator, default=None
+        A differentiable scikit-learn model (LogisticRegression, LinearRegression,
+        Ridge, SGDClassifier(loss="log_loss"), SGDRegressor). ``None`` means
+        ``LogisticRegression()``. Wrap a model fitted elsewhere in
+        :class:`~sklearn.frozen.FrozenEstimator` to patch it without refitting.
+    criterion : str or list of str, default="loss"
+        The performance criteria values and patches are measured against, lower is
+        better: ``"loss"`` (the model's own loss), ``"log_loss"``, ``"squared_error"``,
+        ``"per_class_loss"`` (one row per class), or a list of them (one row each).
+    remove : None, int, float, "auto" or callable, default=None
+        Which points ``fit`` patches out: ``None`` (none), an int count or a float
+        fraction of the lowest-valued points, ``"auto"`` (points whose value is negative
+        and below the lower Tukey fence ``Q1 - 1.5 IQR`` of all values), or a callable
+        ``values -> mask or indices``. A ``remove`` passed to ``fit`` overrides it.
+    delta : float, default=0.05
+        The largest allowed worsening of any criterion row, measured after the patch.
+        The step is shortened (``eta_ < 1``, with a warning) to respect it.
+    alpha : float in [0, 1], default=0.01
+        Sparsity of the compensation weights, as a fraction of the smallest penalty that
+        gives no compensation: ``1`` is plain influence removal, ``0`` least squares.
+    solver : "lasso" or regressor, default="lasso"
+        ``"lasso"`` solves the bounded Lasso problem exactly; any scikit-learn linear
+        regressor with ``coef_`` (Lasso, ElasticNet, LassoLars, ...) is accepted, its
+        ``alpha`` set from ``alpha`` and its weights clipped to ``[0, max_weight]``.
+    max_weight : float, default=1.0
+        Upper bound on each compensation weight ``lambda_j`` (a point's weight becomes at
+        most ``1 + max_weight`` times its own): keeps the linearisation honest.
+    upweight : None, array-like or callable, default=None
+        The points that may be up-weighted: ``None`` for every kept point, a mask or
+        indices, or a callable ``values -> mask or indices``.
+    hessian : {"auto", "exact"}, default="auto"
+        Curvature solver. "exact" builds and eigen-decomposes the Hessian.
+    damping : "auto" or float, default="auto"
+        Added to the Hessian's diagonal. "auto" adds nothing to a positive semi-definite
+        Hessian and shifts an indefinite one (with a warning giving its eigenvalue).
+    n_steps : int, default=3
+        Newton steps of the patch, each re-linearising values and weights; more steps
+        converge to the model retrained on ``sample_weight_``.
+    value_method : {"auto", "loo", "first_order"}, default="auto"
+        "loo": leverage-corrected leave-one-out values with the criterion's curvature;
+        "first_order": the seed's influence values; "auto": "loo" where it is exact
+        (models linear in their parameters), else "first_order".
+    random_state : int, RandomState instance or None, default=None
+        Seeds the estimator when its own ``random_state`` is None (SGD models) and a
+        compensation solver that takes one.
+    n_jobs : int, default=None
+        Jobs for the chunked passes over samples (joblib threads).
+    verbose : int, default=0
+        Print progress when positive.
+
+    Attributes
+    ----------
+    estimator_ : estimator
+        The patched model, of the same class as ``estimator``.
+    values_ : ndarray of shape (n_samples,) or (n_samples, n_rows)
+        Training values: the predicted change of each criterion row if the point were
+        left out. Positive = helpful, negative = harmful.
+    removed_ : ndarray of int
+        Indices of the removed training points.
+    lambda_ : ndarray of shape (n_samples,)
+        Compensation weights (zero outside the up-weight set).
+    sample_weight_ : ndarray of shape (n_samples,)
+        Per-point weights the patched model is optimal for: retraining with them
+        reproduces the patch (0 on removed points when ``eta_ == 1``).
+    eta_ : float
+        Fraction of the patch step taken; below 1 the removal is partial.
+    criterion_before_, criterion_after_ : ndarray of shape (n_rows,)
+        Criteria measured before and after the patch.
+    criterion_names_ : list of str
+        Names of the criterion rows.
+    classes_ : ndarray
+        Class labels (classifiers).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Defined when X has feature names that are all strings.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_puma import PumaPatcher
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> puma = PumaPatcher(remove=0.05).fit(scale(X), y)
+    >>> puma.values_.shape, len(puma.removed_), puma.eta_
+    ((569,), 28, 1.0)
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit"]), None],
+        "criterion": [StrOptions(set(CRITERION_NAMES)), list, tuple],
+        "remove": [
+            None,
+            Interval(Integral, 0, None, closed="left"),
+            Interval(Real, 0, 1, closed="neither"),
+            StrOptions({"auto"}),
+            callable,
+        ],
+        "delta": [Interval(Real, 0, None, closed="left")],
+        "alpha": [Interval(Real, 0, 1, closed="both")],
+        "solver": [StrOptions({"lasso"}), HasMethods(["fit"])],
+        "max_weight": [Interval(Real, 0, None, closed="neither")],
+        "upweight": [None, "array-like", callable],
+        "hessian": [StrOptions({"auto", "exact"})],
+        "damping": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
+        "n_steps": [Interval(Integral, 1, None, closed="left")],
+        "value_method": [StrOptions({"auto", "loo", "first_order"})],
+        "random_state": ["random_state"],
+        "n_jobs": [Integral, None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        estimator=None,
+        *,
+        criterion="loss",
+        remove=None,
+        delta=0.05,
+        alpha=0.01,
+        solver="lasso",
+        max_weight=1.0,
+        upweight=None,
+        hessian="auto",
+        damping="auto",
+        n_steps=3,
+        value_method="auto",
+        random_state=None,
+        n_jobs=None,
+        verbose=0,
+    ):
+        self.estimator = estimator
+        self.criterion = criterion
+        self.remove = remove
+        self.delta = delta
+        self.alpha = alpha
+        self.solver = solver
+        self.max_weight = max_weight
+        self.upweight = upweight
+        self.hessian = hessian
+        self.damping = damping
+        self.n_steps = n_steps
+        self.value_method = value_method
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def _get_estimator(self):
+        return LogisticRegression() if self.estimator is None else self.estimator
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        inner = get_tags(self._get_estimator())
+        tags.estimator_type = inner.estimator_type
+        tags.classifier_tags = inner.classifier_tags
+        tags.regressor_tags = inner.regressor_tags
+        tags.target_tags = inner.target_tags
+        tags.input_tags.sparse = False
+        tags.input_tags.allow_nan = False
+        return tags
+
+    # ------------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y, *, remove=None, eval_set=None, sample_weight=None):
+        """Fit the estimator (unless frozen), value every training point, and patch.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        remove : array-like of bool (mask) or int (indices), default=None
+            Points to patch out; overrides the ``remove`` policy. A boolean mask is
+            sample-aligned, so cross-validation splits it like ``sample_weight``.
+        eval_set : tuple (X_eval, y_eval), default=None
+            Data the criteria are measured on; by default the training data (for a patch:
+            the kept training points). Not transformed by earlier Pipeline steps.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : PumaPatcher
+        """
+        criterion_names(self.criterion)
+        X_checked, y_checked = validate_data(
+            self, X, y, multi_output=True, dtype=np.float64, y_numeric=False
+        )
+        n = X_checked.shape[0]
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X_checked, dtype=np.float64)
+        removal_spec = self._check_fit_removal(remove, n)
+        fitted = self._fit_estimator(X, y, sample_weight)
+        adapter = make_adapter(fitted)
+        self._base_sample_weight = (
+            np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
+        )
+        self._problem = Problem(
+            adapter,
+            adapter.encode_X(X_checked),
+            adapter.encode_y(y_checked),
+            adapter.training_weights(y_checked, sample_weight),
+            hessian=self.hessian,
+            damping=self.damping,
+            n_jobs=self.n_jobs,
+        )
+        self._eval = None if eval_set is None else self._check_eval_set(eval_set)
+        self._base_estimator = fitted
+        if adapter.is_classifier:
+            self.classes_ = adapter.classes
+        self._log(f"fitted {type(fitted).__name__}; {adapter.n_params} parameters")
+
+        problem = self._problem
+        criterion = self._bind_criterion(keep=np.ones(n, dtype=bool))
+        self.criterion_names_ = criterion.names
+        self.values_ = self._shape_values(
+            compute_values(problem, criterion, problem.X, problem.y, problem.s,
+                           self._value_method(adapter))
+        )
+        self._log(f"valued {n} training points on {len(criterion.names)} criterion row(s)")
+
+        mask = self._removal_mask(self.remove if removal_spec is None else removal_spec)
+        if mask.any():
+            self._patch(mask, self.upweight)
+        else:
+            self._no_patch(criterion)
+        return self
+
+    def _fit_estimator(self, X, y, sample_weight):
+        est = self._get_estimator()
+        if isinstance(est, FrozenEstimator):
+            fitted = copy.deepcopy(est.estimator)
+            check_supported(fitted)
+            check_is_fitted(fitted)
+            n_in = getattr(fitted, "n_features_in_", self.n_features_in_)
+            if n_in != self.n_features_in_:
+                raise ValueError(
+                    f"X has {self.n_features_in_} features, but the frozen "
+                    f"{type(fitted).__name__} was trained on {n_in}: pass the data it "
+                    "was trained on."
+                )
+            return fitted
+        check_supported(est)
+        est = clone(est)
+        if self.random_state is not None and est.get_params().get("random_state", 0) is None:
+            # An unseeded stochastic estimator (SGD*) takes our seed, so that a seeded
+            # PumaPatcher is reproducible end to end.
+            est.set_params(random_state=self.random_state)
+        fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return est.fit(X, y, **fit_params)
+
+    def _check_eval_set(self, eval_set):
+        if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
+            raise ValueError(
+                "eval_set must be a tuple (X_eval, y_eval); got "
+                f"{type(eval_set).__name__}."
+            )
+        X_eval, y_eval = eval_set
+        X_eval = validate_data(self, X_eval, reset=False, dtype=np.float64)
+        y_eval = np.asarray(y_eval)
+        if len(y_eval) != len(X_eval):
+            raise ValueError(
+                f"eval_set has {len(X_eval)} rows in X_eval but {len(y_eval)} in y_eval."
+            )
+        if y_eval.dtype.kind in "fc" and not np.all(np.isfinite(y_eval)):
+            raise ValueError("eval_set's y_eval contains NaN or infinity.")
+        adapter = self._problem.adapter
+        return adapter.encode_X(X_eval), adapter.encode_y(y_eval)
+
+    def _bind_criterion(self, keep):
+        problem = self._problem
+        if self._eval is not None:
+            X, y = self._eval
+            return BoundCriterion(self.criterion, problem.adapter, X, y,
+                                  torch.ones(len(X), dtype=torch.float64))
+        weights = problem.s * torch.as_tensor(keep)
+        return BoundCriterion(self.criterion, problem.adapter, problem.X, problem.y, weights)
+
+    def _value_method(self, adapter):
+        if self.value_method == "auto":
+            return "loo" if adapter.linear_in_params else "first_order"
+        if self.value_method == "loo" and not adapter.linear_in_params:
+            raise ValueError(
+                "value_method='loo' needs a model linear in its parameters; use "
+                "'first_order' or 'auto'."
+            )
+        return self.value_method
+
+    def _shape_values(self, values):
+        values = values.detach().numpy()
+        return values[:, 0] if values.shape[1] == 1 else values
+
+    # -------------------------------------------------------------------- removal
+    def _check_fit_removal(self, remove, n):
+        if remove is None:
+            return None
+        return self._as_mask(remove, n, "remove")
+
+    def _as_mask(self, spec, n, what):
+        """A boolean mask from a mask or an index array, with clear errors."""
+        arr = np.asarray(spec)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise ValueError(
+                    f"{what} as a boolean mask must have one entry per training sample "
+                    f"({n}); got shape {arr.shape}."
+                )
+            return arr
+        arr = arr.ravel()
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+                arr = arr.astype(np.int64)
+            else:
+                raise ValueError(
+                    f"{what} must be a boolean mask or integer indices; got dtype "
+                    f"{arr.dtype}."
+                )
+        bad = arr[(arr < -n) | (arr >= n)]
+        if bad.size:
+            raise IndexError(
+                f"{what} has indices out of range for {n} training samples: "
+                f"{bad[:5].tolist()}."
+            )
+        mask = np.zeros(n, dtype=bool)
+        mask[arr.astype(np.int64)] = True
+        return mask
+
+    def _removal_mask(self, spec):
+        n = self._problem.n
+        if spec is None:
+            return np.zeros(n, dtype=bool)
+        if isinstance(spec, np.ndarray) and spec.dtype == bool:
+            return spec
+        total = self.values_ if self.values_.ndim == 1 else self.values_.sum(axis=1)
+        if isinstance(spec, str):  # "auto"
+            q1, q3 = np.percentile(total, [25, 75])
+            return (total < 0) & (total < q1 - 1.5 * (q3 - q1))
+        if callable(spec):
+            return self._as_mask(spec(self.values_), n, "the remove callable's result")
+        if isinstance(spec, Integral):
+            count = min(int(spec), n)
+        else:
+            count = int(round(float(spec) * n))
+        mask = np.zeros(n, dtype=bool)
+        mask[np.argsort(total, kind="stable")[:count]] = True
+        return mask
+
+    def _check_classes_survive(self, mask):
+        adapter = self._problem.adapter
+        if not adapter.is_classifier:
+            return
+        kept = self._problem.y[torch.as_tensor(~mask)] if (~mask).any() else []
+        kept_weight = self._problem.s[torch.as_tensor(~mask)]
+        present = set(np.asarray(kept)[kept_weight.numpy() > 0].tolist())
+        emptied = [adapter.classes[k] for k in range(len(adapter.classes)) if k not in present]
+        if emptied:
+            raise ValueError(
+                f"Removing these {int(mask.sum())} points leaves no training point of "
+                f"class(es) {list(emptied)}; a model cannot keep a class it has no data "
+                "for. Remove fewer points of that class."
+            )
+
+    # ---------------------------------------------------------------------- patch
+    def patch(self, remove, *, upweight=None):
+        """Patch the fitted model so that the points in ``remove`` lose their influence.
+
+        Always starts from the model as fitted, so ``remove`` is the whole set to remove.
+
+        Parameters
+        ----------
+        remove : array-like of bool or int
+            Mask or indices of training points to remove.
+        upweight : None, array-like or callable, default=None
+            Overrides the ``upweight`` parameter for this patch.
+
+        Returns
+        -------
+        self : PumaPatcher
+        """
+        check_is_fitted(self)
+        mask = self._as_mask(remove, self._problem.n, "remove")
+        self._patch(mask, self.upweight if upweight is None else upweight)
+        return self
+
+    def _patch(self, mask, upweight):
+        self._check_classes_survive(mask)
+        problem = self._problem
+        up_mask = ~mask
+        if upweight is not None:
+            spec = upweight(self.values_) if callable(upweight) else upweight
+            up_mask = self._as_mask(spec, problem.n, "upweight") & ~mask
+        criterion = self._bind_criterion(keep=~mask)
+        result = patch(
+            problem, criterion, mask, up_mask,
+            alpha=self.alpha, max_weight=self.max_weight, solver=self._solver(),
+            n_steps=self.n_steps, delta=self.delta,
+        )
+        self.estimator_ = problem.adapter.build(result.theta)
+        self.removed_ = np.flatnonzero(mask)
+        self.lambda_ = result.lam
+        self.sample_weight_ = self._user_weights(result.sample_weight)
+        self.eta_ = float(result.eta)
+        self.criterion_before_ = result.before
+        self.criterion_after_ = result.after
+        self._log(
+            f"removed {mask.sum()} points, up-weighted {(result.lam > 0).sum()}, "
+            f"eta={self.eta_:.3f}; criteria {result.before} -> {result.after}"
+        )
+
+    def _no_patch(self, criterion):
+        problem = self._problem
+        self.estimator_ = self._base_estimator
+        self.removed_ = np.array([], dtype=np.int64)
+        self.lambda_ = np.zeros(problem.n)
+        self.sample_weight_ = self._base_sample_weight.copy()
+        self.eta_ = 1.0
+        self.criterion_before_ = criterion(problem.theta_hat).detach().numpy()
+        self.criterion_after_ = self.criterion_before_.copy()
+
+    def _user_weights(self, training_weights):
+        # Training weights include class_weight, which the estimator re-applies itself.
+        s = self._problem.s.numpy()
+        ratio = np.divide(training_weights, s, out=np.zeros_like(s), where=s > 0)
+        return self._base_sample_weight * ratio
+
+    def _solver(self):
+        if isinstance(self.solver, str):
+            return self.solver
+        solver = clone(self.solver)
+        if "random_state" in solver.get_params():
+            solver.set_params(random_state=self.random_state)
+        return solver
+
+    def _log(self, message):
+        if self.verbose:
+            print(f"[PumaPatcher] {message}")
+
+    # --------------------------------------------------------------------- values
+    def value(self, X=None, y=None, *, method=None):
+        """Values of labelled points: the predicted change of each criterion row if the
+        point were removed from training. Positive = helpful, negative = harmful.
+
+        Parameters
+        ----------
+        X, y : array-like, default=None
+            Points to value; by default the training set (then ``values_`` is returned).
+        method : {"loo", "first_order"}, default=None
+            Defaults to the fitted ``value_method``.
+
+        Returns
+        -------
+        values : ndarray of shape (n,) for one criterion row, (n, n_rows) for several
+        """
+        check_is_fitted(self)
+        problem = self._problem
+        default = self._value_method(problem.adapter)
+        method = default if method is None else method
+        if method not in ("loo", "first_order"):
+            raise ValueError(f"method must be 'loo' or 'first_order'; got {method!r}.")
+        if X is None and y is None and method == default:
+            return self.values_
+        if X is None:
+            Xt, yt, w = problem.X, problem.y, problem.s
+        else:
+            if y is None:
+                raise ValueError("value(X, y) needs the labels y of the points in X.")
+            Xt, yt = self._encode_labelled(X, y)
+            w = torch.ones(len(Xt), dtype=torch.float64)
+        criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
+        return self._shape_values(compute_values(problem, criterion, Xt, yt, w, method))
+
+    def _encode_labelled(self, X, y):
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        y = np.asarray(y)
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)}.")
+        adapter = self._problem.adapter
+        return adapter.encode_X(X), adapter.encode_y(y)
+
+    @available_if(_estimator_has("predict_proba"))
+    def loo_predict_proba(self, X=None, y=None):
+        """Leave-one-out class probabilities of labelled training points, without refits.
+
+        Each row is the model's probability for the point as if it had been trained
+        without that point (one leverage-corrected Newton step), what
+        ``cross_val_predict(..., method="predict_proba")`` approximates with K refits.
+
+        Parameters
+        ----------
+        X, y : array-like, default=None
+            Labelled points to treat as training points; by default the training set.
+
+        Returns
+        -------
+        proba : ndarray of shape (n, n_classes)
+        """
+        check_is_fitted(self)
+        problem = self._problem
+        if X is None:
+            Xt, yt, w = problem.X, problem.y, problem.s
+        else:
+            Xt, yt = self._encode_labelled(X, y)
+            w = torch.ones(len(Xt), dtype=torch.float64)
+        return loo_log_proba(problem, Xt, yt, w).exp().detach().numpy()
+
+    def transform(self, X):
+        """Label-free values: for a classifier, the value of each point under each
+        possible label (n, n_classes * n_rows); for a regressor, the value of a unit
+        residual on each output (n, n_outputs * n_rows). First-order, unit weight.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        problem = self._problem
+        criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
+        return label_free_values(problem, criterion, problem.adapter.encode_X(X)).numpy()
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the transform's columns: ``value_<label>[_<criterion row>]``."""
+        check_is_fitted(self)
+        adapter = self._problem.adapter
+        labels = adapter.classes if adapter.is_classifier else range(adapter.n_outputs)
+        rows = self.criterion_names_
+        suffix = [""] if len(rows) == 1 else [f"_{r}" for r in rows]
+        return np.asarray([f"value_{label}{s}" for label in labels for s in suffix],
+                          dtype=object)
+
+    # ----------------------------------------------------------------- delegation
+    @available_if(_estimator_has("predict"))
+    def predict(self, X):
+        """Predict with the patched estimator."""
+        check_is_fitted(self)
+        validate_data(self, X, reset=False)
+        return self.estimator_.predict(X)
+
+    @available_if(_estimator_has("predict_proba"))
+    def predict_proba(self, X):
+        """Class probabilities of the patched estimator."""
+        check_is_fitted(self)
+        validate_data(self, X, reset=False)
+        return self.estimator_.predict_proba(X)
+
+    @available_if(_estimator_has("predict_log_proba"))
+    def predict_log_proba(self, X):
+        """Log class probabilities of the patched estimator."""
+        check_is_fitted(self)
+        validate_data(self, X, reset=False)
+        return self.estimator_.predict_log_proba(X)
+
+    @available_if(_estimator_has("decision_function"))
+    def decision_function(self, X):
+        """Decision function of the patched estimator."""
+        check_is_fitted(self)
+        validate_data(self, X, reset=False)
+        return self.estimator_.decision_function(X)
+
+    @available_if(_estimator_has("score"))
+    def score(self, X, y, sample_weight=None):
+        """The patched estimator's own score (accuracy or R^2)."""
+        check_is_fitted(self)
+        validate_data(self, X, reset=False)
+        return self.estimator_.score(X, y, sample_weight=sample_weight)
