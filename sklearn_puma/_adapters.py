@@ -20,7 +20,7 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.class_weight import compute_class_weight
 
 SUPPORTED_ESTIMATORS = (
     "LogisticRegression (penalty 'l2' or None, solver other than 'liblinear')",
@@ -48,10 +48,16 @@ def _unsupported(estimator, why):
 # pointwise losses of scikit-learn's solvers, so that J's minimiser is the fitted model.
 
 
+def _log1p_exp(x):
+    # log(1 + e^x) without softplus's linear cut-off at x > 20 (a 2e-9 error there).
+    return torch.logaddexp(torch.zeros_like(x), x)
+
+
 def _binary_logistic_loss(out, y):
     # y holds class indices 0/1; one logit for the positive class (classes_[1]).
+    # log(1 + e^{-f}) for y = 1 and log(1 + e^{f}) for y = 0: no cancellation.
     f = out[:, 0]
-    return F.softplus(f) - y.to(f.dtype) * f
+    return _log1p_exp((1 - 2 * y).to(f.dtype) * f)
 
 
 def _binary_logistic_log_proba(out):
@@ -70,8 +76,8 @@ def _multinomial_log_proba(out):
 def _ovr_logistic_loss(out, y):
     # SGDClassifier trains one binary log-loss model per class (one-vs-rest).
     # A comparison, not F.one_hot: one_hot is data-dependent and breaks vmap.
-    target = (y[:, None] == torch.arange(out.shape[1])).to(out.dtype)
-    return (F.softplus(out) - target * out).sum(dim=1)
+    sign = 1 - 2 * (y[:, None] == torch.arange(out.shape[1])).to(out.dtype)
+    return _log1p_exp(sign * out).sum(dim=1)
 
 
 def _ovr_log_proba(out):
@@ -107,6 +113,7 @@ class LinearAdapter:
         penalty_coef=0.0,
         penalty_scales_with_n=True,
         classes=None,
+        balance_by_weight=False,
     ):
         self.estimator = estimator
         coef = np.asarray(estimator.coef_, dtype=np.float64)
@@ -127,6 +134,7 @@ class LinearAdapter:
         self._log_proba = log_proba
         self.classes = classes
         self.is_classifier = classes is not None
+        self._balance_by_weight = balance_by_weight
         coef_per_output = np.broadcast_to(
             np.asarray(penalty_coef, dtype=np.float64).ravel(), (self.n_outputs,)
         )
@@ -191,7 +199,11 @@ class LinearAdapter:
         s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
         class_weight = getattr(self.estimator, "class_weight", None)
         if class_weight is not None:
-            s = s * compute_sample_weight(class_weight, np.ravel(y))
+            # LogisticRegression balances classes by weighted counts, SGD by raw counts.
+            counts_weight = sample_weight if self._balance_by_weight else None
+            per_class = compute_class_weight(class_weight, classes=self.classes,
+                                             y=np.ravel(y), sample_weight=counts_weight)
+            s = s * per_class[np.searchsorted(self.classes, np.ravel(y))]
         return torch.as_tensor(s, dtype=torch.float64)
 
     def label_grid(self, out):
@@ -241,6 +253,7 @@ def _logistic_regression(est):
         log_proba=_binary_logistic_log_proba if binary else _multinomial_log_proba,
         penalty_coef=penalty_coef,
         classes=classes,
+        balance_by_weight=True,
     )
 
 

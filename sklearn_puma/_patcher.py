@@ -146,7 +146,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             StrOptions({"auto"}),
             callable,
         ],
-        "delta": [Interval(Real, 0, None, closed="left")],
+        "delta": [Interval(Real, 0, None, closed="both")],
         "alpha": [Interval(Real, 0, 1, closed="both")],
         "solver": [StrOptions({"lasso"}), HasMethods(["fit"])],
         "max_weight": [Interval(Real, 0, None, closed="neither")],

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.preprocessing import StandardScaler
+
+
+def _scaled(loader):
+    X, y = loader(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.fixture(scope="session")
+def breast_cancer():
+    return _scaled(load_breast_cancer)
+
+
+@pytest.fixture(scope="session")
+def wine():
+    return _scaled(load_wine)
+
+
+@pytest.fixture(scope="session")
+def diabetes():
+    X, y = _scaled(load_diabetes)
+    return X, (y - y.mean()) / y.std()
+
+
+def cluster_mask(X, fraction, seed):
+    """The ``fraction`` of rows nearest to a random row: a compact cluster to remove."""
+    rng = np.random.default_rng(seed)
+    centre = X[rng.integers(len(X))]
+    order = np.argsort(np.linalg.norm(X - centre, axis=1))
+    mask = np.zeros(len(X), dtype=bool)
+    mask[order[: int(round(fraction * len(X)))]] = True
+    return mask

@@ -1,0 +1,182 @@
+"""Adapters against independent ground truths.
+
+* per-sample losses against the estimator's own predict_proba / predict;
+* the mean-form objective against the estimator's optimality (its gradient vanishes at
+  the fitted parameters of a converged solver);
+* gradients and the Hessian against central finite differences;
+* writing parameters back against the estimator's own predictions.
+"""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import (
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    SGDClassifier,
+    SGDRegressor,
+)
+from sklearn.tree import DecisionTreeClassifier
+
+from sklearn_puma import UnsupportedEstimatorError
+from sklearn_puma._adapters import make_adapter
+from sklearn_puma._autodiff import gradient, hessian_matrix, objective
+
+TIGHT_LR = dict(tol=1e-12, max_iter=10_000)
+
+
+def _classification(wine, breast_cancer, kind):
+    if kind == "binary":
+        X, y = breast_cancer
+        return X[:150, :6], y[:150]
+    X, y = wine
+    return X[:, :5], y
+
+
+def _regression(diabetes, outputs):
+    X, y = diabetes
+    X, y = X[:200], y[:200]
+    if outputs == 2:
+        y = np.column_stack([y, X[:, 0] - 0.5 * y])
+    return X, y
+
+
+CASES = {
+    "lr-binary": (lambda d: _classification(*d[:2], "binary"),
+                  lambda: LogisticRegression(C=0.7, **TIGHT_LR), True),
+    "lr-binary-no-intercept": (lambda d: _classification(*d[:2], "binary"),
+                               lambda: LogisticRegression(fit_intercept=False, **TIGHT_LR),
+                               True),
+    "lr-binary-class-weight": (lambda d: _classification(*d[:2], "binary"),
+                               lambda: LogisticRegression(class_weight="balanced",
+                                                          **TIGHT_LR), True),
+    "lr-multinomial": (lambda d: _classification(*d[:2], "multi"),
+                       lambda: LogisticRegression(C=0.3, **TIGHT_LR), True),
+    "lr-multinomial-unpenalised": (lambda d: _classification(*d[:2], "multi"),
+                                   lambda: LogisticRegression(C=np.inf, **TIGHT_LR), False),
+    "ridge": (lambda d: _regression(d[2], 1), lambda: Ridge(alpha=3.0), True),
+    "ridge-2-outputs": (lambda d: _regression(d[2], 2), lambda: Ridge(alpha=3.0), True),
+    "ridge-no-intercept": (lambda d: _regression(d[2], 1),
+                           lambda: Ridge(alpha=1.0, fit_intercept=False), True),
+    "linear-regression": (lambda d: _regression(d[2], 1), LinearRegression, True),
+    "sgd-classifier-binary": (lambda d: _classification(*d[:2], "binary"),
+                              lambda: SGDClassifier(loss="log_loss", random_state=0), False),
+    "sgd-classifier-ovr": (lambda d: _classification(*d[:2], "multi"),
+                           lambda: SGDClassifier(loss="log_loss", random_state=0), False),
+    "sgd-regressor": (lambda d: _regression(d[2], 1),
+                      lambda: SGDRegressor(random_state=0), False),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, wine, breast_cancer, diabetes):
+    data, make, converges = CASES[request.param]
+    X, y = data((wine, breast_cancer, diabetes))
+    rng = np.random.default_rng(0)
+    sample_weight = rng.uniform(0.5, 2.0, len(X))
+    est = make().fit(X, y, sample_weight=sample_weight)
+    adapter = make_adapter(est)
+    Xt, yt = adapter.encode_X(X), adapter.encode_y(y)
+    s = adapter.training_weights(y, sample_weight)
+    return request.param, est, adapter, X, y, Xt, yt, s, converges
+
+
+def test_sample_loss_matches_estimator(case):
+    name, est, adapter, X, y, Xt, yt, s, _ = case
+    out = adapter.forward(adapter.theta, Xt)
+    loss = adapter.sample_loss(out, yt).numpy()
+    if adapter.is_classifier:
+        # The trained loss in numpy, from the estimator's own decision function.
+        d = est.decision_function(X)
+        idx = np.searchsorted(est.classes_, y)
+        if d.ndim == 1:  # binary: one logit for classes_[1]
+            expected = np.logaddexp(0, -np.where(idx == 1, 1.0, -1.0) * d)
+        elif isinstance(est, SGDClassifier):  # one-vs-rest: sum of binary log-losses
+            sign = np.where(np.arange(d.shape[1]) == idx[:, None], 1.0, -1.0)
+            expected = np.logaddexp(0, -sign * d).sum(axis=1)
+        else:  # multinomial
+            expected = np.logaddexp.reduce(d, axis=1) - d[np.arange(len(y)), idx]
+        np.testing.assert_allclose(loss, expected, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(adapter.log_proba(out).exp().numpy(),
+                                   est.predict_proba(X), rtol=1e-7, atol=1e-8)
+    else:
+        pred = est.predict(X).reshape(len(X), -1)
+        scale = 0.5 if isinstance(est, SGDRegressor) else 1.0
+        expected = scale * ((y.reshape(len(X), -1) - pred) ** 2).sum(axis=1)
+        np.testing.assert_allclose(loss, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_objective_is_stationary_at_fit(case):
+    """Penalty scaling and weights are right iff the converged fit is a stationary point."""
+    name, est, adapter, X, y, Xt, yt, s, converges = case
+    if not converges:
+        pytest.skip("stochastic or unpenalised solver: no tight optimum to test against")
+    g = gradient(adapter, adapter.theta, Xt, yt, s, len(X))
+    # Scale: the gradient of the data term alone (far from zero at the optimum).
+    J_data = objective(adapter, Xt, yt, s, len(X))
+    g_data = torch.func.grad(lambda t: J_data(t) - adapter.penalty(t, len(X)))(adapter.theta)
+    assert g.norm() <= 1e-5 * max(g_data.norm(), 1e-3), (float(g.norm()), float(g_data.norm()))
+
+
+def test_gradient_and_hessian_match_finite_differences(case):
+    name, est, adapter, X, y, Xt, yt, s, _ = case
+    n = len(X)
+    J = objective(adapter, Xt, yt, s, n)
+    rng = np.random.default_rng(1)
+    theta = adapter.theta + 0.1 * torch.as_tensor(rng.standard_normal(adapter.n_params))
+    g = gradient(adapter, theta, Xt, yt, s, n)
+    H = hessian_matrix(adapter, theta, Xt, yt, s, n)
+    eps = 1e-5
+    eye = torch.eye(adapter.n_params, dtype=torch.float64)
+    g_fd = torch.stack([(J(theta + eps * e) - J(theta - eps * e)) / (2 * eps) for e in eye])
+    H_fd = torch.stack([
+        (gradient(adapter, theta + eps * e, Xt, yt, s, n)
+         - gradient(adapter, theta - eps * e, Xt, yt, s, n)) / (2 * eps)
+        for e in eye
+    ])
+    assert (g - g_fd).norm() <= 1e-5 * g.norm()
+    assert (H - H_fd).norm() <= 1e-5 * H.norm()
+    # Hessian-vector products against finite differences of the gradient along v.
+    v = torch.as_tensor(rng.standard_normal(adapter.n_params))
+    hv_fd = (gradient(adapter, theta + eps * v, Xt, yt, s, n)
+             - gradient(adapter, theta - eps * v, Xt, yt, s, n)) / (2 * eps)
+    assert (H @ v - hv_fd).norm() <= 1e-5 * hv_fd.norm()
+
+
+def test_build_writes_parameters_back(case):
+    name, est, adapter, X, y, Xt, yt, s, _ = case
+    rng = np.random.default_rng(2)
+    theta = adapter.theta + torch.as_tensor(rng.standard_normal(adapter.n_params))
+    patched = adapter.build(theta)
+    assert type(patched) is type(est)
+    assert patched is not est
+    np.testing.assert_allclose(make_adapter(patched).theta.numpy(), theta.numpy())
+    out = adapter.forward(theta, Xt).numpy()
+    if adapter.is_classifier:
+        np.testing.assert_allclose(patched.predict_proba(X),
+                                   adapter.log_proba(torch.as_tensor(out)).exp().numpy(),
+                                   rtol=1e-10, atol=1e-12)
+    else:
+        np.testing.assert_allclose(patched.predict(X).reshape(len(X), -1), out, rtol=1e-10)
+    # The original estimator is untouched.
+    np.testing.assert_allclose(make_adapter(est).theta.numpy(), adapter.theta.numpy())
+
+
+@pytest.mark.parametrize(
+    "est, match",
+    [
+        (DecisionTreeClassifier(), "DecisionTreeClassifier is not supported"),
+        (LogisticRegression(l1_ratio=1.0, solver="saga"), "L1 part"),
+        (LogisticRegression(solver="liblinear"), "liblinear"),
+        (SGDClassifier(loss="hinge"), "log_loss"),
+        (SGDRegressor(loss="huber"), "squared_error"),
+        (Ridge(positive=True), "bound constraints"),
+    ],
+)
+def test_unsupported_estimators_are_named(est, match, breast_cancer):
+    X, y = breast_cancer
+    est.fit(X[:100], y[:100])
+    with pytest.raises(UnsupportedEstimatorError, match=match) as info:
+        make_adapter(est)
+    assert "LogisticRegression" in str(info.value)  # the supported list is shown

@@ -1,0 +1,154 @@
+"""The patch against its ground truths (DESIGN section 6).
+
+* the patched parameters against the estimator retrained with ``sample_weight_``;
+* "performance unchanged": the criteria measured before and after;
+* the compensation solve against an independent solver.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import Lasso, LogisticRegression, Ridge
+
+from sklearn_puma import PartialRemovalWarning, PumaPatcher
+from sklearn_puma._adapters import make_adapter
+from sklearn_puma._influence import compensation_weights
+
+from .conftest import cluster_mask
+
+LR = LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000)
+
+
+def _theta(est):
+    return make_adapter(est).theta.numpy()
+
+
+def _relative_error_to_retrained(puma, est, X, y):
+    retrained = clone(est).fit(X, y, sample_weight=puma.sample_weight_)
+    t_hat = _theta(puma._base_estimator)
+    t_patch, t_retrained = _theta(puma.estimator_), _theta(retrained)
+    return np.linalg.norm(t_patch - t_retrained) / np.linalg.norm(t_hat - t_retrained)
+
+
+@pytest.mark.parametrize("model", ["logistic", "ridge"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_patch_equals_retraining_on_sample_weight(model, seed, breast_cancer, diabetes):
+    X, y = breast_cancer if model == "logistic" else diabetes
+    est = LR if model == "logistic" else Ridge(alpha=1.0)
+    remove = cluster_mask(X, 0.05, seed)
+    # Measured on the cluster's own points, removal worsens the criterion to first
+    # order, so the compensation has work to do (lambda_ > 0) and the test covers it.
+    errors = {}
+    for n_steps in (None, 1):
+        params = {} if n_steps is None else {"n_steps": n_steps}
+        puma = PumaPatcher(est, delta=10.0, **params).fit(
+            X, y, remove=remove, eval_set=(X[remove], y[remove]))
+        assert puma.eta_ == 1.0
+        assert puma.lambda_.sum() > 0
+        assert np.all(puma.sample_weight_[remove] == 0)
+        errors[n_steps] = _relative_error_to_retrained(puma, est, X, y)
+    print(f"{model} seed={seed}: relative error default={errors[None]:.2e}, "
+          f"n_steps=1: {errors[1]:.3f}")
+    assert errors[None] <= 0.01
+    assert errors[1] <= 0.25
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_performance_unchanged_where_plain_removal_fails(seed, breast_cancer):
+    """40% of one class removed: plain influence removal breaks that class's loss."""
+    X, y = breast_cancer
+    rng = np.random.default_rng(seed)
+    class0 = np.flatnonzero(y == 0)
+    remove = np.zeros(len(y), dtype=bool)
+    remove[rng.choice(class0, int(0.4 * len(class0)), replace=False)] = True
+    delta = 0.01
+    est = LogisticRegression()
+
+    plain = PumaPatcher(est, criterion="per_class_loss", alpha=1.0, delta=np.inf)
+    plain.fit(X, y, remove=remove)
+    plain_change = plain.criterion_after_ - plain.criterion_before_
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PartialRemovalWarning)
+        puma = PumaPatcher(est, criterion="per_class_loss", delta=delta)
+        puma.fit(X, y, remove=remove)
+    change = puma.criterion_after_ - puma.criterion_before_
+    print(f"plain removal change per class: {plain_change}; PUMA: {change}, "
+          f"eta={puma.eta_}")
+    assert plain_change.max() > delta
+    assert change.max() <= delta
+    assert puma.eta_ == 1.0
+    # The rows are measured, not predicted: recompute them from the patched model.
+    keep = ~remove
+    proba = puma.predict_proba(X[keep])
+    losses = -np.log(proba[np.arange(keep.sum()), y[keep]])
+    measured = [losses[y[keep] == k].mean() for k in (0, 1)]
+    np.testing.assert_allclose(measured, puma.criterion_after_, rtol=1e-6)
+
+
+def test_partial_removal_is_reported(breast_cancer):
+    X, y = breast_cancer
+    rng = np.random.default_rng(0)
+    class0 = np.flatnonzero(y == 0)
+    remove = np.zeros(len(y), dtype=bool)
+    remove[rng.choice(class0, int(0.4 * len(class0)), replace=False)] = True
+    puma = PumaPatcher(criterion="per_class_loss", alpha=1.0, delta=0.005)
+    with pytest.warns(PartialRemovalWarning, match=r"worsen criterion 'loss\[0\]' by"):
+        puma.fit(X, y, remove=remove)
+    assert 0 < puma.eta_ < 1
+    assert np.all((puma.criterion_after_ - puma.criterion_before_) <= 0.005 + 1e-12)
+    # Partly removed points keep part of their weight.
+    np.testing.assert_allclose(puma.sample_weight_[remove], 1 - puma.eta_)
+
+
+def test_compensation_solve_matches_sklearn_lasso():
+    """With every row worsening and a large bound, the solve is a positive Lasso."""
+    rng = np.random.default_rng(0)
+    V = np.abs(rng.standard_normal((6, 40)))
+    change = np.abs(rng.standard_normal(6)) + 1.0
+    alpha = 0.3
+    ours = compensation_weights(V, change, alpha=alpha, max_weight=1e6)
+    m = V.shape[0]
+    scale = np.linalg.norm(change)
+    alpha_max = np.max((V / scale).T @ (change / scale)) / m
+    lasso = Lasso(alpha=alpha * alpha_max, fit_intercept=False, positive=True,
+                  tol=1e-14, max_iter=100_000).fit(V / scale, change / scale)
+    residual = change - V @ ours
+    assert np.all(residual > 0)  # the one-sided misfit is active on every row
+    np.testing.assert_allclose(ours, lasso.coef_, atol=1e-6)
+
+
+def test_compensation_alpha_limits():
+    rng = np.random.default_rng(1)
+    V = rng.standard_normal((4, 30))
+    change = np.array([1.0, 0.5, -0.2, 0.3])
+    assert np.all(compensation_weights(V, change, alpha=1.0, max_weight=1.0) == 0)
+    lam = compensation_weights(V, change, alpha=0.0, max_weight=0.5)
+    assert lam.min() >= 0 and lam.max() <= 0.5
+    # Nothing worsens: nothing to compensate.
+    assert np.all(compensation_weights(V, -np.abs(change), alpha=0.0, max_weight=1) == 0)
+
+
+def test_sklearn_regressor_as_solver(breast_cancer):
+    X, y = breast_cancer
+    remove = cluster_mask(X, 0.05, 0)
+    puma = PumaPatcher(LR, solver=Lasso(), delta=10.0).fit(
+        X, y, remove=remove, eval_set=(X[remove], y[remove]))
+    assert puma.lambda_.sum() > 0
+    assert puma.lambda_.max() <= puma.max_weight
+    assert _relative_error_to_retrained(puma, LR, X, y) <= 0.01
+
+
+def test_patch_starts_from_the_fitted_model(breast_cancer):
+    X, y = breast_cancer
+    puma = PumaPatcher(LR).fit(X, y)
+    base = _theta(puma.estimator_)
+    first = cluster_mask(X, 0.05, 0)
+    puma.patch(first)
+    once = _theta(puma.estimator_)
+    puma.patch(np.flatnonzero(first))  # indices, same set: same patch
+    np.testing.assert_allclose(_theta(puma.estimator_), once)
+    assert not np.allclose(once, base)
+    np.testing.assert_array_equal(puma.removed_, np.flatnonzero(first))

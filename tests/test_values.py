@@ -1,0 +1,111 @@
+"""Data values against real leave-one-out retraining (DESIGN section 6).
+
+For each split, 40 training points are left out one at a time, the estimator is refit
+from scratch without the point, and the criterion is measured on the eval_set.  The
+values must predict that change: Pearson correlation and least-squares slope.
+"""
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.preprocessing import StandardScaler
+
+from sklearn_puma import PumaPatcher
+
+N_POINTS = 40
+
+
+def _log_loss(est, X, y):
+    proba = est.predict_proba(X)
+    return -np.mean(np.log(proba[np.arange(len(y)), np.searchsorted(est.classes_, y)]))
+
+
+def _squared_error(est, X, y):
+    return np.mean((y - est.predict(X)) ** 2)
+
+
+def _loo_experiment(X, y, est, metric, criterion, n_train, seed, method=None):
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(X))
+    train, held = order[:n_train], order[n_train:]
+    scaler = StandardScaler().fit(X[train])
+    X_tr, X_ev = scaler.transform(X[train]), scaler.transform(X[held])
+    y_tr, y_ev = y[train], y[held]
+    puma = PumaPatcher(est, criterion=criterion).fit(X_tr, y_tr, eval_set=(X_ev, y_ev))
+    predicted = puma.value(method=method)
+    base = metric(clone(est).fit(X_tr, y_tr), X_ev, y_ev)
+    points = rng.choice(n_train, N_POINTS, replace=False)
+    actual = []
+    for i in points:
+        keep = np.arange(n_train) != i
+        actual.append(metric(clone(est).fit(X_tr[keep], y_tr[keep]), X_ev, y_ev) - base)
+    actual, predicted = np.array(actual), predicted[points]
+    r = pearsonr(predicted, actual)[0]
+    slope = np.polyfit(predicted, actual, 1)[0]
+    print(f"seed={seed}: pearson={r:.4f} slope={slope:.3f}")
+    return r, slope
+
+
+LR = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_binary_logistic_values_match_leave_one_out(seed):
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    r, slope = _loo_experiment(X, y, LR, _log_loss, "log_loss", 200, seed)
+    assert r >= 0.98
+    assert 0.85 <= slope <= 1.15
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ridge_values_match_leave_one_out(seed):
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    r, slope = _loo_experiment(X, y, Ridge(alpha=1.0), _squared_error, "squared_error",
+                               200, seed)
+    assert r >= 0.98
+    assert 0.85 <= slope <= 1.15
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multinomial_logistic_values_match_leave_one_out(seed):
+    from sklearn.datasets import load_wine
+
+    X, y = load_wine(return_X_y=True)
+    r, slope = _loo_experiment(X, y, LR, _log_loss, "log_loss", 120, seed)
+    assert r >= 0.95
+
+
+def test_accurate_values_beat_first_order_on_leverage():
+    """The leverage correction is what makes values match leave-one-out (DESIGN 2)."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    r_loo, _ = _loo_experiment(X, y, LR, _log_loss, "log_loss", 200, 0, method="loo")
+    r_first, _ = _loo_experiment(X, y, LR, _log_loss, "log_loss", 200, 0,
+                                 method="first_order")
+    assert r_loo > r_first
+
+
+def test_loo_predict_proba_matches_refits(breast_cancer):
+    """Influence leave-one-out probabilities against real refits without each point."""
+    X, y = breast_cancer
+    X, y = X[:200], y[:200]
+    puma = PumaPatcher(LR).fit(X, y)
+    loo = puma.loo_predict_proba()
+    rng = np.random.default_rng(0)
+    points = rng.choice(len(X), 25, replace=False)
+    errors, moved = [], []
+    for i in points:
+        keep = np.arange(len(X)) != i
+        refit = clone(LR).fit(X[keep], y[keep]).predict_proba(X[i:i + 1])[0]
+        errors.append(np.abs(loo[i] - refit).max())
+        moved.append(np.abs(puma.predict_proba(X[i:i + 1])[0] - refit).max())
+    print(f"max |loo - refit| = {max(errors):.2e}; in-sample vs refit: {max(moved):.2e}")
+    assert max(errors) <= 0.1 * max(moved)
+    assert max(errors) <= 0.02
