@@ -49,8 +49,19 @@ def _unsupported(estimator, why):
 
 
 def _log1p_exp(x):
-    # log(1 + e^x) without softplus's linear cut-off at x > 20 (a 2e-9 error there).
-    return torch.logaddexp(torch.zeros_like(x), x)
+    """log(1 + e^x), exact with finite derivatives of every order at any |x|.
+
+    Not softplus (linear cut-off at x > 20: a 2e-9 error), logaddexp (NaN second
+    derivatives at |x| ~ 1e4, which SGD on unscaled data reaches) or logsigmoid (its
+    backward resizes an output buffer under vmap, with a warning).  The clamps keep the
+    branch torch.where discards finite, so its zero gradient stays zero.
+    """
+    pos, neg = x.clamp(min=0), x.clamp(max=0)
+    return torch.where(x > 0, pos + torch.log1p(torch.exp(-pos)), torch.log1p(torch.exp(neg)))
+
+
+def _log_sigmoid(x):
+    return -_log1p_exp(-x)
 
 
 def _binary_logistic_loss(out, y):
@@ -62,7 +73,7 @@ def _binary_logistic_loss(out, y):
 
 def _binary_logistic_log_proba(out):
     f = out[:, 0]
-    return torch.stack([F.logsigmoid(-f), F.logsigmoid(f)], dim=1)
+    return torch.stack([_log_sigmoid(-f), _log_sigmoid(f)], dim=1)
 
 
 def _multinomial_loss(out, y):
@@ -82,7 +93,7 @@ def _ovr_logistic_loss(out, y):
 
 def _ovr_log_proba(out):
     # scikit-learn's _predict_proba_lr: per-class sigmoids, normalised to sum to one.
-    log_sig = F.logsigmoid(out)
+    log_sig = _log_sigmoid(out)
     return log_sig - torch.logsumexp(log_sig, dim=1, keepdim=True)
 
 

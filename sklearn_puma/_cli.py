@@ -40,7 +40,7 @@ patched out) and validation rows the criteria are measured on (--eval-size); a t
 part (--test-size) measures accuracy. Values: positive = the row helps the criterion,
 negative = it hurts; the lowest values are the most harmful rows.
 
-Without --data, runs on scikit-learn's breast cancer data with 10%% of the training
+Without --data, runs on scikit-learn's breast cancer data with 10% of the training
 labels flipped at random (--flip, --seed), and reports how many flipped rows the values
 find. Only classification targets are supported from the command line for now (a
 continuous target is rejected); regressors (Ridge, LinearRegression, ...) are available
@@ -184,8 +184,8 @@ def build_parser():
                         help="most harmful rows to show (default: %(default)s)")
     output.add_argument(
         "--output", default="puma_values.csv", metavar="FILE.csv",
-        help="CSV of the values, one line per fitted row: row (position in the input "
-             "table), label, original_label and flipped (when labels were flipped), "
+        help="CSV of the values, one line per fitted row: row (0-based position of the "
+             "data row in the input table), label, original_label and flipped (when labels were flipped), "
              "value (and value_<row> per criterion row), removed (default: %(default)s)",
     )
     output.add_argument("--quiet", action="store_true",
@@ -265,11 +265,17 @@ def _class_labels(y, target):
     return y.astype(str).to_numpy()
 
 
+def _label(value):
+    """A class label as the user wrote it (no numpy repr)."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _check_classes(table, eval_size):
     classes, counts = np.unique(table.y, return_counts=True)
     if len(classes) < 2:
         raise CLIError(
-            f"target column {table.target!r} has a single class ({classes[0]!r}); a "
+            f"target column {table.target!r} has a single class ({_label(classes[0])}); a "
             "classifier needs at least two"
         )
     n = len(table.y)
@@ -277,7 +283,7 @@ def _check_classes(table, eval_size):
         raise CLIError(f"too few rows: {n}; need at least {MIN_ROWS}")
     # One row per class in the test part, one in the validation part, two to fit.
     need = 4 if eval_size > 0 else 3
-    rare = [f"{c!r} ({k})" for c, k in zip(classes, counts) if k < need]
+    rare = [f"class {_label(c)} has {k}" for c, k in zip(classes, counts) if k < need]
     if rare:
         raise CLIError(
             f"too few rows per class: {', '.join(rare)}; the stratified "
@@ -484,6 +490,7 @@ def _run(args, stream):
         for j, name in enumerate(puma.criterion_names_):
             out[f"value_{name}"] = values[:, j]
     out["removed"] = np.isin(np.arange(n_fit), puma.removed_)
+    out = out.sort_values("row", kind="stable")
     try:
         out.to_csv(args.output, index=False)
     except OSError as exc:

@@ -27,6 +27,11 @@ class ExactInverse:
     name = "exact"
 
     def __init__(self, H, damping="auto"):
+        if not torch.isfinite(H).all():
+            raise FloatingPointError(
+                "The Hessian has non-finite entries: the model's outputs overflow on "
+                "this data. Scale the features or regularise the model more."
+            )
         H = (H + H.T) / 2
         eigvals, eigvecs = torch.linalg.eigh(H)
         top = eigvals.abs().max().clamp_min(torch.finfo(H.dtype).tiny)

@@ -400,7 +400,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         kept = self._problem.y[torch.as_tensor(~mask)] if (~mask).any() else []
         kept_weight = self._problem.s[torch.as_tensor(~mask)]
         present = set(np.asarray(kept)[kept_weight.numpy() > 0].tolist())
-        emptied = [adapter.classes[k] for k in range(len(adapter.classes)) if k not in present]
+        emptied = [adapter.classes[k].item() for k in range(len(adapter.classes))
+                   if k not in present]
         if emptied:
             raise ValueError(
                 f"Removing these {int(mask.sum())} points leaves no training point of "

@@ -12,7 +12,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.linear_model import Lasso, LogisticRegression, Ridge
 
-from sklearn_puma import PartialRemovalWarning, PumaPatcher
+from sklearn_puma import PartialRemovalWarning, PumaPatcher, SolverWarning
 from sklearn_puma._adapters import make_adapter
 from sklearn_puma._influence import compensation_weights
 
@@ -134,8 +134,9 @@ def test_compensation_alpha_limits():
 def test_sklearn_regressor_as_solver(breast_cancer):
     X, y = breast_cancer
     remove = cluster_mask(X, 0.05, 0)
-    puma = PumaPatcher(LR, solver=Lasso(), delta=10.0).fit(
-        X, y, remove=remove, eval_set=(X[remove], y[remove]))
+    with pytest.warns(SolverWarning, match="clipped"):
+        puma = PumaPatcher(LR, solver=Lasso(), delta=10.0).fit(
+            X, y, remove=remove, eval_set=(X[remove], y[remove]))
     assert puma.lambda_.sum() > 0
     assert puma.lambda_.max() <= puma.max_weight
     assert _relative_error_to_retrained(puma, LR, X, y) <= 0.01

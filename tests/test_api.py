@@ -1,0 +1,213 @@
+"""The scikit-learn surface: pipelines and grid search, pandas, transform, errors."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import GridSearchCV, KFold, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sklearn_puma import PumaPatcher, UnsupportedEstimatorError
+from sklearn_puma._adapters import make_adapter
+
+
+@pytest.fixture(scope="module")
+def raw_breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    return load_breast_cancer(return_X_y=True)
+
+
+# ----------------------------------------------------------- pipelines, grid search
+
+
+def test_grid_search_over_delta_and_alpha(raw_breast_cancer):
+    X, y = raw_breast_cancer
+    pipe = make_pipeline(StandardScaler(),
+                         PumaPatcher(LogisticRegression(), remove=0.05))
+    grid = GridSearchCV(pipe, {"pumapatcher__delta": [0.01, 0.1],
+                               "pumapatcher__alpha": [0.01, 1.0]}, cv=3)
+    grid.fit(X, y)
+    assert set(grid.cv_results_["param_pumapatcher__alpha"]) == {0.01, 1.0}
+    assert np.all(np.isfinite(grid.cv_results_["mean_test_score"]))
+    best = grid.best_estimator_[-1]
+    assert len(best.removed_) == round(0.05 * len(X))
+
+
+def test_removal_mask_is_split_like_sample_weight(raw_breast_cancer):
+    X, y = raw_breast_cancer
+    mask = np.zeros(len(X), dtype=bool)
+    mask[::17] = True
+    pipe = make_pipeline(StandardScaler(), PumaPatcher(LogisticRegression(), remove=0.05))
+    cv = KFold(3, shuffle=True, random_state=0)
+    result = cross_validate(pipe, X, y, cv=cv, params={"pumapatcher__remove": mask},
+                            return_estimator=True, return_indices=True)
+    for est, train in zip(result["estimator"], result["indices"]["train"]):
+        np.testing.assert_array_equal(est[-1].removed_, np.flatnonzero(mask[train]))
+
+    grid = GridSearchCV(pipe, {"pumapatcher__delta": [0.01, 0.1],
+                               "pumapatcher__alpha": [0.01, 0.1]}, cv=cv)
+    grid.fit(X, y, pumapatcher__remove=mask)
+    np.testing.assert_array_equal(grid.best_estimator_[-1].removed_, np.flatnonzero(mask))
+
+
+def test_pandas_round_trip(raw_breast_cancer):
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True)
+    X = pd.DataFrame(StandardScaler().fit_transform(frame.data), columns=frame.data.columns)
+    y = frame.target.map({0: "malignant", 1: "benign"})
+    puma = PumaPatcher(remove=10).set_output(transform="pandas").fit(X, y)
+    values = puma.transform(X)
+    assert isinstance(values, pd.DataFrame)
+    assert list(values.columns) == ["value_benign", "value_malignant"]
+    assert list(puma.feature_names_in_) == list(X.columns)
+    assert set(puma.predict(X)) <= {"benign", "malignant"}
+    # The value of each training point under its own label is its first-order value.
+    own = values.to_numpy()[np.arange(len(y)), np.searchsorted(puma.classes_, y)]
+    np.testing.assert_allclose(own, puma.value(method="first_order"), rtol=1e-9,
+                               atol=1e-15)
+
+
+def test_transform_of_regressor_and_several_criteria(diabetes):
+    X, y = diabetes
+    puma = PumaPatcher(Ridge(), criterion=["loss", "squared_error"]).fit(X, y)
+    Z = puma.transform(X[:5])
+    assert Z.shape == (5, 2)
+    assert list(puma.get_feature_names_out()) == ["value_0_loss", "value_0_squared_error"]
+    assert puma.values_.shape == (len(X), 2)
+
+
+def test_value_of_new_points_equals_value_as_training_points(breast_cancer):
+    X, y = breast_cancer
+    puma = PumaPatcher().fit(X, y)
+    np.testing.assert_allclose(puma.value(X[:7], y[:7]), puma.values_[:7], rtol=1e-9)
+
+
+def test_frozen_estimator_is_not_refitted(breast_cancer):
+    X, y = breast_cancer
+    model = LogisticRegression(C=0.3).fit(X[:300], y[:300])  # "trained elsewhere"
+    before = copy.deepcopy(model.coef_)
+    puma = PumaPatcher(FrozenEstimator(model)).fit(X[:300], y[:300])
+    np.testing.assert_array_equal(puma.estimator_.coef_, before)
+    direct = PumaPatcher(LogisticRegression(C=0.3)).fit(X[:300], y[:300])
+    np.testing.assert_allclose(puma.values_, direct.values_, rtol=1e-5, atol=1e-10)
+    puma.patch(np.arange(10))
+    np.testing.assert_array_equal(model.coef_, before)  # the user's model untouched
+    assert not np.allclose(puma.estimator_.coef_, before)
+
+
+def test_user_estimator_is_never_modified(breast_cancer):
+    X, y = breast_cancer
+    est = LogisticRegression()
+    PumaPatcher(est, remove=5).fit(X, y)
+    assert not hasattr(est, "coef_")
+
+
+def test_remove_policies(breast_cancer):
+    X, y = breast_cancer
+    values = PumaPatcher().fit(X, y).values_
+    assert len(PumaPatcher(remove=12).fit(X, y).removed_) == 12
+    np.testing.assert_array_equal(PumaPatcher(remove=12).fit(X, y).removed_,
+                                  np.sort(np.argsort(values, kind="stable")[:12]))
+    auto = PumaPatcher(remove="auto").fit(X, y)
+    q1, q3 = np.percentile(values, [25, 75])
+    np.testing.assert_array_equal(
+        auto.removed_, np.flatnonzero((values < 0) & (values < q1 - 1.5 * (q3 - q1))))
+    by_callable = PumaPatcher(remove=lambda v: v < np.quantile(v, 0.02)).fit(X, y)
+    np.testing.assert_array_equal(by_callable.removed_,
+                                  np.flatnonzero(values < np.quantile(values, 0.02)))
+    assert len(PumaPatcher(remove=0.1).fit(X, y).removed_) == round(0.1 * len(X))
+
+
+def test_upweight_set_is_respected(breast_cancer):
+    X, y = breast_cancer
+    allowed = np.zeros(len(X), dtype=bool)
+    allowed[y == 0] = True
+    puma = PumaPatcher(criterion="per_class_loss", upweight=allowed)
+    puma.fit(X, y, remove=np.flatnonzero(y == 0)[:60])
+    assert puma.lambda_.sum() > 0
+    assert np.all(puma.lambda_[~allowed] == 0)
+    assert np.all(puma.lambda_[puma.removed_] == 0)
+
+
+# -------------------------------------------------------------------------- errors
+
+
+def test_unsupported_estimator_is_named(breast_cancer):
+    X, y = breast_cancer
+    with pytest.raises(UnsupportedEstimatorError,
+                       match="(?s)RandomForestClassifier is not supported.*LogisticRegression"):
+        PumaPatcher(RandomForestClassifier()).fit(X, y)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf_input(bad, breast_cancer):
+    X, y = breast_cancer
+    X = X.copy()
+    X[3, 2] = bad
+    with pytest.raises(ValueError, match="Input X contains (NaN|infinity)"):
+        PumaPatcher().fit(X, y)
+    X_eval = breast_cancer[0][:20].copy()
+    X_eval[0, 0] = bad
+    with pytest.raises(ValueError, match="Input X contains (NaN|infinity)"):
+        PumaPatcher().fit(breast_cancer[0], y, eval_set=(X_eval, y[:20]))
+
+
+def test_removal_indices_out_of_range(breast_cancer):
+    X, y = breast_cancer
+    with pytest.raises(IndexError, match=r"out of range for 569 training samples: \[569\]"):
+        PumaPatcher().fit(X, y, remove=[0, 569])
+    puma = PumaPatcher().fit(X, y)
+    with pytest.raises(IndexError, match="out of range"):
+        puma.patch([-600])
+
+
+def test_removal_that_empties_a_class(breast_cancer):
+    X, y = breast_cancer
+    with pytest.raises(ValueError, match=r"leaves no training point of class\(es\) \[0\]"):
+        PumaPatcher().fit(X, y, remove=y == 0)
+
+
+def test_value_and_patch_before_fit(breast_cancer):
+    X, y = breast_cancer
+    puma = PumaPatcher()
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        puma.value()
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        puma.patch([0])
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        puma.transform(X)
+
+
+def test_wrong_length_mask(breast_cancer):
+    X, y = breast_cancer
+    with pytest.raises(ValueError, match=r"one entry per training sample \(569\); got "
+                                         r"shape \(568,\)"):
+        PumaPatcher().fit(X, y, remove=np.zeros(568, dtype=bool))
+
+
+def test_other_bad_input(breast_cancer):
+    X, y = breast_cancer
+    with pytest.raises(ValueError, match="'criterion' parameter of PumaPatcher must be a str among"):
+        PumaPatcher(criterion="ece").fit(X, y)
+    with pytest.raises(ValueError, match="'squared_error' applies to regressors only"):
+        PumaPatcher(criterion="squared_error").fit(X, y)
+    with pytest.raises(ValueError, match="eval_set must be a tuple"):
+        PumaPatcher().fit(X, y, eval_set=X)
+    with pytest.raises(ValueError, match="labels \\[7\\] that the estimator was not"):
+        PumaPatcher().fit(X, y, eval_set=(X[:3], [0, 1, 7]))
+    with pytest.raises(ValueError, match="boolean mask or integer indices"):
+        PumaPatcher().fit(X, y, remove=[0.5, 1.5])
+    puma = PumaPatcher().fit(X, y)
+    with pytest.raises(ValueError, match="needs the labels y"):
+        puma.value(X[:3])
+    with pytest.raises(ValueError, match="X has 3 features, but PumaPatcher is expecting 30"):
+        puma.value(X[:3, :3], y[:3])
