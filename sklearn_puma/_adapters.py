@@ -166,6 +166,12 @@ class LinearAdapter:
             out = out + W[:, self.n_features]
         return out
 
+    def design(self, X):
+        """``[X, 1]``: outputs are ``design(X) @ W.T``."""
+        if not self.fit_intercept:
+            return X
+        return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+
     def sample_loss(self, out, y):
         return self.loss(out, y)
 

@@ -18,7 +18,7 @@ from ._autodiff import (
     gradient,
     hessian_matrix,
     map_chunks,
-    output_derivatives,
+    output_loss_derivatives,
     per_sample_grads,
 )
 from ._curvature import make_inverse
@@ -70,25 +70,30 @@ def first_order_values(problem, inverse, criterion, theta, X, y, weights):
 
 
 def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
-    """Leave-one-out parameter changes ``dtheta_i``, yielded chunk by chunk as (slice, (b, p)).
+    """Leave-one-out parameter changes ``dtheta_i``, chunk by chunk as [(slice, (b, p))].
 
     ``dtheta_i`` is the Newton step on the objective without point i, whose Hessian
     ``H - c_i J_i^T D_i J_i`` is inverted by the push-through (Woodbury) identity:
     ``dtheta_i = c_i H^{-1} J_i^T (I - c_i D_i J_i H^{-1} J_i^T)^{-1} dl_i/df``, with
     ``c_i = w_i / n``.  For one output this is the leverage correction ``1 / (1 - h_i)``.
-    Exact for models linear in theta (their per-point Hessian is ``J_i^T D_i J_i``).
+    Exact for models linear in theta, whose per-point Hessian is ``J_i^T D_i J_i`` with
+    ``J_i = I_K (x) x_i``; that structure also makes ``H^{-1} J_i^T`` a product with
+    one block column of ``H^{-1}`` per output.
     """
     adapter = problem.adapter
+    if not adapter.linear_in_params:
+        raise ValueError("Leave-one-out values need a model linear in its parameters.")
     p, K = adapter.n_params, adapter.n_outputs
+    H_inv = inverse.matrix().reshape(p, K, -1)
 
     def part(sl):
-        J, r, D = output_derivatives(adapter, theta, X[sl], y[sl])
-        b = J.shape[0]
-        HinvJt = inverse.solve(J.reshape(b * K, p).T).T.reshape(b, K, p)
-        M = J @ HinvJt.transpose(1, 2)  # (b, K, K)
+        Xd = adapter.design(X[sl])
+        b = len(Xd)
+        r, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl])
+        HinvJt = torch.einsum("pkd,bd->bkp", H_inv, Xd)  # (b, K, p)
+        M = torch.einsum("bkld,bd->bkl", HinvJt.reshape(b, K, K, -1), Xd)  # J H^-1 J^T
         c = (weights[sl] / problem.n)[:, None, None]
-        eye = torch.eye(K, dtype=J.dtype).expand(b, K, K)
-        A = eye - c * (D @ M)
+        A = torch.eye(K, dtype=Xd.dtype).expand(b, K, K) - c * (D @ M)
         # A point of leverage 1 (A singular) alone determines some direction: without it
         # the model is not identified there.  The pseudo-inverse leaves that direction
         # where it is, and the caller is told how many such points there are.
@@ -110,17 +115,20 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
 
 
 def loo_values(problem, inverse, criterion, theta, X, y, weights):
-    """Accurate leave-one-out values ``C(theta + dtheta_i) - C(theta)``, shape (len(X), m).
+    """Accurate leave-one-out values, shape (len(X), m) (DESIGN section 2).
 
-    The criterion is evaluated at the moved parameters, which adds its curvature to
-    the leverage-corrected parameter change (DESIGN section 2).
+    The criterion change is taken to second order along the leave-one-out parameter
+    change: ``G_C dtheta_i + 1/2 dtheta_i^T grad^2 C dtheta_i``.  Evaluating C at
+    ``theta + dtheta_i`` instead would cost a pass over the evaluation data per point.
     """
-    C_hat = criterion(theta)
-    n_eval_outputs = criterion.X.shape[0] * problem.adapter.n_outputs
-    size = chunk_size(max(problem.adapter.n_params * problem.adapter.n_outputs,
-                          n_eval_outputs))
+    G_C = jacrev(criterion)(theta)  # (m, p)
+    H_C = torch.func.hessian(criterion)(theta)  # (m, p, p)
+    size = chunk_size(problem.adapter.n_params * problem.adapter.n_outputs)
     changes = loo_parameter_changes(problem, inverse, theta, X, y, weights, size)
-    return torch.cat([vmap(criterion)(theta + dtheta) - C_hat for _, dtheta in changes])
+    return torch.cat([
+        dtheta @ G_C.T + 0.5 * torch.einsum("bp,mpq,bq->bm", dtheta, H_C, dtheta)
+        for _, dtheta in changes
+    ])
 
 
 def loo_log_proba(problem, X, y, weights):
