@@ -1,9 +1,9 @@
 """Adapters: the only code that knows a model family.
 
 An adapter turns a fitted estimator into pure functions over one flat parameter
-vector ``theta`` (float64 torch tensor) and writes a parameter vector back into a
-copy of the estimator.  Everything downstream (curvature, values, the patch) sees
-only these functions:
+vector ``theta`` (a torch tensor on the model's device, in its dtype) and writes a
+parameter vector back into a copy of the estimator.  Everything downstream (curvature,
+values, the patch) sees only these:
 
 * ``forward(theta, X) -> outputs``  raw model outputs (logits or predictions), (n, K);
 * ``sample_loss(outputs, y) -> (n,)`` the per-sample loss the estimator minimises;
@@ -17,9 +17,9 @@ The training objective in mean form is ``J = (1/n) sum_i s_i l_i + r``.
 
 import copy
 import functools
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
 SUPPORTED_ESTIMATORS = (
@@ -28,6 +28,7 @@ SUPPORTED_ESTIMATORS = (
     "Ridge",
     "SGDClassifier(loss='log_loss', penalty 'l2' or None)",
     "SGDRegressor(loss='squared_error', penalty 'l2' or None)",
+    "MLPClassifier, MLPRegressor",
 )
 
 
@@ -45,7 +46,7 @@ def _unsupported(estimator, why):
 
 # --------------------------------------------------------------------------- losses
 # Each loss works on raw outputs (n, K) and encoded targets; they are the exact
-# pointwise losses of scikit-learn's solvers, so that J's minimiser is the fitted model.
+# pointwise losses of the estimators' solvers, so that J's minimiser is the fitted model.
 
 
 def _log1p_exp(x):
@@ -84,11 +85,14 @@ def _multinomial_log_proba(out):
     return torch.log_softmax(out, dim=1)
 
 
+def _ovr_signs(y, n_outputs, dtype):
+    # A comparison, not F.one_hot: one_hot is data-dependent and breaks vmap.
+    return 1 - 2 * (y[:, None] == torch.arange(n_outputs, device=y.device)).to(dtype)
+
+
 def _ovr_logistic_loss(out, y):
     # SGDClassifier trains one binary log-loss model per class (one-vs-rest).
-    # A comparison, not F.one_hot: one_hot is data-dependent and breaks vmap.
-    sign = 1 - 2 * (y[:, None] == torch.arange(out.shape[1])).to(out.dtype)
-    return _log1p_exp(sign * out).sum(dim=1)
+    return _log1p_exp(_ovr_signs(y, out.shape[1], out.dtype) * out).sum(dim=1)
 
 
 def _ovr_log_proba(out):
@@ -97,14 +101,99 @@ def _ovr_log_proba(out):
     return log_sig - torch.logsumexp(log_sig, dim=1, keepdim=True)
 
 
+def _multilabel_loss(out, y):
+    # y is the 0/1 label-indicator matrix; one binary log-loss per label.
+    return _log1p_exp((1 - 2 * y) * out).sum(dim=1)
+
+
 def _squared_loss(out, y, scale):
     return scale * ((y - out) ** 2).sum(dim=1)
 
 
-# ------------------------------------------------------------------------- adapter
+# ----------------------------------------------------------------------- adapters
 
 
-class LinearAdapter:
+class Adapter:
+    """What every adapter shares: data encoding on the model's device and dtype."""
+
+    linear_in_params = False
+    dtype, device = torch.float64, torch.device("cpu")
+    multilabel = False
+
+    def __init__(self, estimator, *, loss, log_proba=None, classes=None,
+                 balance_by_weight=False):
+        self.estimator = estimator
+        self.loss = loss
+        self._log_proba = log_proba
+        self.classes = classes
+        self.is_classifier = classes is not None
+        self._balance_by_weight = balance_by_weight
+
+    @property
+    def n_params(self):
+        return self.theta.numel()
+
+    def sample_loss(self, out, y):
+        return self.loss(out, y)
+
+    def log_proba(self, out):
+        return self._log_proba(out)
+
+    def encode_X(self, X):
+        # A copy: torch cannot wrap read-only (memory-mapped) arrays safely.
+        return torch.tensor(np.asarray(X, dtype=np.float64), dtype=self.dtype,
+                            device=self.device)
+
+    def encode_y(self, y):
+        """Targets as the loss expects them: class indices, or an (n, K) float array."""
+        y = np.asarray(y)
+        if self.is_classifier and not self.multilabel:
+            y = y.ravel()
+            idx = np.searchsorted(self.classes, y)
+            idx = np.clip(idx, 0, len(self.classes) - 1)
+            unknown = self.classes[idx] != y
+            if np.any(unknown):
+                raise ValueError(
+                    f"y contains labels {np.unique(y[unknown]).tolist()} that the "
+                    f"estimator was not trained on; known classes: "
+                    f"{self.classes.tolist()}."
+                )
+            return torch.as_tensor(idx, dtype=torch.long, device=self.device)
+        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        if y.shape[1] != self.n_outputs:
+            raise ValueError(
+                f"y has {y.shape[1]} target column(s); the estimator predicts "
+                f"{self.n_outputs}."
+            )
+        return torch.as_tensor(y, dtype=self.dtype, device=self.device)
+
+    def training_weights(self, y, sample_weight):
+        """Per-sample weights s_i the estimator used: sample_weight times class_weight."""
+        n = len(y)
+        s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
+        class_weight = getattr(self.estimator, "class_weight", None)
+        if class_weight is not None:
+            # LogisticRegression balances classes by weighted counts, SGD by raw counts.
+            counts_weight = sample_weight if self._balance_by_weight else None
+            per_class = compute_class_weight(class_weight, classes=self.classes,
+                                             y=np.ravel(y), sample_weight=counts_weight)
+            s = s * per_class[np.searchsorted(self.classes, np.ravel(y))]
+        return torch.as_tensor(s, dtype=self.dtype, device=self.device)
+
+    def label_grid(self, out):
+        """Hypothetical labels for label-free values: every class (multilabel: each label
+        alone), or a unit residual on each output."""
+        n = out.shape[0]
+        if self.is_classifier and not self.multilabel:
+            return [torch.full((n,), k, dtype=torch.long, device=self.device)
+                    for k in range(len(self.classes))]
+        eye = torch.eye(self.n_outputs, dtype=out.dtype, device=out.device)
+        if self.multilabel:
+            return [eye[k].expand(n, -1) for k in range(self.n_outputs)]
+        return [out + eye[k] for k in range(self.n_outputs)]
+
+
+class LinearAdapter(Adapter):
     """A fitted linear model with outputs ``f = X W[:, :d]^T + W[:, d]``.
 
     ``theta`` is ``W.ravel()`` with ``W`` of shape (n_outputs, n_features + fit_intercept);
@@ -115,18 +204,10 @@ class LinearAdapter:
 
     linear_in_params = True
 
-    def __init__(
-        self,
-        estimator,
-        *,
-        loss,
-        log_proba=None,
-        penalty_coef=0.0,
-        penalty_scales_with_n=True,
-        classes=None,
-        balance_by_weight=False,
-    ):
-        self.estimator = estimator
+    def __init__(self, estimator, *, loss, log_proba=None, penalty_coef=0.0,
+                 penalty_scales_with_n=True, classes=None, balance_by_weight=False):
+        super().__init__(estimator, loss=loss, log_proba=log_proba, classes=classes,
+                         balance_by_weight=balance_by_weight)
         coef = np.asarray(estimator.coef_, dtype=np.float64)
         self._coef_shape = np.shape(estimator.coef_)
         self._intercept_shape = np.shape(estimator.intercept_)
@@ -141,11 +222,6 @@ class LinearAdapter:
             )
             W = np.column_stack([coef2d, intercept])
         self.theta = torch.as_tensor(W.ravel().copy(), dtype=torch.float64)
-        self.loss = loss
-        self._log_proba = log_proba
-        self.classes = classes
-        self.is_classifier = classes is not None
-        self._balance_by_weight = balance_by_weight
         coef_per_output = np.broadcast_to(
             np.asarray(penalty_coef, dtype=np.float64).ravel(), (self.n_outputs,)
         )
@@ -154,11 +230,6 @@ class LinearAdapter:
         self._penalty_weights = torch.as_tensor(mask.ravel(), dtype=torch.float64)
         self._penalty_scales_with_n = penalty_scales_with_n
 
-    @property
-    def n_params(self):
-        return self.theta.numel()
-
-    # -- pure functions over theta ---------------------------------------------------
     def forward(self, theta, X):
         W = theta.reshape(self.n_outputs, -1)
         out = X @ W[:, : self.n_features].T
@@ -172,66 +243,10 @@ class LinearAdapter:
             return X
         return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
 
-    def sample_loss(self, out, y):
-        return self.loss(out, y)
-
     def penalty(self, theta, n):
         r = (self._penalty_weights * theta**2).sum()
         return r / n if self._penalty_scales_with_n else r
 
-    def log_proba(self, out):
-        return self._log_proba(out)
-
-    # -- data --------------------------------------------------------------------------
-    def encode_X(self, X):
-        # A copy: torch cannot wrap read-only (memory-mapped) arrays safely.
-        return torch.tensor(np.asarray(X, dtype=np.float64))
-
-    def encode_y(self, y):
-        """Targets as the loss expects them: class indices, or an (n, K) float array."""
-        y = np.asarray(y)
-        if self.is_classifier:
-            y = y.ravel()
-            idx = np.searchsorted(self.classes, y)
-            idx = np.clip(idx, 0, len(self.classes) - 1)
-            unknown = self.classes[idx] != y
-            if np.any(unknown):
-                raise ValueError(
-                    f"y contains labels {np.unique(y[unknown]).tolist()} that the "
-                    f"estimator was not trained on; known classes: "
-                    f"{self.classes.tolist()}."
-                )
-            return torch.as_tensor(idx, dtype=torch.long)
-        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-        if y.shape[1] != self.n_outputs:
-            raise ValueError(
-                f"y has {y.shape[1]} target column(s); the estimator predicts "
-                f"{self.n_outputs}."
-            )
-        return torch.as_tensor(y)
-
-    def training_weights(self, y, sample_weight):
-        """Per-sample weights s_i the estimator used: sample_weight times class_weight."""
-        n = len(y)
-        s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
-        class_weight = getattr(self.estimator, "class_weight", None)
-        if class_weight is not None:
-            # LogisticRegression balances classes by weighted counts, SGD by raw counts.
-            counts_weight = sample_weight if self._balance_by_weight else None
-            per_class = compute_class_weight(class_weight, classes=self.classes,
-                                             y=np.ravel(y), sample_weight=counts_weight)
-            s = s * per_class[np.searchsorted(self.classes, np.ravel(y))]
-        return torch.as_tensor(s, dtype=torch.float64)
-
-    def label_grid(self, out):
-        """Hypothetical labels for label-free values: every class, or a unit residual."""
-        if self.is_classifier:
-            return [torch.full((out.shape[0],), k, dtype=torch.long)
-                    for k in range(len(self.classes))]
-        return [out + F.one_hot(torch.full((out.shape[0],), k), self.n_outputs).to(out)
-                for k in range(self.n_outputs)]
-
-    # -- writing back ----------------------------------------------------------------
     def build(self, theta):
         est = copy.deepcopy(self.estimator)
         W = theta.detach().cpu().numpy().astype(np.float64).reshape(self.n_outputs, -1)
@@ -243,6 +258,69 @@ class LinearAdapter:
                 est.intercept_ = float(intercept[0])
             else:
                 est.intercept_ = intercept.reshape(self._intercept_shape).astype(dtype)
+        return est
+
+
+_ACTIVATIONS = {
+    "identity": lambda z: z,
+    "logistic": torch.sigmoid,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+}
+
+
+class MLPAdapter(Adapter):
+    """scikit-learn's MLPClassifier / MLPRegressor.
+
+    ``theta`` concatenates, layer by layer, ``coefs_[i].ravel()`` then ``intercepts_[i]``.
+    The objective is scikit-learn's: the (weighted) mean loss plus
+    ``alpha ||W||^2 / (2 n)`` on the weights (not the intercepts); the regression loss is
+    half the squared error averaged over outputs.
+    """
+
+    def __init__(self, estimator, *, loss, log_proba=None, classes=None,
+                 multilabel=False):
+        super().__init__(estimator, loss=loss, log_proba=log_proba, classes=classes)
+        self.multilabel = multilabel
+        self._shapes = [(c.shape, b.shape) for c, b in
+                        zip(estimator.coefs_, estimator.intercepts_)]
+        parts, mask = [], []
+        for c, b in zip(estimator.coefs_, estimator.intercepts_):
+            parts += [np.ravel(c), np.ravel(b)]
+            mask += [np.ones(c.size), np.zeros(b.size)]
+        self.theta = torch.as_tensor(np.concatenate(parts), dtype=torch.float64)
+        self._weight_mask = torch.as_tensor(np.concatenate(mask), dtype=torch.float64)
+        self.n_outputs = estimator.coefs_[-1].shape[1]
+        self._activation = _ACTIVATIONS[estimator.activation]
+        self._alpha = float(estimator.alpha)
+
+    def _layers(self, theta):
+        start = 0
+        for coef_shape, bias_shape in self._shapes:
+            n_coef, n_bias = int(np.prod(coef_shape)), int(np.prod(bias_shape))
+            W = theta[start:start + n_coef].reshape(coef_shape)
+            b = theta[start + n_coef:start + n_coef + n_bias]
+            start += n_coef + n_bias
+            yield W, b
+
+    def forward(self, theta, X):
+        layers = list(self._layers(theta))
+        h = X
+        for W, b in layers[:-1]:
+            h = self._activation(h @ W + b)
+        W, b = layers[-1]
+        return h @ W + b
+
+    def penalty(self, theta, n):
+        return 0.5 * self._alpha * (self._weight_mask * theta**2).sum() / n
+
+    def build(self, theta):
+        est = copy.deepcopy(self.estimator)
+        values = theta.detach().cpu().numpy()
+        dtype = est.coefs_[0].dtype
+        layers = list(self._layers(torch.as_tensor(values)))
+        est.coefs_ = [W.numpy().astype(dtype).copy() for W, _ in layers]
+        est.intercepts_ = [b.numpy().astype(dtype).copy() for _, b in layers]
         return est
 
 
@@ -318,13 +396,37 @@ def _ridge(est):
     alpha = np.asarray(est.alpha, dtype=np.float64)
     if np.any(alpha < 0):
         raise ValueError(f"Ridge alpha must be non-negative, got {est.alpha!r}.")
-    return LinearAdapter(est, loss=functools.partial(_squared_loss, scale=1.0), penalty_coef=alpha)
+    return LinearAdapter(est, loss=functools.partial(_squared_loss, scale=1.0),
+                         penalty_coef=alpha)
 
 
 def _linear_regression(est):
     if est.positive:
         raise _unsupported(est, "positive=True adds bound constraints")
     return LinearAdapter(est, loss=functools.partial(_squared_loss, scale=1.0))
+
+
+def _mlp_classifier(est):
+    if est.loss != "log_loss":
+        raise _unsupported(est, f"loss={est.loss!r} is not supported; use 'log_loss'")
+    kind = est.out_activation_
+    if kind == "softmax":
+        return MLPAdapter(est, loss=_multinomial_loss, log_proba=_multinomial_log_proba,
+                          classes=est.classes_)
+    if est._label_binarizer.y_type_ == "multilabel-indicator":
+        return MLPAdapter(est, loss=_multilabel_loss, classes=est.classes_,
+                          multilabel=True)
+    return MLPAdapter(est, loss=_binary_logistic_loss, log_proba=_binary_logistic_log_proba,
+                      classes=est.classes_)
+
+
+def _mlp_regressor(est):
+    if est.loss != "squared_error":
+        raise _unsupported(est, f"loss={est.loss!r} is not supported; use "
+                                "'squared_error'")
+    # Half the squared error, averaged over the outputs.
+    return MLPAdapter(est, loss=functools.partial(_squared_loss,
+                                                  scale=0.5 / est.n_outputs_))
 
 
 def _registry():
@@ -335,6 +437,7 @@ def _registry():
         SGDClassifier,
         SGDRegressor,
     )
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
 
     return [
         (LogisticRegression, _logistic_regression),
@@ -342,6 +445,8 @@ def _registry():
         (SGDRegressor, _sgd_regressor),
         (Ridge, _ridge),
         (LinearRegression, _linear_regression),
+        (MLPClassifier, _mlp_classifier),
+        (MLPRegressor, _mlp_regressor),
     ]
 
 

@@ -10,7 +10,7 @@ import warnings
 
 import torch
 from joblib import Parallel, delayed
-from torch.func import grad, hessian, jacrev, vmap
+from torch.func import grad, hessian, jvp, vjp, vmap
 
 with warnings.catch_warnings():
     # torch registers its forward-mode (jvp) decompositions through the deprecated
@@ -91,6 +91,44 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None):
         size = max(1, chunk_size(p, p) * 64)
     total = sum(map_chunks(part, len(X), size, n_jobs))
     return total + hessian(lambda t: adapter.penalty(t, n))(theta)
+
+
+def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False, n_jobs=None):
+    """``v -> H v`` for the Hessian of ``J_w`` at theta, chunked over samples.
+
+    Forward-over-reverse (``jvp`` of ``grad``).  With ``gauss_newton`` the data term's
+    curvature is ``sum_i (w_i/n) J_i^T D_i J_i`` (J_i the output Jacobian, D_i the loss
+    Hessian in the outputs): positive semi-definite for convex losses, whatever the net.
+    """
+    size = chunk_size(adapter.n_params, adapter.n_outputs)
+
+    def exact_part(v, sl):
+        term = _data_term(adapter, X[sl], y[sl], weights[sl], n)
+        return jvp(grad(term), (theta,), (v,))[1]
+
+    def gauss_newton_part(v, sl):
+        def fwd(t):
+            return adapter.forward(t, X[sl])
+
+        out, Jv = jvp(fwd, (theta,), (v,))
+        _, D = output_loss_derivatives(adapter, out.detach(), y[sl])
+        u = (weights[sl] / n)[:, None] * (D @ Jv[:, :, None])[:, :, 0]
+        return vjp(fwd, theta)[1](u)[0]
+
+    part = gauss_newton_part if gauss_newton else exact_part
+    penalty_grad = grad(lambda t: adapter.penalty(t, n))
+
+    def hvp(v):
+        total = sum(map_chunks(lambda sl: part(v, sl), len(X), size, n_jobs))
+        return total + jvp(penalty_grad, (theta,), (v,))[1]
+
+    return hvp
+
+
+def matrix_from_hvp(hvp, p, dtype, device):
+    """The explicit matrix of a symmetric operator, one product per column."""
+    eye = torch.eye(p, dtype=dtype, device=device)
+    return torch.stack([hvp(eye[j]) for j in range(p)], dim=1)
 
 
 def _data_term(adapter, X, y, weights, n):

@@ -46,7 +46,7 @@ def _per_class_loss_rows(adapter, out, y, w, ctx):
 
 
 def _per_class_context(adapter, y, w):
-    masks = [(y == k).to(torch.float64) for k in range(len(adapter.classes))]
+    masks = [(y == k).to(w.dtype) for k in range(len(adapter.classes))]
     empty = [adapter.classes[k].item() for k, m in enumerate(masks) if float((w * m).sum()) == 0]
     if empty:
         warnings.warn(

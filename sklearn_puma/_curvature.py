@@ -1,28 +1,50 @@
 """Inverse-curvature solvers: ``solve(B) = (H + damping I)^{-1} B``.
 
-One small interface so that iterative solvers can join the exact one; each is tested
-against the exact solve with the same damping.
+One small interface (``solve``, ``name``, ``damping``), chosen with ``hessian=``:
+
+* ``"exact"``   explicit Hessian, eigen-decomposition (pseudo-inverse of flat directions);
+* ``"cg"``      conjugate gradients on Hessian-vector products, per right-hand side;
+* ``"lissa"``   the Neumann series of Agarwal et al. (2017), as in Koh & Liang (2017);
+* ``"lowrank"`` the top-k eigenpairs by Lanczos; the rest of the spectrum is treated as
+                flat and only damped (Schioppa et al. 2022, "Arnoldi influence");
+* ``"auto"``    "exact" up to ``EXACT_MAX_PARAMS`` parameters, else "cg".
+
+Each is tested against the exact solve with the same damping.  ``damping="auto"``
+leaves a positive semi-definite curvature alone and shifts an indefinite one by twice
+its (estimated) most negative eigenvalue, with a warning giving that figure.
 """
 
+import math
 import warnings
 
 import torch
 
-from ._warnings import NonConvexWarning
+from ._warnings import NonConvexWarning, SolverWarning
 
 # Eigenvalues below this fraction of the largest are treated as exact zeros: the
 # directions the objective is flat in (the softmax's shared offset, collinear features)
 # carry no gradient, so a pseudo-inverse is the right inverse there.
 _RTOL = 1e-10
+EXACT_MAX_PARAMS = 3000
+
+
+def _auto_damping(min_eigenvalue, max_eigenvalue, stacklevel=4):
+    tol = _RTOL * max(abs(max_eigenvalue), 1e-300)
+    if min_eigenvalue >= -tol:
+        return 0.0
+    damping = 2 * -min_eigenvalue
+    warnings.warn(
+        f"The Hessian is not positive semi-definite (smallest eigenvalue "
+        f"{min_eigenvalue:.3g}, largest {max_eigenvalue:.3g}); damping it by {damping:.3g}. "
+        "Values and patches are less reliable here.",
+        NonConvexWarning,
+        stacklevel=stacklevel,
+    )
+    return damping
 
 
 class ExactInverse:
-    """Eigen-decomposition of the explicit Hessian.
-
-    ``damping="auto"`` adds nothing to a positive semi-definite Hessian and, for an
-    indefinite one, shifts the spectrum by the measured most negative eigenvalue (and
-    warns with that figure).  A float adds that multiple of the identity.
-    """
+    """Eigen-decomposition of the explicit Hessian."""
 
     name = "exact"
 
@@ -34,41 +56,198 @@ class ExactInverse:
             )
         H = (H + H.T) / 2
         eigvals, eigvecs = torch.linalg.eigh(H)
-        top = eigvals.abs().max().clamp_min(torch.finfo(H.dtype).tiny)
+        top = float(eigvals.abs().max())
         self.min_eigenvalue = float(eigvals[0])
-        tol = _RTOL * top
         if damping == "auto":
-            damping = 0.0
-            if self.min_eigenvalue < -tol:
-                damping = 2 * -self.min_eigenvalue
-                warnings.warn(
-                    f"The Hessian is not positive semi-definite (smallest eigenvalue "
-                    f"{self.min_eigenvalue:.3g}, largest {float(top):.3g}); damping it "
-                    f"by {damping:.3g}. Values and patches are less reliable here.",
-                    NonConvexWarning,
-                    stacklevel=3,
-                )
+            damping = _auto_damping(self.min_eigenvalue, top)
         self.damping = float(damping)
         shifted = eigvals + self.damping
-        keep = shifted > tol
+        keep = shifted > _RTOL * max(top, 1e-300)
         self._basis = eigvecs[:, keep]
         self._inv_eigvals = 1.0 / shifted[keep]
 
     def solve(self, B):
         coords = self._basis.T @ B
-        if coords.ndim == 1:
-            return self._basis @ (self._inv_eigvals * coords)
-        return self._basis @ (self._inv_eigvals[:, None] * coords)
+        scale = self._inv_eigvals if coords.ndim == 1 else self._inv_eigvals[:, None]
+        return self._basis @ (scale * coords)
 
     def matrix(self):
         return self._basis @ (self._inv_eigvals[:, None] * self._basis.T)
 
 
-SOLVERS = {"exact": ExactInverse}
+def lanczos(hvp, p, k, *, dtype, device, generator=None):
+    """Ritz values (ascending) and vectors of the symmetric operator ``hvp``, k steps.
+
+    Full re-orthogonalisation: k is small (tens to a few hundred) next to p.
+    """
+    k = min(k, p)
+    q = torch.randn(p, dtype=dtype, device=device, generator=generator)
+    q = q / q.norm()
+    Q = torch.zeros(p, k, dtype=dtype, device=device)
+    alpha = torch.zeros(k, dtype=dtype, device=device)
+    beta = torch.zeros(k, dtype=dtype, device=device)
+    steps = k
+    for j in range(k):
+        Q[:, j] = q
+        w = hvp(q)
+        alpha[j] = q @ w
+        w = w - Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)
+        w = w - Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)
+        b = w.norm()
+        if j + 1 < k:
+            if b <= 1e-10 * alpha[: j + 1].abs().max().clamp_min(1e-300):
+                steps = j + 1  # invariant subspace found: the Ritz pairs are exact
+                break
+            beta[j] = b
+            q = w / b
+    T = torch.diag(alpha[:steps]) + torch.diag(beta[: steps - 1], 1) + torch.diag(
+        beta[: steps - 1], -1)
+    values, vectors = torch.linalg.eigh(T)
+    return values, Q[:, :steps] @ vectors
 
 
-def make_inverse(kind, H, damping="auto"):
-    """The inverse-curvature operator chosen by ``hessian=kind`` ("auto" -> exact)."""
+class _OperatorInverse:
+    """Shared set-up of the Hessian-vector-product solvers: spectrum ends, damping."""
+
+    def __init__(self, hvp, p, *, dtype, device, damping="auto", random_state=None,
+                 spectrum_steps=40):
+        self._hvp, self.p = hvp, p
+        self.dtype, self.device = dtype, device
+        self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(0 if random_state is None else int(random_state))
+        values, _ = lanczos(hvp, p, spectrum_steps, dtype=dtype, device=device,
+                            generator=self._generator)
+        # Lanczos finds the ends of the spectrum first: good estimates of both.
+        self.min_eigenvalue, self.max_eigenvalue = float(values[0]), float(values[-1])
+        if damping == "auto":
+            damping = _auto_damping(self.min_eigenvalue, self.max_eigenvalue, stacklevel=5)
+        self.damping = float(damping)
+
+    def _damped(self, v):
+        return self._hvp(v) + self.damping * v
+
+    def solve(self, B):
+        if B.ndim == 1:
+            return self._solve_one(B)
+        return torch.stack([self._solve_one(B[:, j]) for j in range(B.shape[1])], dim=1)
+
+
+class CGInverse(_OperatorInverse):
+    """Conjugate gradients on ``H + damping I``; warns with the residual if it stalls."""
+
+    name = "cg"
+
+    def __init__(self, hvp, p, *, tol=1e-8, max_iter=None, **kwargs):
+        super().__init__(hvp, p, **kwargs)
+        self.tol, self.max_iter = tol, max_iter or 10 * p
+        if self.min_eigenvalue + self.damping <= 0:
+            warnings.warn(
+                f"CG needs positive definite curvature; the damped smallest eigenvalue is "
+                f"{self.min_eigenvalue + self.damping:.3g}. Pass a larger damping.",
+                SolverWarning,
+                stacklevel=4,
+            )
+
+    def _solve_one(self, b):
+        x = torch.zeros_like(b)
+        r = b.clone()
+        d = r.clone()
+        rs = r @ r
+        b_norm = b.norm().clamp_min(1e-300)
+        for _ in range(self.max_iter):
+            if rs.sqrt() <= self.tol * b_norm:
+                return x
+            Ad = self._damped(d)
+            step = rs / (d @ Ad)
+            x = x + step * d
+            r = r - step * Ad
+            rs_new = r @ r
+            d = r + (rs_new / rs) * d
+            rs = rs_new
+        residual = float((b - self._damped(x)).norm() / b_norm)
+        if residual > math.sqrt(self.tol):
+            warnings.warn(
+                f"CG stopped after {self.max_iter} iterations with relative residual "
+                f"{residual:.3g}.",
+                SolverWarning,
+                stacklevel=5,
+            )
+        return x
+
+
+class LissaInverse(_OperatorInverse):
+    """``x <- b + (I - (H + damping I) / scale) x``, ``scale`` above the top eigenvalue.
+
+    Deterministic (full-data Hessian-vector products); stops when the update is below
+    ``tol`` relative to x, and warns with that figure after ``max_iter`` terms.
+    """
+
+    name = "lissa"
+
+    def __init__(self, hvp, p, *, tol=1e-6, max_iter=20000, **kwargs):
+        super().__init__(hvp, p, **kwargs)
+        self.tol, self.max_iter = tol, max_iter
+        self.scale = 1.1 * (self.max_eigenvalue + self.damping)
+
+    def _solve_one(self, b):
+        x = b.clone()
+        for _ in range(self.max_iter):
+            update = b - self._damped(x) / self.scale
+            change = (update).norm() / (x + update).norm().clamp_min(1e-300)
+            x = x + update
+            if change <= self.tol:
+                return x / self.scale
+        warnings.warn(
+            f"LiSSA did not converge in {self.max_iter} terms (last relative change "
+            f"{float(change):.3g}); raise damping for a faster series.",
+            SolverWarning,
+            stacklevel=5,
+        )
+        return x / self.scale
+
+
+class LowRankInverse(_OperatorInverse):
+    """Top-``rank`` eigenpairs by Lanczos; the rest of the spectrum only damped."""
+
+    name = "lowrank"
+
+    def __init__(self, hvp, p, *, rank=100, **kwargs):
+        super().__init__(hvp, p, **kwargs)
+        values, vectors = lanczos(hvp, p, min(p, 2 * rank), dtype=self.dtype,
+                                  device=self.device, generator=self._generator)
+        top = torch.argsort(values.abs(), descending=True)[:rank]
+        self._values, self._vectors = values[top], vectors[:, top]
+        if self.damping <= 0:
+            # The discarded spectrum needs some curvature to be inverted at all.
+            self.damping = float(self._values.abs().min())
+
+    def solve(self, B):
+        U = self._vectors
+        coords = U.T @ B
+        inv = 1.0 / (self._values + self.damping)
+        inside = U @ (inv[:, None] * coords if coords.ndim > 1 else inv * coords)
+        return inside + (B - U @ coords) / self.damping
+
+
+def make_inverse(kind, *, p, dtype, device, hessian=None, hvp=None, damping="auto",
+                 random_state=None, rank=100):
+    """The inverse-curvature operator chosen by ``hessian=kind``.
+
+    ``hessian`` is a callable returning the explicit matrix (used by "exact"),
+    ``hvp`` a callable ``v -> H v`` (used by the others).
+    """
+    kind = resolve_kind(kind, p)
+    if kind == "exact":
+        return ExactInverse(hessian(), damping=damping)
+    common = dict(dtype=dtype, device=device, damping=damping, random_state=random_state)
+    if kind == "cg":
+        return CGInverse(hvp, p, **common)
+    if kind == "lissa":
+        return LissaInverse(hvp, p, **common)
+    return LowRankInverse(hvp, p, rank=rank, **common)
+
+
+def resolve_kind(kind, p):
     if kind == "auto":
-        kind = "exact"
-    return SOLVERS[kind](H, damping=damping)
+        return "exact" if p <= EXACT_MAX_PARAMS else "cg"
+    return kind

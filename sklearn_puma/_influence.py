@@ -17,24 +17,32 @@ from ._autodiff import (
     chunk_size,
     gradient,
     hessian_matrix,
+    hvp_function,
     map_chunks,
+    matrix_from_hvp,
     output_loss_derivatives,
     per_sample_grads,
 )
-from ._curvature import make_inverse
+from ._curvature import make_inverse, resolve_kind
 from ._warnings import PartialRemovalWarning, PumaWarning, SolverWarning
+
+
+def _np(tensor):
+    return tensor.detach().cpu().numpy().astype(np.float64)
 
 
 class Problem:
     """A fitted model in flat-parameter form, with the data it was trained on."""
 
     def __init__(self, adapter, X, y, sample_weight, *, hessian="auto", damping="auto",
-                 n_jobs=None):
+                 gauss_newton=False, random_state=None, n_jobs=None):
         self.adapter = adapter
         self.theta_hat = adapter.theta
         self.X, self.y, self.s = X, y, sample_weight
         self.n = len(X)
-        self.hessian_kind, self.damping, self.n_jobs = hessian, damping, n_jobs
+        self.hessian_kind = resolve_kind(hessian, adapter.n_params)
+        self.damping, self.gauss_newton = damping, gauss_newton
+        self.random_state, self.n_jobs = random_state, n_jobs
         # The fitted model is the exact optimum of the tilted objective (see objective()).
         self.tilt = gradient(adapter, self.theta_hat, X, y, sample_weight, self.n,
                              n_jobs=n_jobs)
@@ -44,10 +52,24 @@ class Problem:
         return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
                         tilt=self.tilt, n_jobs=self.n_jobs)
 
+    def ones(self, n):
+        return torch.ones(n, dtype=self.adapter.dtype, device=self.adapter.device)
+
     def inverse(self, theta, weights):
-        H = hessian_matrix(self.adapter, theta, self.X, self.y, weights, self.n,
-                           n_jobs=self.n_jobs)
-        return make_inverse(self.hessian_kind, H, damping=self.damping)
+        """The inverse curvature of ``J_w`` at theta, by the configured solver."""
+        adapter = self.adapter
+        hvp = hvp_function(adapter, theta, self.X, self.y, weights, self.n,
+                           gauss_newton=self.gauss_newton, n_jobs=self.n_jobs)
+
+        def explicit():
+            if self.gauss_newton:
+                return matrix_from_hvp(hvp, adapter.n_params, adapter.dtype, adapter.device)
+            return hessian_matrix(adapter, theta, self.X, self.y, weights, self.n,
+                                  n_jobs=self.n_jobs)
+
+        return make_inverse(self.hessian_kind, p=adapter.n_params, dtype=adapter.dtype,
+                            device=adapter.device, hessian=explicit, hvp=hvp,
+                            damping=self.damping, random_state=self.random_state)
 
 
 # --------------------------------------------------------------------------- values
@@ -93,7 +115,7 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
         HinvJt = torch.einsum("pkd,bd->bkp", H_inv, Xd)  # (b, K, p)
         M = torch.einsum("bkld,bd->bkl", HinvJt.reshape(b, K, K, -1), Xd)  # J H^-1 J^T
         c = (weights[sl] / problem.n)[:, None, None]
-        A = torch.eye(K, dtype=Xd.dtype).expand(b, K, K) - c * (D @ M)
+        A = torch.eye(K, dtype=Xd.dtype, device=Xd.device).expand(b, K, K) - c * (D @ M)
         # A point of leverage 1 (A singular) alone determines some direction: without it
         # the model is not identified there.  The pseudo-inverse leaves that direction
         # where it is, and the caller is told how many such points there are.
@@ -161,7 +183,7 @@ def label_free_values(problem, criterion, X):
     """
     adapter, theta = problem.adapter, problem.theta_hat
     out = adapter.forward(theta, X)
-    ones = torch.ones(len(X), dtype=torch.float64)
+    ones = problem.ones(len(X))
     blocks = [
         first_order_values(problem, problem.inverse_hat, criterion, theta, X, labels, ones)
         for labels in adapter.label_grid(out.detach())
@@ -280,7 +302,8 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     at most ``delta``.
     """
     s = problem.s
-    keep = torch.as_tensor(~remove_mask)
+    device = problem.adapter.device
+    keep = torch.as_tensor(~remove_mask, device=device)
     up_idx = np.flatnonzero(upweight_mask & ~remove_mask)
     base_weights = s * keep
     theta_hat = problem.theta_hat
@@ -298,23 +321,24 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             a = drift - G_C @ inverse.solve(problem.grad(theta, base_weights))
             V = first_order_values(problem, inverse, criterion, theta, problem.X[up_idx],
                                    problem.y[up_idx], s[up_idx])
-            lam_up = compensation_weights(V.T.numpy(), a.numpy(), alpha=alpha,
+            lam_up = compensation_weights(_np(V.T), _np(a), alpha=alpha,
                                           max_weight=max_weight, solver=solver)
             weights = base_weights.clone()
-            weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam_up))
+            weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam_up).to(weights))
         inverse = problem.inverse(theta, weights)
         theta = theta - inverse.solve(problem.grad(theta, weights))
 
     step = theta - theta_hat
-    full_change = (criterion(theta).detach() - C0).numpy()
+    full_change = _np(criterion(theta) - C0)
     eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)
     theta_mod = theta_hat + eta * step
     after = criterion(theta_mod).detach()
     lam = np.zeros(problem.n)
     lam[up_idx] = lam_up
-    final_weights = (s.numpy() * ~remove_mask) * (1.0 + lam)
+    s = _np(s)
+    final_weights = (s * ~remove_mask) * (1.0 + lam)
     # A shortened step is (to first order) the optimum of the interpolated weights.
-    sample_weight = s.numpy() + eta * (final_weights - s.numpy())
+    sample_weight = s + eta * (final_weights - s)
     if eta < 1.0:
         worst = int(np.argmax(full_change))
         names = criterion.names
@@ -326,8 +350,8 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             PartialRemovalWarning,
             stacklevel=3,
         )
-    return PatchResult(theta_mod.detach(), lam, sample_weight, eta, C0.numpy(),
-                       after.numpy(), full_change)
+    return PatchResult(theta_mod.detach(), lam, sample_weight, eta, _np(C0), _np(after),
+                       full_change)
 
 
 def _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change, n_bisect=30):
@@ -337,6 +361,6 @@ def _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change, n_bise
     lo, hi = 0.0, 1.0
     for _ in range(n_bisect):
         mid = (lo + hi) / 2
-        change = (criterion(theta_hat + mid * step).detach() - C0).numpy()
+        change = _np(criterion(theta_hat + mid * step) - C0)
         lo, hi = (mid, hi) if np.all(change <= delta) else (lo, mid)
     return lo

@@ -21,6 +21,7 @@ from ._adapters import check_supported, make_adapter
 from ._criteria import CRITERION_NAMES, BoundCriterion, criterion_names
 from ._influence import (
     Problem,
+    _np,
     compute_values,
     label_free_values,
     loo_log_proba,
@@ -79,11 +80,18 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     upweight : None, array-like or callable, default=None
         The points that may be up-weighted: ``None`` for every kept point, a mask or
         indices, or a callable ``values -> mask or indices``.
-    hessian : {"auto", "exact"}, default="auto"
-        Curvature solver. "exact" builds and eigen-decomposes the Hessian.
+    hessian : {"auto", "exact", "cg", "lissa", "lowrank"}, default="auto"
+        Inverse-curvature solver: "exact" builds and eigen-decomposes the Hessian;
+        "cg" (conjugate gradients), "lissa" (Neumann series) and "lowrank" (top
+        eigenpairs by Lanczos, the rest damped) use Hessian-vector products only;
+        "auto" is "exact" up to 3000 parameters, else "cg" (``hessian_`` says which).
     damping : "auto" or float, default="auto"
-        Added to the Hessian's diagonal. "auto" adds nothing to a positive semi-definite
-        Hessian and shifts an indefinite one (with a warning giving its eigenvalue).
+        Added to the curvature's diagonal. "auto" adds nothing to a positive
+        semi-definite curvature and shifts an indefinite one by twice its (estimated)
+        most negative eigenvalue, with a warning giving that figure.
+    curvature : {"hessian", "gauss_newton"}, default="hessian"
+        The curvature inverted: the Hessian of the training objective, or its
+        Gauss-Newton part (positive semi-definite for any net with a convex loss).
     n_steps : int, default=3
         Newton steps of the patch, each re-linearising values and weights; more steps
         converge to the model retrained on ``sample_weight_``.
@@ -115,6 +123,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         reproduces the patch (0 on removed points when ``eta_ == 1``).
     eta_ : float
         Fraction of the patch step taken; below 1 the removal is partial.
+    hessian_ : str
+        The curvature solver used ("auto" resolved).
+    damping_ : float
+        The damping used ("auto" resolved).
     criterion_before_, criterion_after_ : ndarray of shape (n_rows,)
         Criteria measured before and after the patch.
     criterion_names_ : list of str
@@ -151,7 +163,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         "solver": [StrOptions({"lasso"}), HasMethods(["fit"])],
         "max_weight": [Interval(Real, 0, None, closed="neither")],
         "upweight": [None, "array-like", callable],
-        "hessian": [StrOptions({"auto", "exact"})],
+        "hessian": [StrOptions({"auto", "exact", "cg", "lissa", "lowrank"})],
+        "curvature": [StrOptions({"hessian", "gauss_newton"})],
         "damping": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "n_steps": [Interval(Integral, 1, None, closed="left")],
         "value_method": [StrOptions({"auto", "loo", "first_order"})],
@@ -173,6 +186,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         upweight=None,
         hessian="auto",
         damping="auto",
+        curvature="hessian",
         n_steps=3,
         value_method="auto",
         random_state=None,
@@ -189,6 +203,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.upweight = upweight
         self.hessian = hessian
         self.damping = damping
+        self.curvature = curvature
         self.n_steps = n_steps
         self.value_method = value_method
         self.random_state = random_state
@@ -250,13 +265,18 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             adapter.training_weights(y_checked, sample_weight),
             hessian=self.hessian,
             damping=self.damping,
+            gauss_newton=self.curvature == "gauss_newton",
+            random_state=self.random_state,
             n_jobs=self.n_jobs,
         )
+        self.hessian_ = self._problem.hessian_kind
+        self.damping_ = self._problem.inverse_hat.damping
         self._eval = None if eval_set is None else self._check_eval_set(eval_set)
         self._base_estimator = fitted
         if adapter.is_classifier:
             self.classes_ = adapter.classes
-        self._log(f"fitted {type(fitted).__name__}; {adapter.n_params} parameters")
+        self._log(f"fitted {type(fitted).__name__}; {adapter.n_params} parameters; "
+                  f"curvature solver {self.hessian_!r}, damping {self.damping_:.3g}")
 
         problem = self._problem
         criterion = self._bind_criterion(keep=np.ones(n, dtype=bool))
@@ -319,23 +339,25 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         problem = self._problem
         if self._eval is not None:
             X, y = self._eval
-            return BoundCriterion(self.criterion, problem.adapter, X, y,
-                                  torch.ones(len(X), dtype=torch.float64))
-        weights = problem.s * torch.as_tensor(keep)
+            return BoundCriterion(self.criterion, problem.adapter, X, y, problem.ones(len(X)))
+        weights = problem.s * torch.as_tensor(keep, device=problem.s.device)
         return BoundCriterion(self.criterion, problem.adapter, problem.X, problem.y, weights)
 
     def _value_method(self, adapter):
+        # The leave-one-out correction is exact for models linear in their parameters
+        # and needs the explicit inverse Hessian.
+        loo_exists = adapter.linear_in_params and self._problem.hessian_kind == "exact"
         if self.value_method == "auto":
-            return "loo" if adapter.linear_in_params else "first_order"
-        if self.value_method == "loo" and not adapter.linear_in_params:
+            return "loo" if loo_exists else "first_order"
+        if self.value_method == "loo" and not loo_exists:
             raise ValueError(
-                "value_method='loo' needs a model linear in its parameters; use "
-                "'first_order' or 'auto'."
+                "value_method='loo' needs a model linear in its parameters and "
+                "hessian='exact' (or 'auto'); use 'first_order' or 'auto'."
             )
         return self.value_method
 
     def _shape_values(self, values):
-        values = values.detach().numpy()
+        values = _np(values)
         return values[:, 0] if values.shape[1] == 1 else values
 
     # -------------------------------------------------------------------- removal
@@ -397,9 +419,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         adapter = self._problem.adapter
         if not adapter.is_classifier:
             return
-        kept = self._problem.y[torch.as_tensor(~mask)] if (~mask).any() else []
-        kept_weight = self._problem.s[torch.as_tensor(~mask)]
-        present = set(np.asarray(kept)[kept_weight.numpy() > 0].tolist())
+        keep = ~mask & (_np(self._problem.s) > 0)
+        present = set(_np(self._problem.y)[keep].astype(int).tolist())
         emptied = [adapter.classes[k].item() for k in range(len(adapter.classes))
                    if k not in present]
         if emptied:
@@ -463,12 +484,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.lambda_ = np.zeros(problem.n)
         self.sample_weight_ = self._base_sample_weight.copy()
         self.eta_ = 1.0
-        self.criterion_before_ = criterion(problem.theta_hat).detach().numpy()
+        self.criterion_before_ = _np(criterion(problem.theta_hat))
         self.criterion_after_ = self.criterion_before_.copy()
 
     def _user_weights(self, training_weights):
         # Training weights include class_weight, which the estimator re-applies itself.
-        s = self._problem.s.numpy()
+        s = _np(self._problem.s)
         ratio = np.divide(training_weights, s, out=np.zeros_like(s), where=s > 0)
         return self._base_sample_weight * ratio
 
@@ -514,7 +535,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             if y is None:
                 raise ValueError("value(X, y) needs the labels y of the points in X.")
             Xt, yt = self._encode_labelled(X, y)
-            w = torch.ones(len(Xt), dtype=torch.float64)
+            w = problem.ones(len(Xt))
         criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
         return self._shape_values(compute_values(problem, criterion, Xt, yt, w, method))
 
@@ -549,8 +570,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             Xt, yt, w = problem.X, problem.y, problem.s
         else:
             Xt, yt = self._encode_labelled(X, y)
-            w = torch.ones(len(Xt), dtype=torch.float64)
-        return loo_log_proba(problem, Xt, yt, w).exp().detach().numpy()
+            w = problem.ones(len(Xt))
+        return _np(loo_log_proba(problem, Xt, yt, w).exp())
 
     def transform(self, X):
         """Label-free values: for a classifier, the value of each point under each
@@ -561,7 +582,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         problem = self._problem
         criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
-        return label_free_values(problem, criterion, problem.adapter.encode_X(X)).numpy()
+        return _np(label_free_values(problem, criterion, problem.adapter.encode_X(X)))
 
     def get_feature_names_out(self, input_features=None):
         """Names of the transform's columns: ``value_<label>[_<criterion row>]``."""
