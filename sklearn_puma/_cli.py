@@ -185,8 +185,9 @@ def build_parser():
     output.add_argument(
         "--output", default="puma_values.csv", metavar="FILE.csv",
         help="CSV of the values, one line per fitted row: row (0-based position of the "
-             "data row in the input table), label, original_label and flipped (when labels were flipped), "
-             "value (and value_<row> per criterion row), removed (default: %(default)s)",
+             "data row in the input table), label, original_label and flipped (when "
+             "labels were flipped), value (and value_<row> per criterion row), removed "
+             "(default: %(default)s)",
     )
     output.add_argument("--quiet", action="store_true",
                         help="print a one-line summary instead of the report")
@@ -316,12 +317,13 @@ def _fmt_seconds(seconds):
 
 
 def _best_time(func, repeats=TIMING_REPEATS):
+    """(best wall time of ``repeats`` calls, the last call's result)."""
     best = np.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        func()
+        result = func()
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, result
 
 
 class _Report:
@@ -398,20 +400,16 @@ def _run(args, stream):
         acc_before = puma.score(X_test, y_test)
 
         try:
-            patch_time = _best_time(lambda: puma.patch(harmful))
+            patch_time, _ = _best_time(lambda: puma.patch(harmful))
         except ValueError as exc:
             raise CLIError(f"cannot patch out the {k} most harmful rows: {exc}") from None
-        kept_weight = puma.sample_weight_
-        refit = {}
-
-        def do_refit():
-            refit["model"] = clone(estimator).fit(X_fit, y_fit, sample_weight=kept_weight)
-
-        refit_time = _best_time(do_refit)
+        refit_time, refit = _best_time(
+            lambda: clone(estimator).fit(X_fit, y_fit, sample_weight=puma.sample_weight_)
+        )
     # Each timing repeat warns alike: keep one copy of each message.
     notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     acc_after = puma.score(X_test, y_test)
-    acc_refit = refit["model"].score(X_test, y_test)
+    acc_refit = refit.score(X_test, y_test)
 
     # ---- the report
     classes = puma.classes_
