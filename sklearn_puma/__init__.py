@@ -5,6 +5,7 @@ PUMA (Performance Unchanged Model Augmentation) for scikit-learn models.
 
 from ._adapters import SUPPORTED_ESTIMATORS, UnsupportedEstimatorError
 from ._criteria import CRITERION_NAMES
+from ._datasets import flip_labels
 from ._patcher import PumaPatcher
 from ._warnings import (
     NonConvexWarning,
@@ -24,4 +25,5 @@ __all__ = [
     "SUPPORTED_ESTIMATORS",
     "SolverWarning",
     "UnsupportedEstimatorError",
+    "flip_labels",
 ]

@@ -123,13 +123,11 @@ class _OperatorInverse:
             damping = _auto_damping(self.min_eigenvalue, self.max_eigenvalue, stacklevel=5)
         self.damping = float(damping)
 
-    def _damped(self, v):
-        return self._hvp(v) + self.damping * v
-
-    def solve(self, B):
-        if B.ndim == 1:
-            return self._solve_one(B)
-        return torch.stack([self._solve_one(B[:, j]) for j in range(B.shape[1])], dim=1)
+    def _damped(self, V):
+        """``(H + damping I) V`` for a vector or, column by column, a (p, m) matrix."""
+        if V.ndim == 1:
+            return self._hvp(V) + self.damping * V
+        return torch.func.vmap(self._hvp, in_dims=1, out_dims=1)(V) + self.damping * V
 
 
 class CGInverse(_OperatorInverse):
@@ -148,31 +146,35 @@ class CGInverse(_OperatorInverse):
                 stacklevel=4,
             )
 
-    def _solve_one(self, b):
-        x = torch.zeros_like(b)
-        r = b.clone()
-        d = r.clone()
-        rs = r @ r
-        b_norm = b.norm().clamp_min(1e-300)
+    def solve(self, B):
+        """Block CG: every column runs its own recurrence, sharing the products."""
+        vector = B.ndim == 1
+        B = B[:, None] if vector else B
+        X = torch.zeros_like(B)
+        R = B.clone()
+        D = R.clone()
+        rs = (R * R).sum(0)
+        b_norm = B.norm(dim=0).clamp_min(1e-300)
         for _ in range(self.max_iter):
-            if rs.sqrt() <= self.tol * b_norm:
-                return x
-            Ad = self._damped(d)
-            step = rs / (d @ Ad)
-            x = x + step * d
-            r = r - step * Ad
-            rs_new = r @ r
-            d = r + (rs_new / rs) * d
+            active = rs.sqrt() > self.tol * b_norm
+            if not active.any():
+                break
+            AD = self._damped(D)
+            step = torch.where(active, rs / (D * AD).sum(0), torch.zeros_like(rs))
+            X = X + step * D
+            R = R - step * AD
+            rs_new = (R * R).sum(0)
+            D = R + torch.where(active, rs_new / rs.clamp_min(1e-300), torch.zeros_like(rs)) * D
             rs = rs_new
-        residual = float((b - self._damped(x)).norm() / b_norm)
+        residual = float(((B - self._damped(X)).norm(dim=0) / b_norm).max())
         if residual > math.sqrt(self.tol):
             warnings.warn(
                 f"CG stopped after {self.max_iter} iterations with relative residual "
                 f"{residual:.3g}.",
                 SolverWarning,
-                stacklevel=5,
+                stacklevel=4,
             )
-        return x
+        return X[:, 0] if vector else X
 
 
 class LissaInverse(_OperatorInverse):
@@ -184,26 +186,27 @@ class LissaInverse(_OperatorInverse):
 
     name = "lissa"
 
-    def __init__(self, hvp, p, *, tol=1e-6, max_iter=20000, **kwargs):
+    def __init__(self, hvp, p, *, tol=1e-5, max_iter=20000, **kwargs):
         super().__init__(hvp, p, **kwargs)
         self.tol, self.max_iter = tol, max_iter
         self.scale = 1.1 * (self.max_eigenvalue + self.damping)
 
-    def _solve_one(self, b):
-        x = b.clone()
+    def solve(self, B):
+        X = B.clone()
         for _ in range(self.max_iter):
-            update = b - self._damped(x) / self.scale
-            change = (update).norm() / (x + update).norm().clamp_min(1e-300)
-            x = x + update
+            update = B - self._damped(X) / self.scale
+            change = float(((update).norm(dim=0) / (X + update).norm(dim=0).clamp_min(1e-300)
+                            ).max())
+            X = X + update
             if change <= self.tol:
-                return x / self.scale
+                return X / self.scale
         warnings.warn(
             f"LiSSA did not converge in {self.max_iter} terms (last relative change "
-            f"{float(change):.3g}); raise damping for a faster series.",
+            f"{change:.3g}); raise damping for a faster series.",
             SolverWarning,
-            stacklevel=5,
+            stacklevel=4,
         )
-        return x / self.scale
+        return X / self.scale
 
 
 class LowRankInverse(_OperatorInverse):

@@ -17,6 +17,8 @@ from sklearn.linear_model import (
     SGDClassifier,
     SGDRegressor,
 )
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.neural_network._base import LOSS_FUNCTIONS
 from sklearn.tree import DecisionTreeClassifier
 
 from sklearn_puma import UnsupportedEstimatorError
@@ -32,6 +34,17 @@ def _classification(wine, breast_cancer, kind):
         return X[:150, :6], y[:150]
     X, y = wine
     return X[:, :5], y
+
+
+def _multilabel(breast_cancer):
+    X, y = breast_cancer
+    X = X[:150, :6]
+    return X, np.column_stack([y[:150], (X[:, 0] > 0).astype(int)])
+
+
+def _mlp(cls, activation="tanh", **kw):
+    return lambda: cls(hidden_layer_sizes=(5,), activation=activation, alpha=0.01,
+                       solver="lbfgs", max_iter=300, random_state=0, **kw)
 
 
 def _regression(diabetes, outputs):
@@ -66,6 +79,15 @@ CASES = {
                            lambda: SGDClassifier(loss="log_loss", random_state=0), False),
     "sgd-regressor": (lambda d: _regression(d[2], 1),
                       lambda: SGDRegressor(random_state=0), False),
+    "mlp-binary-tanh": (lambda d: _classification(*d[:2], "binary"),
+                        _mlp(MLPClassifier), False),
+    "mlp-multiclass-relu": (lambda d: _classification(*d[:2], "multi"),
+                            _mlp(MLPClassifier, "relu"), False),
+    "mlp-multilabel-logistic": (lambda d: _multilabel(d[1]),
+                                _mlp(MLPClassifier, "logistic"), False),
+    "mlp-regressor-2-outputs-identity": (lambda d: _regression(d[2], 2),
+                                         _mlp(MLPRegressor, "identity"), False),
+    "mlp-regressor-tanh": (lambda d: _regression(d[2], 1), _mlp(MLPRegressor), False),
 }
 
 
@@ -86,7 +108,25 @@ def test_sample_loss_matches_estimator(case):
     name, est, adapter, X, y, Xt, yt, s, _ = case
     out = adapter.forward(adapter.theta, Xt)
     loss = adapter.sample_loss(out, yt).numpy()
-    if adapter.is_classifier:
+    if isinstance(est, (MLPClassifier, MLPRegressor)):
+        expected = _mlp_sample_losses(est, X, y)
+        np.testing.assert_allclose(loss, expected, rtol=1e-8, atol=1e-12)
+        # The whole objective, as scikit-learn's own loss functions compute it.
+        name = est.loss
+        prob = est.predict_proba(X) if adapter.is_classifier else est.predict(X)
+        target = y
+        if adapter.is_classifier:
+            target = est._label_binarizer.transform(y)
+            if est.out_activation_ == "logistic":
+                name = "binary_log_loss"
+                prob = prob if adapter.multilabel else prob[:, 1:]
+        sk_loss = LOSS_FUNCTIONS[name](target.reshape(len(X), -1), prob.reshape(len(X), -1),
+                                       sample_weight=s.numpy())
+        sk_loss += 0.5 * est.alpha * sum((c**2).sum() for c in est.coefs_) / s.sum().item()
+        J = objective(adapter, Xt, yt, s, len(X))(adapter.theta).item()
+        # Mean form divides by n, scikit-learn by the weight sum.
+        assert abs(J * len(X) / s.sum().item() - sk_loss) <= 1e-8 * abs(sk_loss)
+    elif adapter.is_classifier:
         # The trained loss in numpy, from the estimator's own decision function.
         d = est.decision_function(X)
         idx = np.searchsorted(est.classes_, y)
@@ -105,6 +145,17 @@ def test_sample_loss_matches_estimator(case):
         scale = 0.5 if isinstance(est, SGDRegressor) else 1.0
         expected = scale * ((y.reshape(len(X), -1) - pred) ** 2).sum(axis=1)
         np.testing.assert_allclose(loss, expected, rtol=1e-8, atol=1e-10)
+
+
+def _mlp_sample_losses(est, X, y):
+    """Per-sample losses in numpy from the estimator's own predictions."""
+    if isinstance(est, MLPRegressor):
+        return 0.5 * ((y.reshape(len(X), -1) - est.predict(X).reshape(len(X), -1)) ** 2
+                      ).mean(axis=1)
+    proba = est.predict_proba(X)
+    if est._label_binarizer.y_type_ == "multilabel-indicator":
+        return -(y * np.log(proba) + (1 - y) * np.log1p(-proba)).sum(axis=1)
+    return -np.log(proba[np.arange(len(y)), np.searchsorted(est.classes_, y)])
 
 
 def test_objective_is_stationary_at_fit(case):
@@ -153,7 +204,10 @@ def test_build_writes_parameters_back(case):
     assert patched is not est
     np.testing.assert_allclose(make_adapter(patched).theta.numpy(), theta.numpy())
     out = adapter.forward(theta, Xt).numpy()
-    if adapter.is_classifier:
+    if isinstance(patched, MLPClassifier) and adapter.multilabel:
+        np.testing.assert_allclose(patched.predict_proba(X), 1 / (1 + np.exp(-out)),
+                                   rtol=1e-10)
+    elif adapter.is_classifier:
         np.testing.assert_allclose(patched.predict_proba(X),
                                    adapter.log_proba(torch.as_tensor(out)).exp().numpy(),
                                    rtol=1e-10, atol=1e-12)

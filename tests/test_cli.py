@@ -11,7 +11,7 @@ from sklearn.datasets import load_breast_cancer, load_wine
 
 from sklearn_puma import CRITERION_NAMES
 from sklearn_puma._cli import main
-from sklearn_puma._datasets import flip_labels
+from sklearn_puma import flip_labels
 
 
 def _n_fitted(n_rows, test_size=0.25, eval_size=0.25):
