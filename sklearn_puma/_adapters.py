@@ -324,6 +324,41 @@ class MLPAdapter(Adapter):
         return est
 
 
+class MLPLastLayerAdapter(LinearAdapter):
+    """An MLP with every layer but the last frozen: a linear model on its last hidden
+    features, so that values get the exact leave-one-out correction and the curvature
+    is the small last-layer block.  ``encode_X`` maps inputs to those features once.
+    """
+
+    def __init__(self, mlp_adapter):
+        est = mlp_adapter.estimator
+        Adapter.__init__(self, est, loss=mlp_adapter.loss,
+                         log_proba=mlp_adapter._log_proba, classes=mlp_adapter.classes)
+        self.multilabel = mlp_adapter.multilabel
+        self._mlp = mlp_adapter
+        W, b = est.coefs_[-1], est.intercepts_[-1]
+        self.n_features, self.n_outputs = W.shape
+        self.fit_intercept = True
+        self.theta = torch.as_tensor(np.column_stack([W.T, b]).ravel(), dtype=torch.float64)
+        mask = np.zeros((self.n_outputs, self.n_features + 1))
+        mask[:, : self.n_features] = 0.5 * est.alpha
+        self._penalty_weights = torch.as_tensor(mask.ravel(), dtype=torch.float64)
+        self._penalty_scales_with_n = True
+
+    def encode_X(self, X):
+        h = super().encode_X(X)
+        for W, b in list(self._mlp._layers(self._mlp.theta))[:-1]:
+            h = self._mlp._activation(h @ W + b)
+        return h
+
+    def build(self, theta):
+        W = theta.detach().cpu().numpy().reshape(self.n_outputs, -1)
+        full = self._mlp.theta.clone()
+        last = W[:, : self.n_features].T.ravel(), W[:, self.n_features]
+        full[-(last[0].size + last[1].size):] = torch.as_tensor(np.concatenate(last))
+        return self._mlp.build(full)
+
+
 # ---------------------------------------------------------------------- factories
 
 
@@ -456,9 +491,14 @@ def check_supported(estimator):
         raise _unsupported(estimator, "no adapter exists for this model family")
 
 
-def make_adapter(fitted_estimator):
-    """The adapter for a fitted estimator."""
+def make_adapter(fitted_estimator, parameters="all"):
+    """The adapter for a fitted estimator; ``parameters="last_layer"`` freezes the rest."""
     for cls, factory in _registry():
         if isinstance(fitted_estimator, cls):
-            return factory(fitted_estimator)
-    raise _unsupported(fitted_estimator, "no adapter exists for this model family")
+            adapter = factory(fitted_estimator)
+            break
+    else:
+        raise _unsupported(fitted_estimator, "no adapter exists for this model family")
+    if parameters == "last_layer" and isinstance(adapter, MLPAdapter):
+        return MLPLastLayerAdapter(adapter)
+    return adapter

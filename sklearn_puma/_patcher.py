@@ -92,6 +92,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     curvature : {"hessian", "gauss_newton"}, default="hessian"
         The curvature inverted: the Hessian of the training objective, or its
         Gauss-Newton part (positive semi-definite for any net with a convex loss).
+    parameters : {"all", "last_layer"}, default="all"
+        The parameters the patch may change. "last_layer" freezes every layer of a
+        network but the last, which then is a linear model on the last hidden features:
+        values get the exact leave-one-out correction and the curvature is small, so
+        large nets patch fast. Linear models have one layer.
     n_steps : int, default=3
         Newton steps of the patch, each re-linearising values and weights; more steps
         converge to the model retrained on ``sample_weight_``.
@@ -165,6 +170,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         "upweight": [None, "array-like", callable],
         "hessian": [StrOptions({"auto", "exact", "cg", "lissa", "lowrank"})],
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
+        "parameters": [StrOptions({"all", "last_layer"})],
         "damping": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "n_steps": [Interval(Integral, 1, None, closed="left")],
         "value_method": [StrOptions({"auto", "loo", "first_order"})],
@@ -187,6 +193,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         hessian="auto",
         damping="auto",
         curvature="hessian",
+        parameters="all",
         n_steps=3,
         value_method="auto",
         random_state=None,
@@ -204,6 +211,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.hessian = hessian
         self.damping = damping
         self.curvature = curvature
+        self.parameters = parameters
         self.n_steps = n_steps
         self.value_method = value_method
         self.random_state = random_state
@@ -254,7 +262,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             sample_weight = _check_sample_weight(sample_weight, X_checked, dtype=np.float64)
         removal_spec = self._check_fit_removal(remove, n)
         fitted = self._fit_estimator(X, y, sample_weight)
-        adapter = make_adapter(fitted)
+        adapter = make_adapter(fitted, self.parameters)
         self._base_sample_weight = (
             np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
         )

@@ -1,6 +1,7 @@
 """Every public estimator through scikit-learn's own estimator checks."""
 
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge, SGDClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_puma import PumaPatcher
@@ -12,6 +13,8 @@ INSTANCES = [
     PumaPatcher(Ridge()),
     PumaPatcher(LinearRegression()),
     PumaPatcher(SGDClassifier(loss="log_loss")),
+    PumaPatcher(MLPClassifier(hidden_layer_sizes=(8,), max_iter=300, random_state=0)),
+    PumaPatcher(MLPRegressor(hidden_layer_sizes=(8,), max_iter=300, random_state=0)),
 ]
 EXPECTED_FAILED_CHECKS = {
     # SGDClassifier fails this check on its own and scikit-learn's test table lists it:

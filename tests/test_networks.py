@@ -112,3 +112,59 @@ def test_iterative_solvers_give_the_exact_values(kind):
     cos = exact.values_ @ other.values_ / np.linalg.norm(exact.values_) / np.linalg.norm(
         other.values_)
     assert cos >= (0.95 if kind == "lissa" else 0.99)
+
+
+def test_digits_style_removal():
+    """The seed's Fig. 7 on scikit-learn's digits: remove one style of 4 (k-means)."""
+    from sklearn.base import clone
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    fours = np.flatnonzero(y == 4)
+    styles = KMeans(3, n_init=10, random_state=0).fit_predict(X[fours])
+    removed = fours[styles == np.argmax(np.bincount(styles))]
+    remove = np.zeros(len(X), dtype=bool)
+    remove[removed] = True
+    est = MLPClassifier(hidden_layer_sizes=(16,), alpha=1.0, solver="lbfgs", max_iter=1000,
+                        random_state=0)
+    model = est.fit(X, y)
+    retrained = clone(est).fit(X[~remove], y[~remove])
+    puma = PumaPatcher(FrozenEstimator(model), criterion="per_class_loss", n_steps=10)
+    puma.fit(X, y, remove=remove)
+
+    def share_of_four(m, idx):
+        return np.mean(m.predict(X[idx]) == 4)
+
+    def accuracy(m, idx):
+        return np.mean(m.predict(X[idx]) == y[idx])
+
+    other_fours, others = np.setdiff1d(fours, removed), np.flatnonzero(y != 4)
+    shares = [share_of_four(m, removed) for m in (model, puma, retrained)]
+    print(f"removed style still a 4: before {shares[0]:.2f}, PUMA {shares[1]:.2f}, "
+          f"retrained {shares[2]:.2f}; other 4s {accuracy(model, other_fours):.3f} -> "
+          f"{accuracy(puma, other_fours):.3f}; other digits {accuracy(model, others):.3f} "
+          f"-> {accuracy(puma, others):.3f}")
+    assert abs(shares[1] - shares[2]) <= 0.10
+    assert shares[1] < shares[0]
+    assert accuracy(model, other_fours) - accuracy(puma, other_fours) <= puma.delta
+    assert accuracy(model, others) - accuracy(puma, others) <= puma.delta
+
+
+def test_last_layer_patch_matches_last_layer_retraining():
+    """parameters="last_layer": earlier layers untouched, the last one retrained exactly."""
+    X, y, X_eval, y_eval = _moons(3)
+    model = converged_mlp(X, y, hidden_layer_sizes=(8,), activation="tanh", alpha=0.1)
+    remove = cluster_mask(X, 0.05, 1)
+    puma = PumaPatcher(FrozenEstimator(model), parameters="last_layer", delta=1.0)
+    puma.fit(X, y, remove=remove, eval_set=(X[remove], y[remove]))
+    assert puma.lambda_.sum() > 0
+    np.testing.assert_array_equal(puma.estimator_.coefs_[0], model.coefs_[0])
+    np.testing.assert_array_equal(puma.estimator_.intercepts_[0], model.intercepts_[0])
+    last = make_adapter(model, "last_layer")
+    retrained = retrain(last, last.theta, X, y, puma.sample_weight_)
+    patched = make_adapter(puma.estimator_, "last_layer").theta
+    error = (patched - retrained).norm() / (last.theta - retrained).norm()
+    print(f"last-layer patch vs retraining: relative error {error:.2e}")
+    assert error <= 0.01
