@@ -79,8 +79,11 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None):
         def part(sl):
             Xd = adapter.design(X[sl])
             _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl])
-            WD = (weights[sl] / n)[:, None, None] * D
-            return torch.einsum("na,nkl,nb->kalb", Xd, WD, Xd).reshape(p, p)
+            b, d = Xd.shape
+            WD = ((weights[sl] / n)[:, None, None] * D).reshape(b, K * K)
+            # One GEMM: Xd^T [D_kl-weighted Xd for every (k, l)], then reorder (k,a,l,b).
+            G = Xd.T @ (WD[:, :, None] * Xd[:, None, :]).reshape(b, K * K * d)
+            return G.reshape(d, K, K, d).permute(1, 0, 2, 3).reshape(p, p)
 
         size = chunk_size(p, K)
     else:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
+from scipy.optimize import Bounds, minimize
 from sklearn.base import clone
 from torch.func import jacrev, vmap
 
@@ -228,7 +228,46 @@ def compensation_weights(V, change, *, alpha, max_weight, solver="lasso"):
 
 
 def _bounded_lasso(V, change, alpha_abs, max_weight):
+    """The one-sided bounded Lasso, solved on a working set of candidate points.
+
+    With m criterion rows and u points (m << u), its dual has only m variables:
+    ``max_{mu >= 0} mu.change - m/2 ||mu||^2 - max_weight sum_j max(0, (V^T mu)_j - alpha)``
+    and a point can carry weight only if ``(V^T mu)_j`` reaches ``alpha``.  The dual
+    picks the candidates; the primal is solved exactly on them, and any point whose
+    gradient then says it should enter is added until none does (so the answer is the
+    full problem's).
+    """
     m, u = V.shape
+
+    def dual(mu):
+        excess = V.T @ mu - alpha_abs
+        active = excess > 0
+        value = mu @ change - 0.5 * m * mu @ mu - max_weight * excess[active].sum()
+        return -value, -(change - m * mu - max_weight * V[:, active].sum(axis=1))
+
+    mu = minimize(dual, np.zeros(m), jac=True, method="L-BFGS-B",
+                  bounds=[(0, None)] * m).x
+    working = np.flatnonzero(V.T @ mu >= 0.5 * alpha_abs)
+    lam = np.zeros(u)
+    for _ in range(50):
+        lam[:] = 0
+        lam[working] = _bounded_lasso_on(V[:, working], change, alpha_abs, max_weight)
+        shortfall = np.maximum(change - V @ lam, 0.0)
+        gradient = -V.T @ shortfall / m + alpha_abs
+        entering = np.flatnonzero((gradient < -1e-9 * max(alpha_abs, 1e-12)) & (lam == 0))
+        entering = np.setdiff1d(entering, working)
+        if entering.size == 0:
+            return lam
+        working = np.union1d(working, entering)
+    warnings.warn("The compensation solve's working set did not settle in 50 rounds.",
+                  SolverWarning, stacklevel=4)
+    return lam
+
+
+def _bounded_lasso_on(V, change, alpha_abs, max_weight):
+    m, u = V.shape
+    if u == 0:
+        return np.zeros(0)
 
     def fun(lam):
         shortfall = np.maximum(change - V @ lam, 0.0)
@@ -237,7 +276,7 @@ def _bounded_lasso(V, change, alpha_abs, max_weight):
 
     res = minimize(
         fun, np.zeros(u), jac=True, method="L-BFGS-B",
-        bounds=[(0.0, max_weight)] * u,
+        bounds=Bounds(np.zeros(u), np.full(u, max_weight)),
         options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-12},
     )
     lam = np.clip(res.x, 0.0, max_weight)
@@ -251,7 +290,7 @@ def _bounded_lasso(V, change, alpha_abs, max_weight):
             f"projected gradient {float(np.abs(pg).max()):.3g}. The weights may be "
             "suboptimal.",
             SolverWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     return lam
 
