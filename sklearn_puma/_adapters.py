@@ -17,10 +17,14 @@ The training objective in mean form is ``J = (1/n) sum_i s_i l_i + r``.
 
 import copy
 import functools
+import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import has_fit_parameter
 
 SUPPORTED_ESTIMATORS = (
     "LogisticRegression (penalty 'l2' or None, solver other than 'liblinear')",
@@ -29,6 +33,8 @@ SUPPORTED_ESTIMATORS = (
     "SGDClassifier(loss='log_loss', penalty 'l2' or None)",
     "SGDRegressor(loss='squared_error', penalty 'l2' or None)",
     "MLPClassifier, MLPRegressor",
+    "skorch NeuralNetClassifier (NLLLoss on probabilities or CrossEntropyLoss on logits), "
+    "NeuralNetBinaryClassifier (BCEWithLogitsLoss), NeuralNetRegressor (MSELoss)",
 )
 
 
@@ -359,6 +365,115 @@ class MLPLastLayerAdapter(LinearAdapter):
         return self._mlp.build(full)
 
 
+class SkorchAdapter(Adapter):
+    """A skorch net around any torch module, on the module's own device and dtype.
+
+    ``theta`` concatenates the module's trainable parameters in ``named_parameters``
+    order; ``forward`` is ``torch.func.functional_call`` on the fitted module (in eval
+    mode, buffers as they are).  The objective is the criterion's mean plus the
+    optimizer's ``weight_decay`` as ``weight_decay / 2 ||theta||^2``.  ``build`` writes
+    parameters back with ``load_state_dict`` into a deep copy of the net.
+    """
+
+    def __init__(self, net, *, loss, log_proba=None, classes=None, n_outputs):
+        super().__init__(net, loss=loss, log_proba=log_proba, classes=classes)
+        module = net.module_
+        module.eval()  # dropout off, batch-norm statistics frozen
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        self._names = [name for name, _ in named]
+        self._shapes = [p.shape for _, p in named]
+        self.theta = torch.cat([p.detach().reshape(-1) for _, p in named])
+        self.dtype, self.device = self.theta.dtype, self.theta.device
+        self._buffers = {name: b for name, b in module.named_buffers()}
+        self._module = module
+        self.n_outputs = n_outputs
+        decays = {group.get("weight_decay", 0.0) for group in net.optimizer_.param_groups}
+        if len(decays) > 1:
+            raise _unsupported(net, "parameter groups with different weight decays")
+        self._weight_decay = float(decays.pop()) if decays else 0.0
+
+    def _params(self, theta):
+        out, start = {}, 0
+        for name, shape in zip(self._names, self._shapes):
+            size = shape.numel()
+            out[name] = theta[start:start + size].reshape(shape)
+            start += size
+        return out
+
+    def forward(self, theta, X):
+        out = torch.func.functional_call(self._module, (self._params(theta), self._buffers),
+                                         (X,))
+        return out.reshape(len(X), -1)
+
+    def penalty(self, theta, n):
+        return 0.5 * self._weight_decay * (theta**2).sum()
+
+    def build(self, theta):
+        net = copy.deepcopy(self.estimator)
+        state = net.module_.state_dict()
+        for name, value in self._params(theta.detach()).items():
+            state[name] = value.to(state[name].dtype)
+        net.module_.load_state_dict(state)
+        return net
+
+
+def _nll_on_probabilities(out, y):
+    # skorch's get_loss takes log(p + eps) before NLLLoss.
+    eps = torch.finfo(out.dtype).eps
+    return -torch.log(out.gather(1, y[:, None])[:, 0] + eps)
+
+
+def _log_of_probabilities(out):
+    return torch.log(out.clamp_min(torch.finfo(out.dtype).tiny))
+
+
+def _mean_squared_loss(out, y):
+    return ((y - out) ** 2).mean(dim=1)
+
+
+def _skorch_classifier(net, n_features):
+    criterion = net.criterion_
+    classes = np.asarray(net.classes_)
+    if isinstance(criterion, torch.nn.NLLLoss):
+        loss, log_proba = _nll_on_probabilities, _log_of_probabilities
+    elif isinstance(criterion, torch.nn.CrossEntropyLoss):
+        loss, log_proba = _multinomial_loss, _multinomial_log_proba
+    else:
+        raise _unsupported(net, f"criterion {type(criterion).__name__} is not supported; "
+                                "use NLLLoss (module returns probabilities) or "
+                                "CrossEntropyLoss (module returns logits)")
+    _check_reduction(net)
+    return SkorchAdapter(net, loss=loss, log_proba=log_proba, classes=classes,
+                         n_outputs=len(classes))
+
+
+def _skorch_binary_classifier(net, n_features):
+    if not isinstance(net.criterion_, torch.nn.BCEWithLogitsLoss):
+        raise _unsupported(net, f"criterion {type(net.criterion_).__name__} is not "
+                                "supported; use BCEWithLogitsLoss")
+    _check_reduction(net)
+    return SkorchAdapter(net, loss=_binary_logistic_loss, log_proba=_binary_logistic_log_proba,
+                         classes=np.asarray(net.classes_), n_outputs=1)
+
+
+def _skorch_regressor(net, n_features):
+    if not isinstance(net.criterion_, torch.nn.MSELoss):
+        raise _unsupported(net, f"criterion {type(net.criterion_).__name__} is not "
+                                "supported; use MSELoss")
+    _check_reduction(net)
+    param = next(net.module_.parameters())
+    with torch.no_grad():
+        probe = net.module_(torch.zeros(1, n_features, dtype=param.dtype,
+                                        device=param.device))
+    return SkorchAdapter(net, loss=_mean_squared_loss, n_outputs=probe.reshape(1, -1).shape[1])
+
+
+def _check_reduction(net):
+    if getattr(net.criterion_, "reduction", "mean") != "mean":
+        raise _unsupported(net, "the criterion must average over the batch "
+                                "(reduction='mean')")
+
+
 # ---------------------------------------------------------------------- factories
 
 
@@ -474,7 +589,7 @@ def _registry():
     )
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-    return [
+    return _skorch_registry() + [
         (LogisticRegression, _logistic_regression),
         (SGDClassifier, _sgd_classifier),
         (SGDRegressor, _sgd_regressor),
@@ -485,17 +600,180 @@ def _registry():
     ]
 
 
+def _skorch_registry():
+    try:
+        from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
+    except ImportError:  # skorch is optional
+        return []
+    # The binary classifier first: it is no subclass of the others, but keep the
+    # most specific first anyway.
+    return [
+        (NeuralNetBinaryClassifier, _skorch_binary_classifier),
+        (NeuralNetClassifier, _skorch_classifier),
+        (NeuralNetRegressor, _skorch_regressor),
+    ]
+
+
+def is_skorch(estimator):
+    return type(estimator).__module__.startswith("skorch")
+
+
+class EstimatorIO:
+    """How data reaches an estimator: scikit-learn models take it as it is."""
+
+    classes = None
+
+    def fit(self, estimator, X, y, sample_weight=None):
+        if sample_weight is None:
+            return estimator.fit(X, y)
+        if not has_fit_parameter(estimator, "sample_weight"):
+            raise ValueError(
+                f"{type(estimator).__name__}.fit takes no sample_weight, so PumaPatcher "
+                "cannot train it with sample weights. Train it yourself and wrap it in "
+                "FrozenEstimator, or fit without sample_weight."
+            )
+        return estimator.fit(X, y, sample_weight=sample_weight)
+
+    def fit_args(self, X, y, fitted=None):
+        return X, y
+
+    def X(self, X_original, X_checked):
+        return X_original
+
+    def encode_y(self, y):
+        return y
+
+    def decode(self, predictions):
+        return predictions
+
+
+class SkorchIO(EstimatorIO):
+    """skorch nets take float32 arrays and class codes 0..K-1 (float 0/1 for the binary
+    classifier), regressors a 2-D target; predictions are mapped back to the labels and
+    target shape the user gave."""
+
+    def __init__(self, net):
+        from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
+
+        self._net = net
+        self._binary = isinstance(net, NeuralNetBinaryClassifier)
+        self._classifier = self._binary or isinstance(net, NeuralNetClassifier)
+        self._dtype = np.float32
+        self._ravel = False
+
+    def fit_args(self, X, y, fitted=None):
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            warnings.warn(
+                "A column-vector y was passed when a 1d array was expected; it was "
+                "flattened.",
+                DataConversionWarning,
+                stacklevel=4,
+            )
+            y = y.ravel()
+        if self._classifier:
+            check_classification_targets(y)
+        if fitted is not None:  # a frozen net: its labels and dtype are given
+            self._dtype = _numpy_dtype(next(fitted.module_.parameters()).dtype)
+            self.classes = np.asarray(getattr(fitted, "classes_", None)) \
+                if self._classifier else None
+        else:
+            # The module's own dtype (float32 unless it says otherwise), read from its
+            # initialised parameters (LazyLinear's included).
+            self._net.initialize()
+            self._dtype = _numpy_dtype(next(self._net.module_.parameters()).dtype)
+            if self._classifier:
+                self.classes = np.unique(y.ravel())
+        if not self._classifier:
+            self._ravel = y.ndim == 1
+            y = np.asarray(y, dtype=self._dtype).reshape(len(y), -1)
+        else:
+            y = self.encode_y(y).astype(self._dtype if self._binary else np.int64)
+        return np.asarray(X, dtype=self._dtype), y
+
+    def X(self, X_original, X_checked):
+        return np.asarray(X_checked, dtype=self._dtype)
+
+    def fit(self, net, X, y, sample_weight=None):
+        """Fit the net; sample weights make its loss the weighted mean over each batch.
+
+        skorch has no sample_weight: the weights travel beside X in a dict (skorch slices
+        dicts per batch), ``get_loss`` is swapped on this instance for one that weighs the
+        criterion's per-sample losses, and ``infer`` hands the module X alone.  Both swaps
+        are removed after the fit, leaving a plain net of the user's class.
+        """
+        if sample_weight is None:
+            return net.fit(X, y)
+        key = "_puma_sample_weight"
+        plain_get_loss, plain_infer = net.get_loss, net.infer
+
+        def infer(x, **fit_params):
+            if isinstance(x, dict) and key in x:
+                x = x["X"]
+            return plain_infer(x, **fit_params)
+
+        def get_loss(y_pred, y_true, X=None, training=False):
+            if not (isinstance(X, dict) and key in X):
+                return plain_get_loss(y_pred, y_true, X=X, training=training)
+            criterion = net.criterion_
+            reduction, criterion.reduction = criterion.reduction, "none"
+            try:
+                losses = plain_get_loss(y_pred, y_true, X=X, training=training)
+            finally:
+                criterion.reduction = reduction
+            w = torch.as_tensor(X[key], dtype=losses.dtype, device=losses.device)
+            return (w * losses.reshape(len(w), -1).mean(dim=1)).sum() / w.sum()
+
+        net.infer, net.get_loss = infer, get_loss
+        try:
+            net.fit({"X": X, key: np.asarray(sample_weight, dtype=self._dtype)}, y)
+        finally:
+            del net.infer, net.get_loss
+        return net
+
+    def encode_y(self, y):
+        if not self._classifier:
+            return y
+        y = np.asarray(y).ravel()
+        codes = np.searchsorted(self.classes, y)
+        codes = np.clip(codes, 0, len(self.classes) - 1)
+        unknown = self.classes[codes] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"y contains labels {np.unique(y[unknown]).tolist()} that the estimator "
+                f"was not trained on; known classes: {self.classes.tolist()}."
+            )
+        return codes
+
+    def decode(self, predictions):
+        predictions = np.asarray(predictions)
+        if self._classifier:
+            return self.classes[predictions.astype(np.int64)]
+        return predictions.ravel() if self._ravel else predictions
+
+
+def _numpy_dtype(torch_dtype):
+    return torch.empty(0, dtype=torch_dtype).numpy().dtype
+
+
+def estimator_io(estimator):
+    return SkorchIO(estimator) if is_skorch(estimator) else EstimatorIO()
+
+
 def check_supported(estimator):
     """Raise UnsupportedEstimatorError unless some adapter handles this estimator type."""
     if not any(isinstance(estimator, cls) for cls, _ in _registry()):
         raise _unsupported(estimator, "no adapter exists for this model family")
 
 
-def make_adapter(fitted_estimator, parameters="all"):
+def make_adapter(fitted_estimator, parameters="all", n_features=None):
     """The adapter for a fitted estimator; ``parameters="last_layer"`` freezes the rest."""
     for cls, factory in _registry():
         if isinstance(fitted_estimator, cls):
-            adapter = factory(fitted_estimator)
+            if is_skorch(fitted_estimator):
+                adapter = factory(fitted_estimator, n_features)
+            else:
+                adapter = factory(fitted_estimator)
             break
     else:
         raise _unsupported(fitted_estimator, "no adapter exists for this model family")

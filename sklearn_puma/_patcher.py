@@ -8,7 +8,9 @@ import torch
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, TransformerMixin, _fit_context, clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
-from sklearn.utils import get_tags
+from sklearn.base import is_classifier
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.utils import check_random_state, get_tags
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import (
@@ -17,7 +19,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._adapters import check_supported, make_adapter
+from ._adapters import check_supported, estimator_io, is_skorch, make_adapter
 from ._criteria import CRITERION_NAMES, BoundCriterion, criterion_names
 from ._influence import (
     Problem,
@@ -29,12 +31,20 @@ from ._influence import (
 )
 
 
+_CLASSIFIER_METHODS = ("predict_proba", "predict_log_proba", "decision_function",
+                       "loo_predict_proba")
+
+
 def _estimator_has(attr):
     def check(self):
         est = getattr(self, "estimator_", None)
         if est is None:
             est = self._get_estimator()
             est = est.estimator if isinstance(est, FrozenEstimator) else est
+        if attr in _CLASSIFIER_METHODS and not is_classifier(est):
+            # skorch's regressor inherits predict_proba from NeuralNet; a regressor
+            # has no class probabilities to delegate.
+            return False
         return hasattr(est, attr)
 
     return check
@@ -262,15 +272,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             sample_weight = _check_sample_weight(sample_weight, X_checked, dtype=np.float64)
         removal_spec = self._check_fit_removal(remove, n)
         fitted = self._fit_estimator(X, y, sample_weight)
-        adapter = make_adapter(fitted, self.parameters)
+        adapter = make_adapter(fitted, self.parameters, n_features=self.n_features_in_)
         self._base_sample_weight = (
             np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
         )
+        y_model = self._io.encode_y(y_checked)
         self._problem = Problem(
             adapter,
             adapter.encode_X(X_checked),
-            adapter.encode_y(y_checked),
-            adapter.training_weights(y_checked, sample_weight),
+            adapter.encode_y(y_model),
+            adapter.training_weights(y_model, sample_weight),
             hessian=self.hessian,
             damping=self.damping,
             gauss_newton=self.curvature == "gauss_newton",
@@ -282,7 +293,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self._eval = None if eval_set is None else self._check_eval_set(eval_set)
         self._base_estimator = fitted
         if adapter.is_classifier:
-            self.classes_ = adapter.classes
+            self.classes_ = adapter.classes if self._io.classes is None else self._io.classes
         self._log(f"fitted {type(fitted).__name__}; {adapter.n_params} parameters; "
                   f"curvature solver {self.hessian_!r}, damping {self.damping_:.3g}")
 
@@ -315,15 +326,23 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                     f"{type(fitted).__name__} was trained on {n_in}: pass the data it "
                     "was trained on."
                 )
+            self._io = estimator_io(fitted)
+            self._io.fit_args(X, y, fitted=fitted)
             return fitted
         check_supported(est)
         est = clone(est)
+        self._io = estimator_io(est)
         if self.random_state is not None and est.get_params().get("random_state", 0) is None:
             # An unseeded stochastic estimator (SGD*) takes our seed, so that a seeded
             # PumaPatcher is reproducible end to end.
             est.set_params(random_state=self.random_state)
-        fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
-        return est.fit(X, y, **fit_params)
+        if self.random_state is not None and is_skorch(est):
+            # A skorch net draws its initial weights from torch's global generator: seed
+            # it for this fit only, leaving the user's generator state as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(check_random_state(self.random_state).randint(2**31))
+                return self._io.fit(est, *self._io.fit_args(X, y), sample_weight)
+        return self._io.fit(est, *self._io.fit_args(X, y), sample_weight)
 
     def _check_eval_set(self, eval_set):
         if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
@@ -341,7 +360,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if y_eval.dtype.kind in "fc" and not np.all(np.isfinite(y_eval)):
             raise ValueError("eval_set's y_eval contains NaN or infinity.")
         adapter = self._problem.adapter
-        return adapter.encode_X(X_eval), adapter.encode_y(y_eval)
+        return adapter.encode_X(X_eval), adapter.encode_y(self._io.encode_y(y_eval))
 
     def _bind_criterion(self, keep):
         problem = self._problem
@@ -553,7 +572,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if len(y) != len(X):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}.")
         adapter = self._problem.adapter
-        return adapter.encode_X(X), adapter.encode_y(y)
+        return adapter.encode_X(X), adapter.encode_y(self._io.encode_y(y))
 
     @available_if(_estimator_has("predict_proba"))
     def loo_predict_proba(self, X=None, y=None):
@@ -607,33 +626,33 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     def predict(self, X):
         """Predict with the patched estimator."""
         check_is_fitted(self)
-        validate_data(self, X, reset=False)
-        return self.estimator_.predict(X)
+        X_checked = validate_data(self, X, reset=False)
+        return self._io.decode(self.estimator_.predict(self._io.X(X, X_checked)))
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
         """Class probabilities of the patched estimator."""
         check_is_fitted(self)
-        validate_data(self, X, reset=False)
-        return self.estimator_.predict_proba(X)
+        X_checked = validate_data(self, X, reset=False)
+        return self.estimator_.predict_proba(self._io.X(X, X_checked))
 
     @available_if(_estimator_has("predict_log_proba"))
     def predict_log_proba(self, X):
         """Log class probabilities of the patched estimator."""
         check_is_fitted(self)
-        validate_data(self, X, reset=False)
-        return self.estimator_.predict_log_proba(X)
+        X_checked = validate_data(self, X, reset=False)
+        return self.estimator_.predict_log_proba(self._io.X(X, X_checked))
 
     @available_if(_estimator_has("decision_function"))
     def decision_function(self, X):
         """Decision function of the patched estimator."""
         check_is_fitted(self)
-        validate_data(self, X, reset=False)
-        return self.estimator_.decision_function(X)
+        X_checked = validate_data(self, X, reset=False)
+        return self.estimator_.decision_function(self._io.X(X, X_checked))
 
     @available_if(_estimator_has("score"))
     def score(self, X, y, sample_weight=None):
-        """The patched estimator's own score (accuracy or R^2)."""
+        """Accuracy (classifiers) or R^2 (regressors) of the patched estimator."""
         check_is_fitted(self)
-        validate_data(self, X, reset=False)
-        return self.estimator_.score(X, y, sample_weight=sample_weight)
+        metric = accuracy_score if is_classifier(self) else r2_score
+        return metric(y, self.predict(X), sample_weight=sample_weight)
