@@ -1,5 +1,7 @@
 """skorch nets: scikit-learn's estimator checks, and the adapters against ground truths."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +19,10 @@ from .skorch_modules import LazyMLP  # noqa: E402
 
 # float64 modules: the sample-weight equivalence check compares predictions to 1e-7,
 # below float32's resolution.  Full-batch training keeps fits short and deterministic.
+# PUMA_TEST_DEVICE=cuda runs the same checks with the nets on a GPU.
+DEVICE = os.environ.get("PUMA_TEST_DEVICE", "cpu")
 COMMON = dict(module=LazyMLP, module__dtype=torch.float64, max_epochs=20, lr=0.1,
-              train_split=None, verbose=0)
+              train_split=None, verbose=0, device=DEVICE)
 CLASSIFIER = PumaPatcher(NeuralNetClassifier(module__n_out=3, **COMMON), random_state=0)
 REGRESSOR = PumaPatcher(NeuralNetRegressor(module__n_out=1, module__output="logits",
                                            **COMMON), random_state=0)
@@ -39,3 +43,81 @@ EXPECTED_FAILED_CHECKS = {
                              repr(e), {}))
 def test_skorch_nets_are_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+NETS = {
+    "nll-on-probabilities": lambda: NeuralNetClassifier(module__n_out=3, **COMMON),
+    "cross-entropy": lambda: NeuralNetClassifier(
+        module__n_out=3, module__output="logits", criterion=torch.nn.CrossEntropyLoss,
+        optimizer__weight_decay=0.01, **COMMON),
+    "binary": lambda: NeuralNetBinaryClassifier(module__n_out=1, module__output="squeeze",
+                                                **COMMON),
+    "regressor-2-outputs": lambda: NeuralNetRegressor(module__n_out=2,
+                                                      module__output="logits", **COMMON),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(NETS))
+def fitted_net(request, wine, breast_cancer, diabetes):
+    if request.param.startswith("regressor"):
+        X, y = diabetes
+        y = np.column_stack([y, X[:, 0]])
+    elif request.param == "binary":
+        X, y = breast_cancer
+    else:
+        X, y = wine
+    X, y = X[:120], y[:120]
+    puma = PumaPatcher(NETS[request.param](), random_state=0).fit(X, y)
+    return request.param, puma, X, y
+
+
+def test_loss_matches_skorch_get_loss(fitted_net):
+    """The mean-form objective is skorch's own batch loss plus the weight decay."""
+    name, puma, X, y = fitted_net
+    net, adapter = puma.estimator_, puma._problem.adapter
+    Xt = torch.as_tensor(X, dtype=torch.float64, device=adapter.device)
+    y_model = puma._io.fit_args(X, y, fitted=net)[1]
+    with torch.no_grad():
+        skorch_loss = net.get_loss(net.infer(Xt), torch.as_tensor(y_model,
+                                                                 device=adapter.device))
+    J = objective(adapter, puma._problem.X, puma._problem.y, puma._problem.s, len(X))
+    decay = net.optimizer_.param_groups[0]["weight_decay"]
+    expected = skorch_loss.item() + 0.5 * decay * float((adapter.theta**2).sum())
+    assert J(adapter.theta).item() == pytest.approx(expected, rel=1e-8)
+
+
+def test_gradient_and_hvp_match_finite_differences(fitted_net):
+    name, puma, X, y = fitted_net
+    problem = puma._problem
+    adapter, n = problem.adapter, problem.n
+    J = objective(adapter, problem.X, problem.y, problem.s, n)
+    theta = adapter.theta
+    g = gradient(adapter, theta, problem.X, problem.y, problem.s, n)
+    eps = 1e-6
+    eye = torch.eye(adapter.n_params, dtype=theta.dtype, device=theta.device)
+    g_fd = torch.stack([(J(theta + eps * e) - J(theta - eps * e)) / (2 * eps) for e in eye])
+    assert (g - g_fd).norm() <= 1e-5 * g.norm()
+    v = torch.randn(adapter.n_params, dtype=theta.dtype, device=theta.device,
+                    generator=torch.Generator(device=theta.device).manual_seed(0))
+    hv = hvp_function(adapter, theta, problem.X, problem.y, problem.s, n)(v)
+    hv_fd = (gradient(adapter, theta + eps * v, problem.X, problem.y, problem.s, n)
+             - gradient(adapter, theta - eps * v, problem.X, problem.y, problem.s, n)
+             ) / (2 * eps)
+    assert (hv - hv_fd).norm() <= 1e-5 * hv_fd.norm()
+
+
+def test_patched_weights_are_written_back(fitted_net):
+    name, puma, X, y = fitted_net
+    base = make_adapter(puma._base_estimator, n_features=X.shape[1])
+    puma.patch(np.arange(6))
+    patched = make_adapter(puma.estimator_, n_features=X.shape[1])
+    assert patched.device == base.device and patched.dtype == base.dtype
+    assert not torch.allclose(patched.theta, base.theta)
+    # The patched net's own predictions come from the written-back parameters.
+    out = patched.forward(patched.theta, torch.as_tensor(X, dtype=patched.dtype,
+                                                          device=patched.device))
+    if patched.is_classifier:
+        np.testing.assert_allclose(puma.predict_proba(X),
+                                   patched.log_proba(out).exp().cpu().numpy(), rtol=1e-6)
+    else:
+        np.testing.assert_allclose(puma.predict(X), out.detach().cpu().numpy(), rtol=1e-10)
