@@ -24,6 +24,11 @@ with warnings.catch_warnings():
 _CHUNK_FLOATS = 2**22
 
 
+# Rows per chunk of a sum over samples (gradients, Hessian-vector products), whose
+# memory is the network's activations, not a parameter-sized vector per row.
+_SUM_ROWS = 8192
+
+
 def chunk_size(n_params, n_outputs=1):
     return max(1, _CHUNK_FLOATS // max(1, n_params * n_outputs))
 
@@ -55,7 +60,7 @@ def objective(adapter, X, y, weights, n, tilt=None):
 
 
 def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
-    size = chunk_size(adapter.n_params)
+    size = _SUM_ROWS
 
     def part(sl):
         return grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
@@ -103,7 +108,7 @@ def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False, n_jobs
     curvature is ``sum_i (w_i/n) J_i^T D_i J_i`` (J_i the output Jacobian, D_i the loss
     Hessian in the outputs): positive semi-definite for convex losses, whatever the net.
     """
-    size = chunk_size(adapter.n_params, adapter.n_outputs)
+    size = _SUM_ROWS
 
     def exact_part(v, sl):
         term = _data_term(adapter, X[sl], y[sl], weights[sl], n)

@@ -135,7 +135,7 @@ class CGInverse(_OperatorInverse):
 
     name = "cg"
 
-    def __init__(self, hvp, p, *, tol=1e-8, max_iter=None, **kwargs):
+    def __init__(self, hvp, p, *, tol=1e-6, max_iter=None, **kwargs):
         super().__init__(hvp, p, **kwargs)
         self.tol, self.max_iter = tol, max_iter or 10 * p
         if self.min_eigenvalue + self.damping <= 0:
