@@ -247,7 +247,7 @@ class LinearAdapter(Adapter):
         """``[X, 1]``: outputs are ``design(X) @ W.T``."""
         if not self.fit_intercept:
             return X
-        return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+        return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], dim=1)
 
     def penalty(self, theta, n):
         r = (self._penalty_weights * theta**2).sum()
@@ -415,6 +415,92 @@ class SkorchAdapter(Adapter):
             state[name] = value.to(state[name].dtype)
         net.module_.load_state_dict(state)
         return net
+
+
+class SkorchLastLayerAdapter(LinearAdapter):
+    """A skorch net with every layer but its last ``torch.nn.Linear`` frozen.
+
+    The inputs of that layer (the last hidden features) are computed once, by a forward
+    hook, so the patch is a linear model on them: exact leave-one-out values and a small
+    curvature.  What follows the layer must be the identity (logits, regression), a
+    softmax (probabilities for NLLLoss) or a squeeze; it is identified on a probe input
+    and folded into the loss: NLL of softmax(z) becomes cross-entropy on z (skorch's
+    ``log(p + eps)`` differs by at most eps / p).
+    """
+
+    def __init__(self, adapter, n_features):
+        net = adapter.estimator
+        module = net.module_
+        leaves = [(name, m) for name, m in module.named_modules()
+                  if any(p.requires_grad for p in m.parameters(recurse=False))]
+        name, layer = leaves[-1]
+        if not isinstance(layer, torch.nn.Linear) or layer.bias is None:
+            raise _unsupported(net, "parameters='last_layer' needs the module's last "
+                                    "layer to be a torch.nn.Linear with a bias")
+        Adapter.__init__(self, net, loss=adapter.loss, log_proba=adapter._log_proba,
+                         classes=adapter.classes)
+        self._full, self._layer = adapter, layer
+        self._slots = [adapter._names.index(f"{name}.weight"),
+                       adapter._names.index(f"{name}.bias")]
+        self.dtype, self.device = adapter.dtype, adapter.device
+        W, b = layer.weight.detach(), layer.bias.detach()
+        self.n_outputs, self.n_features = W.shape
+        self.fit_intercept = True
+        self.theta = torch.cat([W, b[:, None]], dim=1).reshape(-1)
+        mask = torch.zeros(self.n_outputs, self.n_features + 1, dtype=self.dtype,
+                           device=self.device)
+        mask[:, : self.n_features] = 0.5 * adapter._weight_decay
+        # torch's weight decay covers the bias too.
+        mask[:, self.n_features] = 0.5 * adapter._weight_decay
+        self._penalty_weights = mask.reshape(-1)
+        self._penalty_scales_with_n = False
+        self._fold_output(n_features)
+
+    def _fold_output(self, n_features):
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        probe = torch.randn(16, n_features, dtype=self.dtype, device=self.device,
+                            generator=generator)
+        z = self._features(probe, output=True)
+        out = self._full._module(probe).reshape(len(probe), -1)
+        if out.shape == z.shape and torch.allclose(out, z, rtol=1e-5, atol=1e-6):
+            return
+        if out.shape == z.shape and torch.allclose(out, torch.softmax(z, dim=1),
+                                                   rtol=1e-5, atol=1e-6):
+            if self.loss is _nll_on_probabilities:
+                self.loss, self._log_proba = _multinomial_loss, _multinomial_log_proba
+                return
+        raise _unsupported(self.estimator, "parameters='last_layer' needs the net's output "
+                                           "to be its last Linear layer's output (or its "
+                                           "softmax, with NLLLoss)")
+
+    def _features(self, X, output=False):
+        captured = {}
+
+        def hook(module, args, result):
+            captured["h"], captured["z"] = args[0], result
+
+        handle = self._layer.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                self._full._module(X)
+        finally:
+            handle.remove()
+        return captured["z"].reshape(len(X), -1) if output else captured["h"]
+
+    def design(self, X):
+        return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], dim=1)
+
+    def encode_X(self, X):
+        X = super().encode_X(X)
+        return torch.cat([self._features(X[i:i + 8192]) for i in range(0, len(X), 8192)])
+
+    def build(self, theta):
+        W = theta.detach().reshape(self.n_outputs, -1)
+        params = self._full._params(self._full.theta.clone())
+        names = self._full._names
+        params[names[self._slots[0]]] = W[:, : self.n_features]
+        params[names[self._slots[1]]] = W[:, self.n_features]
+        return self._full.build(torch.cat([params[n].reshape(-1) for n in names]))
 
 
 def _nll_on_probabilities(out, y):
@@ -779,4 +865,6 @@ def make_adapter(fitted_estimator, parameters="all", n_features=None):
         raise _unsupported(fitted_estimator, "no adapter exists for this model family")
     if parameters == "last_layer" and isinstance(adapter, MLPAdapter):
         return MLPLastLayerAdapter(adapter)
+    if parameters == "last_layer" and isinstance(adapter, SkorchAdapter):
+        return SkorchLastLayerAdapter(adapter, n_features)
     return adapter

@@ -146,20 +146,23 @@ def _data_term(adapter, X, y, weights, n):
     return term
 
 
-def output_loss_derivatives(adapter, out, y):
-    """``dl/df`` (b, K) and ``d2l/df2`` (b, K, K) of each sample's loss in its outputs."""
+def output_loss_derivatives(adapter, out, y, curvature=True):
+    """``dl/df`` (b, K) and, with ``curvature``, ``d2l/df2`` (b, K, K) of each sample's
+    loss in its outputs (else None)."""
 
     def loss_of_output(f, target):
         return adapter.sample_loss(f[None], target[None])[0]
 
-    return vmap(grad(loss_of_output))(out, y), vmap(hessian(loss_of_output))(out, y)
+    first = vmap(grad(loss_of_output))(out, y)
+    return first, (vmap(hessian(loss_of_output))(out, y) if curvature else None)
 
 
 def per_sample_grads(adapter, theta, X, y):
     """``g_i = grad l(z_i; theta)`` for a chunk, shape (b, p)."""
     if adapter.linear_in_params:
         # g_i = dl/df_i (x) x_i: no per-sample backward pass needed.
-        r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X), y)
+        r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X), y,
+                                       curvature=False)
         return (r[:, :, None] * adapter.design(X)[:, None, :]).reshape(len(X), -1)
 
     def loss_one(t, x, target):

@@ -28,8 +28,14 @@ _RTOL = 1e-10
 EXACT_MAX_PARAMS = 3000
 
 
-def _auto_damping(min_eigenvalue, max_eigenvalue, stacklevel=4):
-    tol = _RTOL * max(abs(max_eigenvalue), 1e-300)
+def _flat_tolerance(top, dtype):
+    # Eigenvalues within rounding of zero: 1e-10 of the top in float64, and what the
+    # dtype resolves in float32 (a float32 Hessian's "zeros" come out near 1e-6 of it).
+    return max(_RTOL, 100 * torch.finfo(dtype).eps) * max(abs(top), 1e-300)
+
+
+def _auto_damping(min_eigenvalue, max_eigenvalue, dtype, stacklevel=4):
+    tol = _flat_tolerance(max_eigenvalue, dtype)
     if min_eigenvalue >= -tol:
         return 0.0
     damping = 2 * -min_eigenvalue
@@ -59,10 +65,10 @@ class ExactInverse:
         top = float(eigvals.abs().max())
         self.min_eigenvalue = float(eigvals[0])
         if damping == "auto":
-            damping = _auto_damping(self.min_eigenvalue, top)
+            damping = _auto_damping(self.min_eigenvalue, top, H.dtype)
         self.damping = float(damping)
         shifted = eigvals + self.damping
-        keep = shifted > _RTOL * max(top, 1e-300)
+        keep = shifted > _flat_tolerance(top, H.dtype)
         self._basis = eigvecs[:, keep]
         self._inv_eigvals = 1.0 / shifted[keep]
 
@@ -120,7 +126,8 @@ class _OperatorInverse:
         # Lanczos finds the ends of the spectrum first: good estimates of both.
         self.min_eigenvalue, self.max_eigenvalue = float(values[0]), float(values[-1])
         if damping == "auto":
-            damping = _auto_damping(self.min_eigenvalue, self.max_eigenvalue, stacklevel=5)
+            damping = _auto_damping(self.min_eigenvalue, self.max_eigenvalue, dtype,
+                                    stacklevel=5)
         self.damping = float(damping)
 
     def _damped(self, V):

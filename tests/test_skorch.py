@@ -9,6 +9,7 @@ import torch
 skorch = pytest.importorskip("skorch")
 
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor  # noqa: E402
+from sklearn.frozen import FrozenEstimator  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from sklearn_puma import PumaPatcher  # noqa: E402
@@ -121,3 +122,34 @@ def test_patched_weights_are_written_back(fitted_net):
                                    patched.log_proba(out).exp().cpu().numpy(), rtol=1e-6)
     else:
         np.testing.assert_allclose(puma.predict(X), out.detach().cpu().numpy(), rtol=1e-10)
+
+
+def test_last_layer_patch_matches_last_layer_retraining(wine):
+    """parameters="last_layer" on a skorch net: earlier layers untouched, the last one
+    equal to the last layer retrained on sample_weight_ (a generic optimiser)."""
+    from .test_networks import retrain
+
+    X, y = wine
+    net = NeuralNetClassifier(module__n_out=3, module__output="logits",
+                              criterion=torch.nn.CrossEntropyLoss,
+                              optimizer__weight_decay=0.01, **COMMON).fit(X, y)
+    last = make_adapter(net, "last_layer", n_features=X.shape[1])
+    if last.device.type != "cpu":
+        pytest.skip("the reference optimiser runs on the CPU")
+    # Influence assumes an optimum: drive the last layer to one first.
+    net = last.build(retrain(last, last.theta, X, y, np.ones(len(X))))
+    last = make_adapter(net, "last_layer", n_features=X.shape[1])
+    remove = np.zeros(len(X), dtype=bool)
+    remove[np.flatnonzero(y == 0)[:20]] = True
+    puma = PumaPatcher(FrozenEstimator(net), parameters="last_layer", delta=1.0)
+    puma.fit(X, y, remove=remove, eval_set=(X[remove], y[remove]))
+    assert puma.lambda_.sum() > 0
+    before = make_adapter(net, n_features=X.shape[1])
+    after = make_adapter(puma.estimator_, n_features=X.shape[1])
+    hidden = before.n_params - 3 * 9
+    assert torch.equal(before.theta[:hidden], after.theta[:hidden])
+    retrained = retrain(last, last.theta, X, y, puma.sample_weight_)
+    patched = make_adapter(puma.estimator_, "last_layer", n_features=X.shape[1]).theta
+    error = (patched - retrained).norm() / (last.theta - retrained).norm()
+    print(f"skorch last-layer patch vs retraining: relative error {error:.2e}")
+    assert error <= 0.01
