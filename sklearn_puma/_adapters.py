@@ -299,6 +299,12 @@ class MLPAdapter(Adapter):
         self.n_outputs = estimator.coefs_[-1].shape[1]
         self._activation = _ACTIVATIONS[estimator.activation]
         self._alpha = float(estimator.alpha)
+        # scikit-learn divides the penalty by the weight sum of the batch it is applied
+        # to: the whole data for lbfgs, a mini-batch for sgd and adam.
+        self._batch = None
+        if estimator.solver != "lbfgs":
+            batch = estimator.batch_size
+            self._batch = 200 if batch == "auto" else int(batch)
 
     def _layers(self, theta):
         start = 0
@@ -318,7 +324,8 @@ class MLPAdapter(Adapter):
         return h @ W + b
 
     def penalty(self, theta, n):
-        return 0.5 * self._alpha * (self._weight_mask * theta**2).sum() / n
+        batch = n if self._batch is None else min(self._batch, n)
+        return 0.5 * self._alpha * (self._weight_mask * theta**2).sum() / batch
 
     def build(self, theta):
         est = copy.deepcopy(self.estimator)
@@ -350,6 +357,11 @@ class MLPLastLayerAdapter(LinearAdapter):
         mask[:, : self.n_features] = 0.5 * est.alpha
         self._penalty_weights = torch.as_tensor(mask.ravel(), dtype=torch.float64)
         self._penalty_scales_with_n = True
+        self._batch = mlp_adapter._batch
+
+    def penalty(self, theta, n):
+        batch = n if self._batch is None else min(self._batch, n)
+        return (self._penalty_weights * theta**2).sum() / batch
 
     def encode_X(self, X):
         h = super().encode_X(X)

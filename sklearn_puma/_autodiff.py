@@ -10,7 +10,7 @@ import warnings
 
 import torch
 from joblib import Parallel, delayed
-from torch.func import grad, hessian, jvp, vjp, vmap
+from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
 with warnings.catch_warnings():
     # torch registers its forward-mode (jvp) decompositions through the deprecated
@@ -97,11 +97,12 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None):
             return hessian(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
 
         size = max(1, chunk_size(p, p) * 64)
+        n_jobs = None  # forward mode (jacfwd) cannot run in joblib's worker threads
     total = sum(map_chunks(part, len(X), size, n_jobs))
     return total + hessian(lambda t: adapter.penalty(t, n))(theta)
 
 
-def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False, n_jobs=None):
+def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False):
     """``v -> H v`` for the Hessian of ``J_w`` at theta, chunked over samples.
 
     Forward-over-reverse (``jvp`` of ``grad``).  With ``gauss_newton`` the data term's
@@ -127,7 +128,8 @@ def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False, n_jobs
     penalty_grad = grad(lambda t: adapter.penalty(t, n))
 
     def hvp(v):
-        total = sum(map_chunks(lambda sl: part(v, sl), len(X), size, n_jobs))
+        # Sequential: torch's forward mode (jvp) cannot run in joblib's worker threads.
+        total = sum(map_chunks(lambda sl: part(v, sl), len(X), size))
         return total + jvp(penalty_grad, (theta,), (v,))[1]
 
     return hvp
@@ -154,7 +156,10 @@ def output_loss_derivatives(adapter, out, y, curvature=True):
         return adapter.sample_loss(f[None], target[None])[0]
 
     first = vmap(grad(loss_of_output))(out, y)
-    return first, (vmap(hessian(loss_of_output))(out, y) if curvature else None)
+    if not curvature:
+        return first, None
+    # Reverse over reverse: forward mode cannot run in joblib's worker threads.
+    return first, vmap(jacrev(jacrev(loss_of_output)))(out, y)
 
 
 def per_sample_grads(adapter, theta, X, y):

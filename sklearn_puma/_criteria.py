@@ -91,6 +91,11 @@ def criterion_names(spec):
 def check_criterion_fits(spec, adapter):
     for name in criterion_names(spec):
         needs_classifier = _CRITERIA[name][2]
+        if needs_classifier and adapter.multilabel:
+            raise ValueError(
+                f"criterion {name!r} needs one label per sample; this "
+                f"{type(adapter.estimator).__name__} is multilabel. Use 'loss'."
+            )
         if needs_classifier is not None and needs_classifier != adapter.is_classifier:
             kind = "classifiers" if needs_classifier else "regressors"
             raise ValueError(

@@ -18,6 +18,7 @@ import math
 import warnings
 
 import torch
+from sklearn.utils import check_random_state
 
 from ._warnings import NonConvexWarning, SolverWarning
 
@@ -68,7 +69,16 @@ class ExactInverse:
             damping = _auto_damping(self.min_eigenvalue, top, H.dtype)
         self.damping = float(damping)
         shifted = eigvals + self.damping
-        keep = shifted > _flat_tolerance(top, H.dtype)
+        tol = _flat_tolerance(top, H.dtype)
+        if shifted[0] < -tol:
+            warnings.warn(
+                f"damping={self.damping:g} leaves the Hessian indefinite (smallest damped "
+                f"eigenvalue {float(shifted[0]):.3g}); its {int((shifted < -tol).sum())} "
+                "negative direction(s) are dropped. Use damping='auto' or a larger value.",
+                NonConvexWarning,
+                stacklevel=3,
+            )
+        keep = shifted > tol
         self._basis = eigvecs[:, keep]
         self._inv_eigvals = 1.0 / shifted[keep]
 
@@ -120,7 +130,9 @@ class _OperatorInverse:
         self._hvp, self.p = hvp, p
         self.dtype, self.device = dtype, device
         self._generator = torch.Generator(device=device)
-        self._generator.manual_seed(0 if random_state is None else int(random_state))
+        # Deterministic by default: the Lanczos start vector decides the estimates.
+        seed = 0 if random_state is None else check_random_state(random_state).randint(2**31)
+        self._generator.manual_seed(int(seed))
         values, _ = lanczos(hvp, p, spectrum_steps, dtype=dtype, device=device,
                             generator=self._generator)
         # Lanczos finds the ends of the spectrum first: good estimates of both.
@@ -230,6 +242,12 @@ class LowRankInverse(_OperatorInverse):
         if self.damping <= 0:
             # The discarded spectrum needs some curvature to be inverted at all.
             self.damping = float(self._values.abs().min())
+            warnings.warn(
+                f"hessian='lowrank' needs a positive damping for the discarded spectrum; "
+                f"using the smallest kept eigenvalue, {self.damping:.3g}.",
+                SolverWarning,
+                stacklevel=4,
+            )
 
     def solve(self, B):
         U = self._vectors

@@ -46,7 +46,20 @@ class Problem:
         # The fitted model is the exact optimum of the tilted objective (see objective()).
         self.tilt = gradient(adapter, self.theta_hat, X, y, sample_weight, self.n,
                              n_jobs=n_jobs)
-        self.inverse_hat = self.inverse(self.theta_hat, sample_weight)
+        self._inverse_hat = self.inverse(self.theta_hat, sample_weight)
+
+    @property
+    def inverse_hat(self):
+        """The inverse curvature at the fitted model (rebuilt after unpickling)."""
+        if self._inverse_hat is None:
+            self._inverse_hat = self.inverse(self.theta_hat, self.s)
+        return self._inverse_hat
+
+    def __getstate__(self):
+        # Iterative solvers hold closures over torch functions, which do not pickle.
+        state = self.__dict__.copy()
+        state["_inverse_hat"] = None
+        return state
 
     def grad(self, theta, weights):
         return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
@@ -59,7 +72,7 @@ class Problem:
         """The inverse curvature of ``J_w`` at theta, by the configured solver."""
         adapter = self.adapter
         hvp = hvp_function(adapter, theta, self.X, self.y, weights, self.n,
-                           gauss_newton=self.gauss_newton, n_jobs=self.n_jobs)
+                           gauss_newton=self.gauss_newton)
 
         def explicit():
             if self.gauss_newton:
@@ -154,10 +167,22 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights):
 
 
 def loo_log_proba(problem, X, y, weights):
-    """Log class probabilities of each labelled point under the model refit without it."""
+    """Log class probabilities of each labelled point under the model refit without it.
+
+    The leverage-corrected step where it is exact (models linear in theta, explicit
+    inverse); the first-order step ``(w_i/n) H^{-1} g_i`` otherwise.
+    """
     adapter, theta = problem.adapter, problem.theta_hat
     size = chunk_size(adapter.n_params * adapter.n_outputs)
-    changes = loo_parameter_changes(problem, problem.inverse_hat, theta, X, y, weights, size)
+    inverse = problem.inverse_hat
+    if adapter.linear_in_params and hasattr(inverse, "matrix"):
+        changes = loo_parameter_changes(problem, inverse, theta, X, y, weights, size)
+    else:
+        def first_order(sl):
+            G = per_sample_grads(adapter, theta, X[sl], y[sl])
+            return sl, (weights[sl] / problem.n)[:, None] * inverse.solve(G.T).T
+
+        changes = map_chunks(first_order, len(X), size)
 
     def own_output(dtheta, x):
         return adapter.forward(theta + dtheta, x[None])[0]
@@ -378,7 +403,17 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     final_weights = (s * ~remove_mask) * (1.0 + lam)
     # A shortened step is (to first order) the optimum of the interpolated weights.
     sample_weight = s + eta * (final_weights - s)
-    if eta < 1.0:
+    if eta == 0.0:
+        worst = int(np.argmax(full_change))
+        warnings.warn(
+            f"Nothing could be removed: any step of the patch worsens criterion "
+            f"{criterion.names[worst]!r} by more than delta={delta:g} (the full patch by "
+            f"{full_change[worst]:.4g}). The model is unchanged (eta_=0). Raise delta, "
+            "lower alpha, raise max_weight or add criterion rows to compensate better.",
+            PartialRemovalWarning,
+            stacklevel=3,
+        )
+    elif eta < 1.0:
         worst = int(np.argmax(full_change))
         names = criterion.names
         warnings.warn(

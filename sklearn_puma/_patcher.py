@@ -294,6 +294,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self._base_estimator = fitted
         if adapter.is_classifier:
             self.classes_ = adapter.classes if self._io.classes is None else self._io.classes
+        elif hasattr(self, "classes_"):
+            del self.classes_  # left by an earlier fit as a classifier
         self._log(f"fitted {type(fitted).__name__}; {adapter.n_params} parameters; "
                   f"curvature solver {self.hessian_!r}, damping {self.damping_:.3g}")
 
@@ -370,17 +372,24 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         weights = problem.s * torch.as_tensor(keep, device=problem.s.device)
         return BoundCriterion(self.criterion, problem.adapter, problem.X, problem.y, weights)
 
-    def _value_method(self, adapter):
+    def _loo_exists(self):
         # The leave-one-out correction is exact for models linear in their parameters
         # and needs the explicit inverse Hessian.
-        loo_exists = adapter.linear_in_params and self._problem.hessian_kind == "exact"
-        if self.value_method == "auto":
-            return "loo" if loo_exists else "first_order"
-        if self.value_method == "loo" and not loo_exists:
+        adapter = self._problem.adapter
+        return adapter.linear_in_params and self._problem.hessian_kind == "exact"
+
+    def _value_method_check(self, method):
+        if method == "loo" and not self._loo_exists():
             raise ValueError(
-                "value_method='loo' needs a model linear in its parameters and "
-                "hessian='exact' (or 'auto'); use 'first_order' or 'auto'."
+                "Leave-one-out values need a model linear in its parameters (or "
+                "parameters='last_layer') and hessian='exact' (or 'auto'); use "
+                "'first_order' or 'auto'."
             )
+
+    def _value_method(self, adapter):
+        if self.value_method == "auto":
+            return "loo" if self._loo_exists() else "first_order"
+        self._value_method_check(self.value_method)
         return self.value_method
 
     def _shape_values(self, values):
@@ -444,11 +453,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
     def _check_classes_survive(self, mask):
         adapter = self._problem.adapter
-        if not adapter.is_classifier:
+        if not adapter.is_classifier or adapter.multilabel:
             return
         keep = ~mask & (_np(self._problem.s) > 0)
         present = set(_np(self._problem.y)[keep].astype(int).tolist())
-        emptied = [adapter.classes[k].item() for k in range(len(adapter.classes))
+        emptied = [self.classes_[k].item() for k in range(len(self.classes_))
                    if k not in present]
         if emptied:
             raise ValueError(
@@ -482,6 +491,13 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     def _patch(self, mask, upweight):
         self._check_classes_survive(mask)
         problem = self._problem
+        if getattr(problem.adapter.estimator, "class_weight", None) == "balanced":
+            raise ValueError(
+                "class_weight='balanced' is recomputed from the sample weights at every "
+                "refit, so no fixed sample_weight_ could reproduce a patch. Pass the "
+                "balanced weights as an explicit dict (sklearn.utils.class_weight."
+                "compute_class_weight) to patch this model."
+            )
         up_mask = ~mask
         if upweight is not None:
             spec = upweight(self.values_) if callable(upweight) else upweight
@@ -540,9 +556,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Parameters
         ----------
         X, y : array-like, default=None
-            Points to value; by default the training set (then ``values_`` is returned).
+            Points to value; by default the training set (then a copy of ``values_``).
+            A point outside the training set is valued as if it had been in it: the
+            first-order value is minus the predicted change of adding it.
         method : {"loo", "first_order"}, default=None
-            Defaults to the fitted ``value_method``.
+            Training points: the fitted ``value_method``. Other points: "first_order"
+            (the leave-one-out correction is for points the model was trained on).
 
         Returns
         -------
@@ -551,11 +570,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self)
         problem = self._problem
         default = self._value_method(problem.adapter)
-        method = default if method is None else method
+        if X is None and y is not None:
+            raise ValueError("value(y=...) needs the points X that the labels belong to.")
+        if method is None:
+            method = default if X is None else "first_order"
         if method not in ("loo", "first_order"):
             raise ValueError(f"method must be 'loo' or 'first_order'; got {method!r}.")
-        if X is None and y is None and method == default:
-            return self.values_
+        if method == "loo":
+            self._value_method_check("loo")
+        if X is None and method == default:
+            return self.values_.copy()
         if X is None:
             Xt, yt, w = problem.X, problem.y, problem.s
         else:

@@ -85,12 +85,6 @@ def test_transform_of_regressor_and_several_criteria(diabetes):
     assert puma.values_.shape == (len(X), 2)
 
 
-def test_value_of_new_points_equals_value_as_training_points(breast_cancer):
-    X, y = breast_cancer
-    puma = PumaPatcher().fit(X, y)
-    np.testing.assert_allclose(puma.value(X[:7], y[:7]), puma.values_[:7], rtol=1e-9)
-
-
 def test_frozen_estimator_is_not_refitted(breast_cancer):
     X, y = breast_cancer
     model = LogisticRegression(C=0.3).fit(X[:300], y[:300])  # "trained elsewhere"
@@ -211,3 +205,99 @@ def test_other_bad_input(breast_cancer):
         puma.value(X[:3])
     with pytest.raises(ValueError, match="X has 3 features, but PumaPatcher is expecting 30"):
         puma.value(X[:3, :3], y[:3])
+
+
+def test_value_of_new_points_matches_adding_them(breast_cancer):
+    """A point outside the training set: its value is minus the change of adding it,
+    measured by refitting with the point added."""
+    from sklearn.base import clone
+
+    X, y = breast_cancer
+    train, new, held = np.arange(150), np.arange(150, 180), np.arange(300, 569)
+    est = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000)
+    puma = PumaPatcher(est, criterion="log_loss").fit(X[train], y[train],
+                                                      eval_set=(X[held], y[held]))
+    values = puma.value(X[new], y[new])
+
+    def eval_loss(model):
+        proba = model.predict_proba(X[held])
+        return -np.mean(np.log(proba[np.arange(len(held)), y[held]]))
+
+    base = eval_loss(puma.estimator_)
+    added = [eval_loss(clone(est).fit(X[np.r_[train, i]], y[np.r_[train, i]])) - base
+             for i in new]
+    r = np.corrcoef(values, -np.asarray(added))[0, 1]
+    print(f"new points: correlation with minus the added-point change {r:.4f}")
+    assert r >= 0.95
+
+
+def test_n_jobs_gives_the_same_answers(breast_cancer):
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = breast_cancer
+    X = np.repeat(X, 20, axis=0)[:9000]  # more rows than one chunk of a sum
+    y = np.repeat(y, 20)[:9000]
+    for est, params in [(LogisticRegression(), {}),
+                        (MLPClassifier((4,), max_iter=30, random_state=0), {"hessian": "cg"})]:
+        one = PumaPatcher(est, remove=20, **params).fit(X, y)
+        two = PumaPatcher(est, remove=20, n_jobs=2, **params).fit(X, y)
+        np.testing.assert_allclose(two.values_, one.values_, rtol=1e-6, atol=1e-14)
+        np.testing.assert_allclose(two.predict_proba(X), one.predict_proba(X), rtol=1e-6)
+
+
+@pytest.mark.parametrize("hessian", ["exact", "cg"])
+def test_fitted_patcher_pickles(hessian, breast_cancer):
+    import pickle
+
+    X, y = breast_cancer
+    puma = PumaPatcher(hessian=hessian).fit(X, y)
+    copy_ = pickle.loads(pickle.dumps(puma))
+    np.testing.assert_allclose(copy_.transform(X[:5]), puma.transform(X[:5]), rtol=1e-6)
+    copy_.patch(np.arange(5))
+
+
+def test_multilabel_mlp(breast_cancer):
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = breast_cancer
+    Y = np.column_stack([y, X[:, 0] > 0])
+    est = MLPClassifier((4,), max_iter=50, random_state=0)
+    puma = PumaPatcher(est, remove=10).fit(X, Y)
+    assert len(puma.removed_) == 10
+    assert puma.transform(X[:3]).shape == (3, 2)
+    with pytest.raises(ValueError, match="'log_loss' needs one label per sample"):
+        PumaPatcher(est, criterion="log_loss").fit(X, Y)
+
+
+def test_balanced_class_weight_cannot_be_patched(breast_cancer):
+    X, y = breast_cancer
+    puma = PumaPatcher(LogisticRegression(class_weight="balanced")).fit(X, y)
+    assert puma.values_.shape == (len(X),)
+    with pytest.raises(ValueError, match="class_weight='balanced' is recomputed"):
+        puma.patch([0, 1])
+
+
+def test_loo_predict_proba_of_a_network_is_first_order(breast_cancer):
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = breast_cancer
+    puma = PumaPatcher(MLPClassifier((4,), max_iter=200, random_state=0)).fit(X, y)
+    proba = puma.loo_predict_proba()
+    assert proba.shape == (len(X), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-10)
+    # Leaving a point out lowers its own label's probability (or keeps it).
+    own = np.searchsorted(puma.classes_, y)
+    in_sample = puma.predict_proba(X)[np.arange(len(X)), own]
+    assert np.mean(proba[np.arange(len(X)), own] <= in_sample + 1e-12) >= 0.99
+
+
+def test_nothing_removable_within_delta(breast_cancer):
+    from sklearn_puma import PartialRemovalWarning
+
+    X, y = breast_cancer
+    remove = np.flatnonzero(y == 0)[:80]
+    with pytest.warns(PartialRemovalWarning, match="Nothing could be removed"):
+        puma = PumaPatcher(criterion="per_class_loss", alpha=1.0, delta=0.0).fit(
+            X, y, remove=remove)
+    assert puma.eta_ == 0.0
+    np.testing.assert_allclose(puma.criterion_after_, puma.criterion_before_)
