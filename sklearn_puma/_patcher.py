@@ -62,7 +62,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     ----------
     estimator : estimator, default=None
         A differentiable scikit-learn model (LogisticRegression, LinearRegression,
-        Ridge, SGDClassifier(loss="log_loss"), SGDRegressor). ``None`` means
+        Ridge, SGDClassifier(loss="log_loss"), SGDRegressor, MLPClassifier,
+        MLPRegressor) or a skorch NeuralNetClassifier, NeuralNetBinaryClassifier or
+        NeuralNetRegressor around any torch module. ``None`` means
         ``LogisticRegression()``. Wrap a model fitted elsewhere in
         :class:`~sklearn.frozen.FrozenEstimator` to patch it without refitting.
     criterion : str or list of str, default="loss"
@@ -134,8 +136,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     lambda_ : ndarray of shape (n_samples,)
         Compensation weights (zero outside the up-weight set).
     sample_weight_ : ndarray of shape (n_samples,)
-        Per-point weights the patched model is optimal for: retraining with them
-        reproduces the patch (0 on removed points when ``eta_ == 1``).
+        Per-point weights the patched model is optimal for: with ``eta_ == 1``,
+        retraining with them (to a tight tolerance, from a fitted model that was at an
+        optimum) reproduces the patch, and they are 0 on removed points. With
+        ``eta_ < 1`` they are the first-order interpolation ``s + eta_ (w - s)`` between
+        the original and the full patch's weights, which a retrain matches only roughly.
     eta_ : float
         Fraction of the patch step taken; below 1 the removal is partial.
     hessian_ : str
