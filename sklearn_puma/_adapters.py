@@ -119,6 +119,19 @@ def _squared_loss(out, y, scale):
 # ----------------------------------------------------------------------- adapters
 
 
+def class_codes(classes, y):
+    """Indices of the labels ``y`` in the sorted ``classes``; unknown labels are an error."""
+    y = np.asarray(y).ravel()
+    codes = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+    unknown = classes[codes] != y
+    if np.any(unknown):
+        raise ValueError(
+            f"y contains labels {np.unique(y[unknown]).tolist()} that the estimator was "
+            f"not trained on; known classes: {classes.tolist()}."
+        )
+    return codes
+
+
 class Adapter:
     """What every adapter shares: data encoding on the model's device and dtype."""
 
@@ -154,17 +167,8 @@ class Adapter:
         """Targets as the loss expects them: class indices, or an (n, K) float array."""
         y = np.asarray(y)
         if self.is_classifier and not self.multilabel:
-            y = y.ravel()
-            idx = np.searchsorted(self.classes, y)
-            idx = np.clip(idx, 0, len(self.classes) - 1)
-            unknown = self.classes[idx] != y
-            if np.any(unknown):
-                raise ValueError(
-                    f"y contains labels {np.unique(y[unknown]).tolist()} that the "
-                    f"estimator was not trained on; known classes: "
-                    f"{self.classes.tolist()}."
-                )
-            return torch.as_tensor(idx, dtype=torch.long, device=self.device)
+            return torch.as_tensor(class_codes(self.classes, y), dtype=torch.long,
+                                   device=self.device)
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         if y.shape[1] != self.n_outputs:
             raise ValueError(
@@ -832,16 +836,7 @@ class SkorchIO(EstimatorIO):
     def encode_y(self, y):
         if not self._classifier:
             return y
-        y = np.asarray(y).ravel()
-        codes = np.searchsorted(self.classes, y)
-        codes = np.clip(codes, 0, len(self.classes) - 1)
-        unknown = self.classes[codes] != y
-        if np.any(unknown):
-            raise ValueError(
-                f"y contains labels {np.unique(y[unknown]).tolist()} that the estimator "
-                f"was not trained on; known classes: {self.classes.tolist()}."
-            )
-        return codes
+        return class_codes(self.classes, y)
 
     def decode(self, predictions):
         predictions = np.asarray(predictions)
