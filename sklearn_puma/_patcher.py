@@ -147,6 +147,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         The curvature solver used ("auto" resolved).
     damping_ : float
         The damping used ("auto" resolved).
+    optimality_gap_ : float
+        The training objective's gradient at the fitted model relative to a typical
+        per-sample gradient: near zero at an optimum, which influence assumes (a
+        warning above 1e-2).
     criterion_before_, criterion_after_ : ndarray of shape (n_rows,)
         Criteria measured before and after the patch.
     criterion_names_ : list of str
@@ -295,6 +299,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         )
         self.hessian_ = self._problem.hessian_kind
         self.damping_ = self._problem.inverse_hat.damping
+        self.optimality_gap_ = self._problem.optimality_gap
         self._eval = None if eval_set is None else self._check_eval_set(eval_set)
         self._base_estimator = fitted
         if adapter.is_classifier:
