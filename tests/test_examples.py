@@ -19,5 +19,5 @@ def test_example_runs(path, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     code = f"import runpy; runpy.run_path({str(path)!r}, run_name='__main__')"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
