@@ -170,21 +170,36 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
     return [(sl, dtheta) for sl, dtheta, _ in parts]
 
 
+# Multiply-adds up to which the criterion is evaluated at every moved model exactly.
+_EXACT_CRITERION_BUDGET = 5e8
+
+
 def loo_values(problem, inverse, criterion, theta, X, y, weights):
     """Accurate leave-one-out values, shape (len(X), m) (DESIGN section 2).
 
-    The criterion change is taken to second order along the leave-one-out parameter
-    change: ``G_C dtheta_i + 1/2 dtheta_i^T grad^2 C dtheta_i``.  Evaluating C at
-    ``theta + dtheta_i`` instead would cost a pass over the evaluation data per point.
+    The criterion is evaluated at ``theta + dtheta_i`` where that is cheap (points x
+    evaluation rows x parameters within a budget), else taken to second order along
+    ``dtheta_i``: ``G_C dtheta_i + 1/2 dtheta_i^T grad^2 C dtheta_i``.
     """
-    G_C = jacrev(criterion)(theta)  # (m, p)
-    H_C = torch.func.hessian(criterion)(theta)  # (m, p, p)
-    size = chunk_size(problem.adapter.n_params * problem.adapter.n_outputs)
+    adapter = problem.adapter
+    p, K = adapter.n_params, adapter.n_outputs
+    cost = len(X) * criterion.X.shape[0] * p
+    if cost <= _EXACT_CRITERION_BUDGET:
+        C_hat = criterion(theta)
+        size = chunk_size(max(p * K, criterion.X.shape[0] * K))
+
+        def change(dtheta):
+            return vmap(criterion)(theta + dtheta) - C_hat
+    else:
+        G_C = jacrev(criterion)(theta)  # (m, p)
+        H_C = torch.func.hessian(criterion)(theta)  # (m, p, p)
+        size = chunk_size(p * K)
+
+        def change(dtheta):
+            return dtheta @ G_C.T + 0.5 * torch.einsum("bp,mpq,bq->bm", dtheta, H_C, dtheta)
+
     changes = loo_parameter_changes(problem, inverse, theta, X, y, weights, size)
-    return torch.cat([
-        dtheta @ G_C.T + 0.5 * torch.einsum("bp,mpq,bq->bm", dtheta, H_C, dtheta)
-        for _, dtheta in changes
-    ])
+    return torch.cat([change(dtheta) for _, dtheta in changes])
 
 
 def loo_log_proba(problem, X, y, weights):

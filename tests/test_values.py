@@ -109,3 +109,18 @@ def test_loo_predict_proba_matches_refits(breast_cancer):
     print(f"max |loo - refit| = {max(errors):.2e}; in-sample vs refit: {max(moved):.2e}")
     assert max(errors) <= 0.1 * max(moved)
     assert max(errors) <= 0.02
+
+
+def test_second_order_values_match_leave_one_out(monkeypatch):
+    """Large problems take the criterion to second order instead of evaluating it at
+    every moved model: that branch against real refits too."""
+    from sklearn.datasets import load_breast_cancer
+
+    import sklearn_puma._influence as influence
+
+    monkeypatch.setattr(influence, "_EXACT_CRITERION_BUDGET", 0)
+    X, y = load_breast_cancer(return_X_y=True)
+    for seed in (1, 2):
+        r, slope = _loo_experiment(X, y, LR, _log_loss, "log_loss", 200, seed)
+        assert r >= 0.98
+        assert 0.85 <= slope <= 1.15
