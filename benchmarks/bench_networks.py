@@ -61,7 +61,9 @@ def main():
         print(f"  patch / retrain time ratio: {t_patch / t_retrain:.3f} "
               f"(with valuation: {(t_prepare + t_patch) / t_retrain:.3f})")
         print(f"  held-out agreement patch vs retrain: {agree:.4f} "
-              f"(original vs retrain: {reference:.4f})")
+              f"(original vs retrain: {reference:.4f}); accuracy original "
+              f"{np.mean(model.predict(X_test) == y_test):.4f}, patched "
+              f"{np.mean(puma.predict(X_test) == y_test):.4f}")
 
 
 if __name__ == "__main__":

@@ -228,11 +228,10 @@ def loo_log_proba(problem, X, y, weights):
     ])
 
 
-def compute_values(problem, criterion, X, y, weights, method, theta=None, inverse=None):
-    theta = problem.theta_hat if theta is None else theta
-    inverse = problem.inverse_hat if inverse is None else inverse
+def compute_values(problem, criterion, X, y, weights, method):
+    """Values at the fitted model: "loo" (accurate) or "first_order"."""
     fn = loo_values if method == "loo" else first_order_values
-    return fn(problem, inverse, criterion, theta, X, y, weights)
+    return fn(problem, problem.inverse_hat, criterion, problem.theta_hat, X, y, weights)
 
 
 def label_free_values(problem, criterion, X):

@@ -5,7 +5,6 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
@@ -15,7 +14,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_puma import PumaPatcher, UnsupportedEstimatorError
-from sklearn_puma._adapters import make_adapter
 
 
 @pytest.fixture(scope="module")
