@@ -81,14 +81,22 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None):
     if adapter.linear_in_params:
         K = adapter.n_outputs
 
+        threads = n_jobs not in (None, 1)
+
         def part(sl):
             Xd = adapter.design(X[sl])
-            _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl])
+            _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
+                                           forward_mode=not threads)
             b, d = Xd.shape
-            WD = ((weights[sl] / n)[:, None, None] * D).reshape(b, K * K)
-            # One GEMM: Xd^T [D_kl-weighted Xd for every (k, l)], then reorder (k,a,l,b).
-            G = Xd.T @ (WD[:, :, None] * Xd[:, None, :]).reshape(b, K * K * d)
-            return G.reshape(d, K, K, d).permute(1, 0, 2, 3).reshape(p, p)
+            WD = (weights[sl] / n)[:, None, None] * D
+            # D is symmetric: the K(K+1)/2 blocks k <= l in one GEMM, then mirrored.
+            k_idx, l_idx = torch.triu_indices(K, K)
+            G = Xd.T @ (WD[:, k_idx, l_idx, None] * Xd[:, None, :]).reshape(b, -1)
+            H = Xd.new_zeros(K, d, K, d)
+            G = G.reshape(d, len(k_idx), d).permute(1, 0, 2)
+            H[k_idx, :, l_idx, :] = G
+            H[l_idx, :, k_idx, :] = G.transpose(1, 2)
+            return H.reshape(p, p)
 
         size = chunk_size(p, K)
     else:
@@ -148,9 +156,10 @@ def _data_term(adapter, X, y, weights, n):
     return term
 
 
-def output_loss_derivatives(adapter, out, y, curvature=True):
+def output_loss_derivatives(adapter, out, y, curvature=True, forward_mode=False):
     """``dl/df`` (b, K) and, with ``curvature``, ``d2l/df2`` (b, K, K) of each sample's
-    loss in its outputs (else None)."""
+    loss in its outputs (else None).  ``forward_mode`` takes the faster forward-over-
+    reverse second derivative, which cannot run in joblib's worker threads."""
 
     def loss_of_output(f, target):
         return adapter.sample_loss(f[None], target[None])[0]
@@ -158,8 +167,8 @@ def output_loss_derivatives(adapter, out, y, curvature=True):
     first = vmap(grad(loss_of_output))(out, y)
     if not curvature:
         return first, None
-    # Reverse over reverse: forward mode cannot run in joblib's worker threads.
-    return first, vmap(jacrev(jacrev(loss_of_output)))(out, y)
+    second = hessian if forward_mode else (lambda f: jacrev(jacrev(f)))
+    return first, vmap(second(loss_of_output))(out, y)
 
 
 def per_sample_grads(adapter, theta, X, y):
