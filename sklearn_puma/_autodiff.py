@@ -49,12 +49,11 @@ def objective(adapter, X, y, weights, n, tilt=None):
     neither mistaken for influence nor "patched away".
     """
 
+    data_term = _data_term(adapter, X, y, weights, n)
+
     def J(theta):
-        value = (weights * adapter.sample_loss(adapter.forward(theta, X), y)).sum() / n
-        value = value + adapter.penalty(theta, n)
-        if tilt is not None:
-            value = value - tilt @ theta
-        return value
+        value = data_term(theta) + adapter.penalty(theta, n)
+        return value if tilt is None else value - tilt @ theta
 
     return J
 

@@ -123,7 +123,13 @@ def lanczos(hvp, p, k, *, dtype, device, generator=None):
 
 
 class _OperatorInverse:
-    """Shared set-up of the Hessian-vector-product solvers: spectrum ends, damping."""
+    """Shared set-up of the Hessian-vector-product solvers: spectrum ends, damping.
+
+    The ends of the spectrum cost a Lanczos run; they are estimated only when the
+    damping is "auto" or the solver needs them (``needs_spectrum``).
+    """
+
+    needs_spectrum = False
 
     def __init__(self, hvp, p, *, dtype, device, damping="auto", random_state=None,
                  spectrum_steps=40):
@@ -133,10 +139,12 @@ class _OperatorInverse:
         # Deterministic by default: the Lanczos start vector decides the estimates.
         seed = 0 if random_state is None else check_random_state(random_state).randint(2**31)
         self._generator.manual_seed(int(seed))
-        values, _ = lanczos(hvp, p, spectrum_steps, dtype=dtype, device=device,
-                            generator=self._generator)
-        # Lanczos finds the ends of the spectrum first: good estimates of both.
-        self.min_eigenvalue, self.max_eigenvalue = float(values[0]), float(values[-1])
+        self.min_eigenvalue = self.max_eigenvalue = None
+        if damping == "auto" or self.needs_spectrum:
+            values, _ = lanczos(hvp, p, spectrum_steps, dtype=dtype, device=device,
+                                generator=self._generator)
+            # Lanczos finds the ends of the spectrum first: good estimates of both.
+            self.min_eigenvalue, self.max_eigenvalue = float(values[0]), float(values[-1])
         if damping == "auto":
             damping = _auto_damping(self.min_eigenvalue, self.max_eigenvalue, dtype,
                                     stacklevel=5)
@@ -157,7 +165,7 @@ class CGInverse(_OperatorInverse):
     def __init__(self, hvp, p, *, tol=1e-6, max_iter=None, **kwargs):
         super().__init__(hvp, p, **kwargs)
         self.tol, self.max_iter = tol, max_iter or 10 * p
-        if self.min_eigenvalue + self.damping <= 0:
+        if self.min_eigenvalue is not None and self.min_eigenvalue + self.damping <= 0:
             warnings.warn(
                 f"CG needs positive definite curvature; the damped smallest eigenvalue is "
                 f"{self.min_eigenvalue + self.damping:.3g}. Pass a larger damping.",
@@ -204,6 +212,7 @@ class LissaInverse(_OperatorInverse):
     """
 
     name = "lissa"
+    needs_spectrum = True  # the series' scale must exceed the top eigenvalue
 
     def __init__(self, hvp, p, *, tol=1e-5, max_iter=20000, **kwargs):
         super().__init__(hvp, p, **kwargs)

@@ -424,6 +424,8 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
                                           max_weight=max_weight, solver=solver)
             weights = base_weights.clone()
             weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam_up).to(weights))
+        # Damping is settled afresh at each step: the curvature where a net's patch
+        # lands can be more indefinite than at the fitted model.
         inverse = problem.inverse(theta, weights)
         theta = theta - inverse.solve(problem.grad(theta, weights))
 

@@ -339,6 +339,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                     "was trained on."
                 )
             self._io = estimator_io(fitted)
+            # Not fitted here, but the I/O still learns the target's shape and, for a
+            # skorch net, its dtype and labels.
             self._io.fit_args(X, y, fitted=fitted)
             return fitted
         check_supported(est)
