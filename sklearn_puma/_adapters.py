@@ -221,24 +221,31 @@ class LinearAdapter(Adapter):
         coef = np.asarray(estimator.coef_, dtype=np.float64)
         self._coef_shape = np.shape(estimator.coef_)
         self._intercept_shape = np.shape(estimator.intercept_)
-        self.fit_intercept = bool(getattr(estimator, "fit_intercept", True))
         coef2d = coef.reshape(-1, coef.shape[-1]) if coef.ndim > 1 else coef[None, :]
-        self.n_outputs, self.n_features = coef2d.shape
-        W = coef2d
-        if self.fit_intercept:
+        intercept = None
+        if getattr(estimator, "fit_intercept", True):
             intercept = np.broadcast_to(
-                np.asarray(estimator.intercept_, dtype=np.float64).ravel(),
-                (self.n_outputs,),
-            )
-            W = np.column_stack([coef2d, intercept])
-        self.theta = torch.as_tensor(W.ravel().copy(), dtype=torch.float64)
-        coef_per_output = np.broadcast_to(
-            np.asarray(penalty_coef, dtype=np.float64).ravel(), (self.n_outputs,)
-        )
-        mask = np.zeros((self.n_outputs, self.n_features + self.fit_intercept))
-        mask[:, : self.n_features] = coef_per_output[:, None]
-        self._penalty_weights = torch.as_tensor(mask.ravel(), dtype=torch.float64)
-        self._penalty_scales_with_n = penalty_scales_with_n
+                np.asarray(estimator.intercept_, dtype=np.float64).ravel(), (len(coef2d),))
+        self._set_layer(torch.as_tensor(coef2d), intercept, penalty_coef,
+                        scales_with_n=penalty_scales_with_n)
+
+    def _set_layer(self, W, b, weight_penalty, bias_penalty=0.0, scales_with_n=True):
+        """theta = ``[W | b]`` row by row (no column without ``b``) and the penalty
+        ``r = sum(weight_penalty W^2) + sum(bias_penalty b^2)``, over n if it scales."""
+        W = torch.as_tensor(W)
+        self.n_outputs, self.n_features = W.shape
+        self.fit_intercept = b is not None
+        columns = [W] if b is None else [W, torch.as_tensor(b).to(W)[:, None]]
+        self.theta = torch.cat(columns, dim=1).reshape(-1).clone()
+        mask = torch.zeros(self.n_outputs, self.n_features + self.fit_intercept,
+                           dtype=W.dtype, device=W.device)
+        mask[:, : self.n_features] = torch.as_tensor(
+            np.broadcast_to(np.asarray(weight_penalty, dtype=np.float64).ravel(),
+                            (self.n_outputs,)), dtype=W.dtype, device=W.device)[:, None]
+        if self.fit_intercept:
+            mask[:, self.n_features] = bias_penalty
+        self._penalty_weights = mask.reshape(-1)
+        self._penalty_scales_with_n = scales_with_n
 
     def forward(self, theta, X):
         W = theta.reshape(self.n_outputs, -1)
@@ -353,14 +360,8 @@ class MLPLastLayerAdapter(LinearAdapter):
                          log_proba=mlp_adapter._log_proba, classes=mlp_adapter.classes)
         self.multilabel = mlp_adapter.multilabel
         self._mlp = mlp_adapter
-        W, b = est.coefs_[-1], est.intercepts_[-1]
-        self.n_features, self.n_outputs = W.shape
-        self.fit_intercept = True
-        self.theta = torch.as_tensor(np.column_stack([W.T, b]).ravel(), dtype=torch.float64)
-        mask = np.zeros((self.n_outputs, self.n_features + 1))
-        mask[:, : self.n_features] = 0.5 * est.alpha
-        self._penalty_weights = torch.as_tensor(mask.ravel(), dtype=torch.float64)
-        self._penalty_scales_with_n = True
+        self._set_layer(torch.as_tensor(est.coefs_[-1].T, dtype=torch.float64),
+                        est.intercepts_[-1], 0.5 * est.alpha)
         self._batch = mlp_adapter._batch
 
     def penalty(self, theta, n):
@@ -459,17 +460,10 @@ class SkorchLastLayerAdapter(LinearAdapter):
         self._slots = [adapter._names.index(f"{name}.weight"),
                        adapter._names.index(f"{name}.bias")]
         self.dtype, self.device = adapter.dtype, adapter.device
-        W, b = layer.weight.detach(), layer.bias.detach()
-        self.n_outputs, self.n_features = W.shape
-        self.fit_intercept = True
-        self.theta = torch.cat([W, b[:, None]], dim=1).reshape(-1)
-        mask = torch.zeros(self.n_outputs, self.n_features + 1, dtype=self.dtype,
-                           device=self.device)
-        mask[:, : self.n_features] = 0.5 * adapter._weight_decay
         # torch's weight decay covers the bias too.
-        mask[:, self.n_features] = 0.5 * adapter._weight_decay
-        self._penalty_weights = mask.reshape(-1)
-        self._penalty_scales_with_n = False
+        decay = 0.5 * adapter._weight_decay
+        self._set_layer(layer.weight.detach(), layer.bias.detach(), decay, decay,
+                        scales_with_n=False)
         self._fold_output(n_features)
 
     def _fold_output(self, n_features):
