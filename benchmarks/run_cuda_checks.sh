@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a machine with CUDA: the skorch nets' estimator
-# checks and adapter tests with the nets on the GPU, then the skorch benchmark there.
+# checks and adapter tests with the nets on the GPU, then the skorch half of the network benchmark there.
 # Wheels for packages the machine lacks (skorch, this scikit-learn) may lie in .whl/.
 set -uo pipefail
 out="${OUT:-/tmp/puma-cuda}"
@@ -20,5 +20,5 @@ print("torch", torch.__version__, "| scikit-learn", sklearn.__version__, "| skor
 PY
 PUMA_TEST_DEVICE=cuda timeout 300 python3 -m pytest tests/test_skorch.py -q \
   -p no:cacheprovider 2>&1 | tail -12 | tee "$out/skorch_cuda_tests.txt"
-timeout 240 python3 benchmarks/bench_skorch.py --device cuda 2>&1 \
-  | tee "$out/bench_skorch_cuda.txt"
+timeout 240 python3 benchmarks/bench_networks.py --nets skorch --device cuda 2>&1 \
+  | tee "$out/bench_networks_cuda.txt"

@@ -116,6 +116,56 @@ def _squared_loss(out, y, scale):
     return scale * ((y - out) ** 2).sum(dim=1)
 
 
+def _binary_logistic_derivatives(out, y, curvature):
+    f = out[:, :1]
+    sign = (1 - 2 * y[:, None]).to(f.dtype)
+    sigma = torch.sigmoid(f)
+    second = (sigma * (1 - sigma))[:, :, None] if curvature else None
+    return sign * torch.sigmoid(sign * f), second
+
+
+def _multinomial_derivatives(out, y, curvature):
+    p = torch.softmax(out, dim=1)
+    first = p - (y[:, None] == torch.arange(out.shape[1], device=y.device)).to(p.dtype)
+    if not curvature:
+        return first, None
+    return first, torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+
+
+def _logistic_per_output_derivatives(out, sign, curvature):
+    sigma = torch.sigmoid(out)
+    second = torch.diag_embed(sigma * (1 - sigma)) if curvature else None
+    return sign * torch.sigmoid(sign * out), second
+
+
+def _ovr_logistic_derivatives(out, y, curvature):
+    return _logistic_per_output_derivatives(out, _ovr_signs(y, out.shape[1], out.dtype),
+                                            curvature)
+
+
+def _multilabel_derivatives(out, y, curvature):
+    return _logistic_per_output_derivatives(out, 1 - 2 * y, curvature)
+
+
+def _squared_derivatives(out, y, curvature, scale):
+    if not curvature:
+        return 2 * scale * (out - y), None
+    eye = torch.eye(out.shape[1], dtype=out.dtype, device=out.device)
+    return 2 * scale * (out - y), (2 * scale * eye).expand(len(out), -1, -1)
+
+
+# Per-sample first and second derivatives of each loss in the model outputs, in closed
+# form: the autodiff route (vmap of a per-sample Hessian) costs more than the Gram
+# products that use them.  Losses not listed here fall back to autodiff.
+_OUTPUT_DERIVATIVES = {
+    _binary_logistic_loss: _binary_logistic_derivatives,
+    _multinomial_loss: _multinomial_derivatives,
+    _ovr_logistic_loss: _ovr_logistic_derivatives,
+    _multilabel_loss: _multilabel_derivatives,
+    _squared_loss: _squared_derivatives,
+}
+
+
 # ----------------------------------------------------------------------- adapters
 
 
@@ -157,6 +207,15 @@ class Adapter:
 
     def log_proba(self, out):
         return self._log_proba(out)
+
+    def output_derivatives(self, out, y, curvature=True):
+        """``(dl/df, d2l/df2)`` per sample in closed form (the second None without
+        ``curvature``), or None where the loss has no closed form here."""
+        loss, keywords = self.loss, {}
+        if isinstance(loss, functools.partial):
+            loss, keywords = loss.func, loss.keywords
+        closed_form = _OUTPUT_DERIVATIVES.get(loss)
+        return None if closed_form is None else closed_form(out, y, curvature, **keywords)
 
     def encode_X(self, X):
         # A copy: torch cannot wrap read-only (memory-mapped) arrays safely.
@@ -225,7 +284,8 @@ class LinearAdapter(Adapter):
         intercept = None
         if getattr(estimator, "fit_intercept", True):
             intercept = np.broadcast_to(
-                np.asarray(estimator.intercept_, dtype=np.float64).ravel(), (len(coef2d),))
+                np.asarray(estimator.intercept_, dtype=np.float64).ravel(),
+                (len(coef2d),)).copy()
         self._set_layer(torch.as_tensor(coef2d), intercept, penalty_coef,
                         scales_with_n=penalty_scales_with_n)
 
@@ -240,8 +300,8 @@ class LinearAdapter(Adapter):
         mask = torch.zeros(self.n_outputs, self.n_features + self.fit_intercept,
                            dtype=W.dtype, device=W.device)
         mask[:, : self.n_features] = torch.as_tensor(
-            np.broadcast_to(np.asarray(weight_penalty, dtype=np.float64).ravel(),
-                            (self.n_outputs,)), dtype=W.dtype, device=W.device)[:, None]
+            np.asarray(weight_penalty, dtype=np.float64).ravel(), dtype=W.dtype,
+            device=W.device).expand(self.n_outputs)[:, None]
         if self.fit_intercept:
             mask[:, self.n_features] = bias_penalty
         self._penalty_weights = mask.reshape(-1)
@@ -525,6 +585,13 @@ def _log_of_probabilities(out):
 
 def _mean_squared_loss(out, y):
     return ((y - out) ** 2).mean(dim=1)
+
+
+def _mean_squared_derivatives(out, y, curvature):
+    return _squared_derivatives(out, y, curvature, scale=1.0 / out.shape[1])
+
+
+_OUTPUT_DERIVATIVES[_mean_squared_loss] = _mean_squared_derivatives
 
 
 def _skorch_classifier(net, n_features):

@@ -62,6 +62,11 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
     size = _SUM_ROWS
 
     def part(sl):
+        if adapter.linear_in_params:
+            # sum_i (w_i/n) dl/df_i (x) x_i: one product, no backward pass.
+            r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
+                                           curvature=False)
+            return (((weights[sl] / n)[:, None] * r).T @ adapter.design(X[sl])).reshape(-1)
         return grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
 
     total = sum(map_chunks(part, len(X), size, n_jobs))
@@ -69,8 +74,9 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
     return total if tilt is None else total - tilt
 
 
-def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None):
-    """The exact p x p Hessian of ``J_w`` (the tilt is linear and drops out).
+def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=True):
+    """The exact p x p Hessian of ``J_w`` (the tilt is linear and drops out); without
+    the penalty, that of the data term alone.
 
     A model linear in theta has ``H = sum_i (w_i/n) J_i^T D_i J_i`` with ``J_i = I_K (x)
     x_i``: K^2 weighted Gram matrices of the design, far cheaper than p forward-mode
@@ -106,7 +112,7 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None):
         size = max(1, chunk_size(p, p) * 64)
         n_jobs = None  # forward mode (jacfwd) cannot run in joblib's worker threads
     total = sum(map_chunks(part, len(X), size, n_jobs))
-    return total + hessian(lambda t: adapter.penalty(t, n))(theta)
+    return total + hessian(lambda t: adapter.penalty(t, n))(theta) if with_penalty else total
 
 
 def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False):
@@ -159,6 +165,10 @@ def output_loss_derivatives(adapter, out, y, curvature=True, forward_mode=False)
     """``dl/df`` (b, K) and, with ``curvature``, ``d2l/df2`` (b, K, K) of each sample's
     loss in its outputs (else None).  ``forward_mode`` takes the faster forward-over-
     reverse second derivative, which cannot run in joblib's worker threads."""
+
+    closed_form = adapter.output_derivatives(out, y, curvature)
+    if closed_form is not None:
+        return closed_form
 
     def loss_of_output(f, target):
         return adapter.sample_loss(f[None], target[None])[0]

@@ -47,6 +47,7 @@ class Problem:
         self.tilt = gradient(adapter, self.theta_hat, X, y, sample_weight, self.n,
                              n_jobs=n_jobs)
         self.optimality_gap = self._optimality_gap()
+        self._hessian_hat = None
         self._inverse_hat = self.inverse(self.theta_hat, sample_weight)
 
     def _optimality_gap(self):
@@ -79,7 +80,7 @@ class Problem:
     def __getstate__(self):
         # Iterative solvers hold closures over torch functions, which do not pickle.
         state = self.__dict__.copy()
-        state["_inverse_hat"] = None
+        state["_inverse_hat"] = state["_hessian_hat"] = None
         return state
 
     def grad(self, theta, weights):
@@ -98,8 +99,22 @@ class Problem:
         def explicit():
             if self.gauss_newton:
                 return matrix_from_hvp(hvp, adapter.n_params, adapter.dtype, adapter.device)
-            return hessian_matrix(adapter, theta, self.X, self.y, weights, self.n,
-                                  n_jobs=self.n_jobs)
+            if theta is self.theta_hat and self._hessian_hat is not None:
+                # At the fitted model only the rows whose weight changed (the removed
+                # ones and the sparse up-weights) move the Hessian: a patch's first step
+                # costs a pass over those rows instead of over all n.
+                changed = torch.nonzero(weights != self.s).flatten()
+                if len(changed) == 0:
+                    return self._hessian_hat
+                return self._hessian_hat + hessian_matrix(
+                    adapter, theta, self.X[changed], self.y[changed],
+                    (weights - self.s)[changed], self.n, n_jobs=self.n_jobs,
+                    with_penalty=False)
+            H = hessian_matrix(adapter, theta, self.X, self.y, weights, self.n,
+                               n_jobs=self.n_jobs)
+            if theta is self.theta_hat and weights is self.s:
+                self._hessian_hat = H
+            return H
 
         return make_inverse(self.hessian_kind, p=adapter.n_params, dtype=adapter.dtype,
                             device=adapter.device, hessian=explicit, hvp=hvp,

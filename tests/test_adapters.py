@@ -195,6 +195,25 @@ def test_gradient_and_hessian_match_finite_differences(case):
     assert (H @ v - hv_fd).norm() <= 1e-5 * hv_fd.norm()
 
 
+def test_closed_form_output_derivatives_match_autodiff(case):
+    # The closed forms (softmax, sigmoid, squared error) replace a per-sample autodiff
+    # Hessian in the Gram-matrix Hessian; here they meet that autodiff route directly.
+    name, est, adapter, X, y, Xt, yt, s, _ = case
+    rng = np.random.default_rng(2)
+    out = adapter.forward(adapter.theta, Xt[:50])
+    out = out + torch.as_tensor(rng.standard_normal(out.shape))
+    closed_form = adapter.output_derivatives(out, yt[:50])
+    assert closed_form is not None, f"{name}: no closed form for {adapter.loss}"
+
+    def loss_of_output(f, target):
+        return adapter.sample_loss(f[None], target[None])[0]
+
+    first = torch.func.vmap(torch.func.grad(loss_of_output))(out, yt[:50])
+    second = torch.func.vmap(torch.func.hessian(loss_of_output))(out, yt[:50])
+    torch.testing.assert_close(closed_form[0], first, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(closed_form[1], second, rtol=1e-10, atol=1e-12)
+
+
 def test_build_writes_parameters_back(case):
     name, est, adapter, X, y, Xt, yt, s, _ = case
     rng = np.random.default_rng(2)
