@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from ._adapters import UnsupportedEstimatorError
-from ._criteria import CRITERION_NAMES
+from ._criteria import CRITERION_NAMES, GROUP_CRITERIA
 from ._datasets import flip_labels
 from ._patcher import PumaPatcher
 
@@ -158,11 +158,14 @@ def build_parser():
 
     puma = parser.add_argument_group("PUMA")
     puma.add_argument(
-        "--criterion", choices=CRITERION_NAMES, default="loss",
+        "--criterion", default="loss",
+        # The fairness criteria need a sensitive attribute, which a CSV row lacks here.
+        choices=[c for c in CRITERION_NAMES if c not in GROUP_CRITERIA],
         help="criterion the rows are valued against and the patch protects, lower is "
              "better (default: %(default)s). For this classifier: loss (its own log "
-             "loss), log_loss, per_class_loss (one row per class); squared_error is "
-             "for regressors and is rejected",
+             "loss), log_loss, brier, ece (smooth calibration error), accuracy (smooth "
+             "error rate), per_class_loss (one row per class); squared_error is for "
+             "regressors and is rejected",
     )
     puma.add_argument(
         "--remove", type=_remove_arg, default=0.1, metavar="N_OR_FRACTION",

@@ -217,29 +217,52 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights):
     return torch.cat([change(dtheta) for _, dtheta in changes])
 
 
-def loo_log_proba(problem, X, y, weights):
-    """Log class probabilities of each labelled point under the model refit without it.
-
-    The leverage-corrected step where it is exact (models linear in theta, explicit
-    inverse); the first-order step ``(w_i/n) H^{-1} g_i`` otherwise.
-    """
+def _loo_changes(problem, X, y, weights):
+    """``(slice, dtheta)`` per chunk: each labelled point's parameter change if it were
+    left out.  The leverage-corrected step where it is exact (models linear in theta,
+    explicit inverse); the first-order step ``(w_i/n) H^{-1} g_i`` otherwise."""
     adapter, theta = problem.adapter, problem.theta_hat
     size = chunk_size(adapter.n_params * adapter.n_outputs)
     inverse = problem.inverse_hat
     if adapter.linear_in_params and hasattr(inverse, "matrix"):
-        changes = loo_parameter_changes(problem, inverse, theta, X, y, weights, size)
-    else:
-        def first_order(sl):
-            G = per_sample_grads(adapter, theta, X[sl], y[sl])
-            return sl, (weights[sl] / problem.n)[:, None] * inverse.solve(G.T).T
+        return loo_parameter_changes(problem, inverse, theta, X, y, weights, size)
 
-        changes = map_chunks(first_order, len(X), size)
+    def first_order(sl):
+        G = per_sample_grads(adapter, theta, X[sl], y[sl])
+        return sl, (weights[sl] / problem.n)[:, None] * inverse.solve(G.T).T
 
-    def own_output(dtheta, x):
-        return adapter.forward(theta + dtheta, x[None])[0]
+    return map_chunks(first_order, len(X), size)
 
+
+def _own_outputs(problem, dtheta, X):
+    """Each point's model output under its own moved parameters ``theta_hat + dtheta_i``."""
+    adapter, theta = problem.adapter, problem.theta_hat
+
+    def own_output(d, x):
+        return adapter.forward(theta + d, x[None])[0]
+
+    return vmap(own_output)(dtheta, X)
+
+
+def loo_log_proba(problem, X, y, weights):
+    """Log class probabilities of each labelled point under the model refit without it."""
     return torch.cat([
-        adapter.log_proba(vmap(own_output)(dtheta, X[sl])) for sl, dtheta in changes
+        problem.adapter.log_proba(_own_outputs(problem, dtheta, X[sl]))
+        for sl, dtheta in _loo_changes(problem, X, y, weights)
+    ])
+
+
+def self_influence(problem, X, y, weights):
+    """``l_i(theta without i) - l_i(theta_hat)``: how much each point's own training loss
+    rises when it is left out.  Large for points the model fits only because they are in
+    the training set (atypical or mislabelled); about zero for points that others
+    explain."""
+    adapter = problem.adapter
+    own = adapter.forward(problem.theta_hat, X)
+    return torch.cat([
+        adapter.sample_loss(_own_outputs(problem, dtheta, X[sl]), y[sl])
+        - adapter.sample_loss(own[sl], y[sl])
+        for sl, dtheta in _loo_changes(problem, X, y, weights)
     ])
 
 

@@ -20,7 +20,7 @@ from sklearn.utils.validation import (
 )
 
 from ._adapters import check_supported, estimator_io, is_skorch, make_adapter
-from ._criteria import CRITERION_NAMES, BoundCriterion, criterion_names
+from ._criteria import CRITERION_NAMES, BoundCriterion, resolve_criteria
 from ._influence import (
     Problem,
     _np,
@@ -28,6 +28,7 @@ from ._influence import (
     label_free_values,
     loo_log_proba,
     patch,
+    self_influence,
 )
 
 
@@ -67,10 +68,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         NeuralNetRegressor around any torch module. ``None`` means
         ``LogisticRegression()``. Wrap a model fitted elsewhere in
         :class:`~sklearn.frozen.FrozenEstimator` to patch it without refitting.
-    criterion : str or list of str, default="loss"
+    criterion : str, callable or list of them, default="loss"
         The performance criteria values and patches are measured against, lower is
-        better: ``"loss"`` (the model's own loss), ``"log_loss"``, ``"squared_error"``,
-        ``"per_class_loss"`` (one row per class), or a list of them (one row each).
+        better: ``"loss"`` (the model's own loss), ``"log_loss"``, ``"brier"``,
+        ``"ece"`` (smooth expected calibration error), ``"accuracy"`` (smooth error
+        rate), ``"squared_error"``, ``"per_class_loss"`` (one row per class),
+        ``"demographic_parity"`` and ``"equalized_odds"`` (two rows; both need
+        ``groups`` in ``fit``), a torch callable ``f(output, y)`` (class probabilities
+        or predictions of the evaluation points; scalar or 1-D result), or a list of
+        them. Formulas and units: :data:`sklearn_puma.CRITERION_NAMES` and the user
+        guide.
     remove : None, int, float, "auto" or callable, default=None
         Which points ``fit`` patches out: ``None`` (none), an int count or a float
         fraction of the lowest-valued points, ``"auto"`` (points whose value is negative
@@ -89,9 +96,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     max_weight : float, default=1.0
         Upper bound on each compensation weight ``lambda_j`` (a point's weight becomes at
         most ``1 + max_weight`` times its own): keeps the linearisation honest.
-    upweight : None, array-like or callable, default=None
-        The points that may be up-weighted: ``None`` for every kept point, a mask or
-        indices, or a callable ``values -> mask or indices``.
+    upweight : None, float, array-like or callable, default=None
+        The points that may be up-weighted: ``None`` for every kept point, a float in
+        (0, 1) for that fraction of the kept points with the highest values (summed
+        over criterion rows), a mask or indices, or a callable
+        ``values -> mask or indices``.
     hessian : {"auto", "exact", "cg", "lissa", "lowrank"}, default="auto"
         Inverse-curvature solver: "exact" builds and eigen-decomposes the Hessian;
         "cg" (conjugate gradients), "lissa" (Neumann series) and "lowrank" (top
@@ -174,7 +183,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
     _parameter_constraints = {
         "estimator": [HasMethods(["fit"]), None],
-        "criterion": [StrOptions(set(CRITERION_NAMES)), list, tuple],
+        "criterion": [StrOptions(set(CRITERION_NAMES)), callable, list, tuple],
         "remove": [
             None,
             Interval(Integral, 0, None, closed="left"),
@@ -186,7 +195,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         "alpha": [Interval(Real, 0, 1, closed="both")],
         "solver": [StrOptions({"lasso"}), HasMethods(["fit"])],
         "max_weight": [Interval(Real, 0, None, closed="neither")],
-        "upweight": [None, "array-like", callable],
+        "upweight": [None, Interval(Real, 0, 1, closed="neither"), "array-like", callable],
         "hessian": [StrOptions({"auto", "exact", "cg", "lissa", "lowrank"})],
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
         "parameters": [StrOptions({"all", "last_layer"})],
@@ -253,7 +262,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y, *, remove=None, eval_set=None, sample_weight=None):
+    def fit(self, X, y, *, remove=None, eval_set=None, sample_weight=None, groups=None):
         """Fit the estimator (unless frozen), value every training point, and patch.
 
         Parameters
@@ -263,16 +272,22 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         remove : array-like of bool (mask) or int (indices), default=None
             Points to patch out; overrides the ``remove`` policy. A boolean mask is
             sample-aligned, so cross-validation splits it like ``sample_weight``.
-        eval_set : tuple (X_eval, y_eval), default=None
+        eval_set : tuple (X_eval, y_eval) or (X_eval, y_eval, groups_eval), default=None
             Data the criteria are measured on; by default the training data (for a patch:
             the kept training points). Not transformed by earlier Pipeline steps.
         sample_weight : array-like of shape (n_samples,), default=None
+        groups : array-like of shape (n_samples,), default=None
+            The sensitive group of each training point, for the fairness criteria
+            ("demographic_parity", "equalized_odds") and callables taking ``groups``.
+            Sample-aligned: in a Pipeline, request it with
+            ``PumaPatcher(...).set_fit_request(groups=True)`` under
+            ``sklearn.set_config(enable_metadata_routing=True)``.
 
         Returns
         -------
         self : PumaPatcher
         """
-        criterion_names(self.criterion)
+        resolve_criteria(self.criterion)
         X_checked, y_checked = validate_data(
             self, X, y, multi_output=True, dtype=np.float64, y_numeric=False
         )
@@ -280,6 +295,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X_checked, dtype=np.float64)
         removal_spec = self._check_fit_removal(remove, n)
+        self._groups = None if groups is None else self._check_groups(groups, n, "groups")
         fitted = self._fit_estimator(X, y, sample_weight)
         adapter = make_adapter(fitted, self.parameters, n_features=self.n_features_in_)
         self._base_sample_weight = (
@@ -358,13 +374,26 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 return self._io.fit(est, *self._io.fit_args(X, y), sample_weight)
         return self._io.fit(est, *self._io.fit_args(X, y), sample_weight)
 
-    def _check_eval_set(self, eval_set):
-        if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
+    def _check_groups(self, groups, n, what):
+        groups = np.asarray(groups)
+        if groups.ndim != 1 or len(groups) != n:
             raise ValueError(
-                "eval_set must be a tuple (X_eval, y_eval); got "
-                f"{type(eval_set).__name__}."
+                f"{what} must hold one group label per row ({n}); got shape "
+                f"{groups.shape}."
             )
-        X_eval, y_eval = eval_set
+        if groups.dtype.kind == "f" and not np.all(np.isfinite(groups)):
+            raise ValueError(f"{what} contains NaN or infinity.")
+        return groups
+
+    def _check_eval_set(self, eval_set):
+        if not (isinstance(eval_set, (tuple, list)) and len(eval_set) in (2, 3)):
+            raise ValueError(
+                "eval_set must be a tuple (X_eval, y_eval) or (X_eval, y_eval, "
+                f"groups_eval); got {type(eval_set).__name__}"
+                + (f" of length {len(eval_set)}." if isinstance(eval_set, (tuple, list))
+                   else ".")
+            )
+        X_eval, y_eval = eval_set[:2]
         X_eval = validate_data(self, X_eval, reset=False, dtype=np.float64)
         y_eval = np.asarray(y_eval)
         if len(y_eval) != len(X_eval):
@@ -373,16 +402,22 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             )
         if y_eval.dtype.kind in "fc" and not np.all(np.isfinite(y_eval)):
             raise ValueError("eval_set's y_eval contains NaN or infinity.")
+        groups_eval = None
+        if len(eval_set) == 3:
+            groups_eval = self._check_groups(eval_set[2], len(X_eval), "eval_set's groups")
         adapter = self._problem.adapter
-        return adapter.encode_X(X_eval), adapter.encode_y(self._io.encode_y(y_eval))
+        return (adapter.encode_X(X_eval), adapter.encode_y(self._io.encode_y(y_eval)),
+                groups_eval)
 
     def _bind_criterion(self, keep):
         problem = self._problem
         if self._eval is not None:
-            X, y = self._eval
-            return BoundCriterion(self.criterion, problem.adapter, X, y, problem.ones(len(X)))
+            X, y, groups = self._eval
+            return BoundCriterion(self.criterion, problem.adapter, X, y,
+                                  problem.ones(len(X)), groups)
         weights = problem.s * torch.as_tensor(keep, device=problem.s.device)
-        return BoundCriterion(self.criterion, problem.adapter, problem.X, problem.y, weights)
+        return BoundCriterion(self.criterion, problem.adapter, problem.X, problem.y, weights,
+                              self._groups)
 
     def _loo_exists(self):
         # The leave-one-out correction is exact for models linear in their parameters
@@ -488,7 +523,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         ----------
         remove : array-like of bool or int
             Mask or indices of training points to remove.
-        upweight : None, array-like or callable, default=None
+        upweight : None, float, array-like or callable, default=None
             Overrides the ``upweight`` parameter for this patch.
 
         Returns
@@ -511,7 +546,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 "compute_class_weight) to patch this model."
             )
         up_mask = ~mask
-        if upweight is not None:
+        if isinstance(upweight, Real) and not isinstance(upweight, bool):
+            up_mask = self._most_valuable(upweight, ~mask)
+        elif upweight is not None:
             spec = upweight(self.values_) if callable(upweight) else upweight
             up_mask = self._as_mask(spec, problem.n, "upweight") & ~mask
         criterion = self._bind_criterion(keep=~mask)
@@ -531,6 +568,17 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             f"removed {mask.sum()} points, up-weighted {(result.lam > 0).sum()}, "
             f"eta={self.eta_:.3f}; criteria {result.before} -> {result.after}"
         )
+
+    def _most_valuable(self, fraction, kept):
+        if not 0 < fraction < 1:
+            raise ValueError(f"upweight as a fraction must lie in (0, 1); got {fraction}.")
+        total = self.values_ if self.values_.ndim == 1 else self.values_.sum(axis=1)
+        candidates = np.flatnonzero(kept)
+        count = max(1, int(round(fraction * len(candidates))))
+        chosen = candidates[np.argsort(-total[candidates], kind="stable")[:count]]
+        mask = np.zeros(len(kept), dtype=bool)
+        mask[chosen] = True
+        return mask
 
     def _no_patch(self, criterion):
         problem = self._problem
@@ -582,33 +630,36 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self)
         problem = self._problem
         default = self._value_method(problem.adapter)
-        if X is None and y is not None:
-            raise ValueError("value(y=...) needs the points X that the labels belong to.")
         if method is None:
             method = default if X is None else "first_order"
         if method not in ("loo", "first_order"):
             raise ValueError(f"method must be 'loo' or 'first_order'; got {method!r}.")
         if method == "loo":
             self._value_method_check("loo")
-        if X is None and method == default:
+        if X is None and y is None and method == default:
             return self.values_.copy()
-        if X is None:
-            Xt, yt, w = problem.X, problem.y, problem.s
-        else:
-            if y is None:
-                raise ValueError("value(X, y) needs the labels y of the points in X.")
-            Xt, yt = self._encode_labelled(X, y)
-            w = problem.ones(len(Xt))
         criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
-        return self._shape_values(compute_values(problem, criterion, Xt, yt, w, method))
+        return self._shape_values(
+            compute_values(problem, criterion, *self._labelled(X, y, "value"), method))
 
-    def _encode_labelled(self, X, y):
+    def _labelled(self, X, y, method):
+        """``(X, y, weights)`` encoded for the adapter: the training set (with its
+        weights) when X is None, else the given labelled points at unit weight."""
+        problem = self._problem
+        if X is None:
+            if y is not None:
+                raise ValueError(f"{method}(y=...) needs the points X that the labels "
+                                 "belong to.")
+            return problem.X, problem.y, problem.s
+        if y is None:
+            raise ValueError(f"{method}(X, y) needs the labels y of the points in X.")
         X = validate_data(self, X, reset=False, dtype=np.float64)
         y = np.asarray(y)
         if len(y) != len(X):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}.")
-        adapter = self._problem.adapter
-        return adapter.encode_X(X), adapter.encode_y(self._io.encode_y(y))
+        adapter = problem.adapter
+        return (adapter.encode_X(X), adapter.encode_y(self._io.encode_y(y)),
+                problem.ones(len(X)))
 
     @available_if(_estimator_has("predict_proba"))
     def loo_predict_proba(self, X=None, y=None):
@@ -628,13 +679,30 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         proba : ndarray of shape (n, n_classes)
         """
         check_is_fitted(self)
-        problem = self._problem
-        if X is None:
-            Xt, yt, w = problem.X, problem.y, problem.s
-        else:
-            Xt, yt = self._encode_labelled(X, y)
-            w = problem.ones(len(Xt))
-        return _np(loo_log_proba(problem, Xt, yt, w).exp())
+        return _np(loo_log_proba(self._problem, *self._labelled(X, y, "loo_predict_proba"))
+                   .exp())
+
+    def self_influence(self, X=None, y=None):
+        """How much each labelled training point's own loss rises when it is left out.
+
+        ``l_i(theta without i) - l_i(theta)``, in units of the estimator's loss, from
+        the same leave-one-out step as :meth:`loo_predict_proba` (no refits). Points the
+        model fits only because they are in the training set (mislabelled or atypical
+        rows) score high; points the rest of the data explains score near zero. Unlike
+        ``values_`` it ignores the criterion: it is the classic "self-influence" score
+        of influence-function debugging, offered for comparison and ranking.
+
+        Parameters
+        ----------
+        X, y : array-like, default=None
+            Labelled points to treat as training points; by default the training set.
+
+        Returns
+        -------
+        scores : ndarray of shape (n,)
+        """
+        check_is_fitted(self)
+        return _np(self_influence(self._problem, *self._labelled(X, y, "self_influence")))
 
     def transform(self, X):
         """Label-free values: for a classifier, the value of each point under each

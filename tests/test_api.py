@@ -189,7 +189,7 @@ def test_wrong_length_mask(breast_cancer):
 def test_other_bad_input(breast_cancer):
     X, y = breast_cancer
     with pytest.raises(ValueError, match="'criterion' parameter of PumaPatcher must be a str among"):
-        PumaPatcher(criterion="ece").fit(X, y)
+        PumaPatcher(criterion="calibration").fit(X, y)
     with pytest.raises(ValueError, match="'squared_error' applies to regressors only"):
         PumaPatcher(criterion="squared_error").fit(X, y)
     with pytest.raises(ValueError, match="eval_set must be a tuple"):

@@ -111,6 +111,31 @@ def test_loo_predict_proba_matches_refits(breast_cancer):
     assert max(errors) <= 0.02
 
 
+def test_self_influence_matches_refits(breast_cancer):
+    """Each point's own log loss under the refit without it, minus its in-sample loss:
+    the self-influence scores against real refits."""
+    X, y = breast_cancer
+    X, y = X[:200], y[:200]
+    puma = PumaPatcher(LR).fit(X, y)
+    scores = puma.self_influence()
+    assert scores.shape == (len(X),)
+    points = np.random.default_rng(1).choice(len(X), 30, replace=False)
+    actual = []
+    for i in points:
+        keep = np.arange(len(X)) != i
+        refit = clone(LR).fit(X[keep], y[keep])
+        actual.append(_log_loss(refit, X[i:i + 1], y[i:i + 1])
+                      - _log_loss(puma, X[i:i + 1], y[i:i + 1]))
+    actual = np.array(actual)
+    r, _ = pearsonr(scores[points], actual)
+    print(f"self-influence vs refits: Pearson {r:.4f}, largest error "
+          f"{np.abs(scores[points] - actual).max():.2e} of {np.abs(actual).max():.2e}")
+    assert r >= 0.99
+    assert np.abs(scores[points] - actual).max() <= 0.05 * np.abs(actual).max()
+    # Leaving a point out never lowers its own loss (to first order, g H^-1 g >= 0).
+    assert np.all(scores >= -1e-10)
+
+
 def test_second_order_values_match_leave_one_out(monkeypatch):
     """Large problems take the criterion to second order instead of evaluating it at
     every moved model: that branch against real refits too."""
