@@ -5,7 +5,7 @@ PUMA (Performance Unchanged Model Augmentation) for scikit-learn models.
 
 from ._adapters import SUPPORTED_ESTIMATORS, UnsupportedEstimatorError
 from ._criteria import CRITERION_NAMES
-from ._datasets import flip_labels
+from ._datasets import flip_labels, make_radial
 from ._patcher import PumaPatcher
 from ._warnings import (
     NonConvexWarning,
@@ -26,4 +26,5 @@ __all__ = [
     "SolverWarning",
     "UnsupportedEstimatorError",
     "flip_labels",
+    "make_radial",
 ]

@@ -1,9 +1,11 @@
-"""Small helpers to corrupt labelled data on purpose, for demos and tests."""
+"""Small data sets for demos and tests: labels corrupted on purpose, and a 2-D set with
+clusters that can be removed."""
 
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, validate_params
 
 
 def flip_labels(y, fraction, random_state=None):
@@ -61,3 +63,100 @@ def flip_labels(y, fraction, random_state=None):
     flipped = np.zeros(n, dtype=bool)
     flipped[rows] = True
     return y_flipped, flipped
+
+
+@validate_params(
+    {
+        "n_samples": [Interval(Integral, 2, None, closed="left")],
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "noise": [Interval(Real, 0, None, closed="left")],
+        "radius": [Interval(Real, 0, None, closed="neither")],
+        "random_state": ["random_state"],
+        "return_clusters": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
+def make_radial(n_samples=600, *, n_clusters=6, noise=0.15, radius=3.0, random_state=None,
+                return_clusters=False):
+    """Two classes in the plane: a blob at the centre ringed by clusters of the other.
+
+    The "Radial" data of the PUMA paper, on which one cluster of a class is patched out
+    of a fitted model. Class 0 is one isotropic Gaussian blob centred on the origin;
+    class 1 is ``n_clusters`` isotropic Gaussian blobs whose centres are evenly spaced
+    on the circle of ``radius`` around it, the first at angle 0. The noise is relative
+    to the radius, so that ``radius`` only rescales the data: the class-1 clusters have
+    standard deviation ``noise * radius`` and the centre blob twice that (with the
+    defaults, 0.45 and 0.9, and neighbouring cluster centres 3.0 apart).
+
+    The wider centre blob is what makes a removal visible: its tail reaches the ring, so
+    where a class-1 cluster is taken away the nearest data left is class 0, and a model
+    retrained without the cluster gives its place to class 0 (with blobs of equal width
+    the remaining clusters would still enclose the centre, and a retrained model would
+    barely change). A patch that removes the cluster should do the same, while the
+    other clusters keep their class.
+
+    Parameters
+    ----------
+    n_samples : int, default=600
+        Number of points. Class 0 gets ``n_samples // 2`` and class 1 the rest, split
+        over the clusters as evenly as possible (sizes differ by at most one, the
+        first clusters being the larger).
+    n_clusters : int, default=6
+        Number of class-1 clusters on the circle; each needs at least one point, so
+        ``n_samples - n_samples // 2 >= n_clusters``.
+    noise : float, default=0.15
+        Standard deviation of every blob, as a fraction of ``radius``.
+    radius : float, default=3.0
+        Distance from the origin to the centres of the class-1 clusters.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the noise and the order of the rows.
+    return_clusters : bool, default=False
+        Also return the cluster of every point.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, 2)
+        The points, rows in random order.
+    y : ndarray of int of shape (n_samples,)
+        Class labels, 0 (centre) or 1 (ring).
+    clusters : ndarray of int of shape (n_samples,)
+        Only with ``return_clusters=True``: the class-1 cluster of each point, numbered
+        ``0 .. n_clusters - 1`` counter-clockwise from angle 0, and ``-1`` for class 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_puma import make_radial
+    >>> X, y, clusters = make_radial(200, n_clusters=4, random_state=0,
+    ...                              return_clusters=True)
+    >>> X.shape, np.bincount(y).tolist(), np.bincount(clusters + 1).tolist()
+    ((200, 2), [100, 100], [100, 25, 25, 25, 25])
+    >>> bool(np.all(y[clusters == 2] == 1)), bool(np.all(clusters[y == 0] == -1))
+    (True, True)
+    """
+    n_centre = n_samples // 2
+    n_ring = n_samples - n_centre
+    if n_ring < n_clusters:
+        raise ValueError(
+            f"make_radial needs at least one point per cluster: n_samples={n_samples} "
+            f"puts {n_ring} points in class 1, fewer than n_clusters={n_clusters}; use "
+            f"n_samples >= {2 * n_clusters - 1} or fewer clusters."
+        )
+    rng = check_random_state(random_state)
+    sizes = np.full(n_clusters, n_ring // n_clusters)
+    sizes[: n_ring % n_clusters] += 1
+    clusters = np.concatenate([np.full(n_centre, -1),
+                               np.repeat(np.arange(n_clusters), sizes)])
+    angles = 2 * np.pi * np.arange(n_clusters) / n_clusters
+    ring = radius * np.column_stack([np.cos(angles), np.sin(angles)])
+    centres = np.vstack([np.zeros((1, 2)), ring])[clusters + 1]
+    scale = np.where(clusters < 0, 2 * noise * radius, noise * radius)[:, None]
+    X = centres + scale * rng.normal(size=(n_samples, 2))
+    # Rows come out shuffled, like scikit-learn's generators, so that a plain head/tail
+    # split does not separate the classes.
+    order = rng.permutation(n_samples)
+    X, clusters = X[order], clusters[order]
+    y = (clusters >= 0).astype(np.int64)
+    if return_clusters:
+        return X, y, clusters.astype(np.int64)
+    return X, y
