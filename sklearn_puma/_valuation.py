@@ -1,0 +1,445 @@
+"""Data-valuation baselines that PUMA is compared with, behind PumaPatcher's interface.
+
+Every method is an estimator with ``fit(X, y, *, eval_set=None)`` and ``values_`` in
+PumaPatcher's sign convention: **positive = helpful**, in units of the performance
+metric; the metric is measured on ``eval_set`` when given, else on the training data.
+
+* :class:`LeaveOneOut`: exact refits without each point (joblib).  Any metric.
+* :class:`TMCShapley`: Truncated Monte Carlo Shapley (Ghorbani & Zou 2019).  Any metric.
+* :class:`KNNShapley`: exact Shapley values of a K-nearest-neighbour utility in closed
+  form (Jia et al. 2019).  The KNN utility only.
+* :class:`InfluenceFunctions`: first-order influence on the training loss (Koh & Liang
+  2017); PUMA's first-order values with ``criterion="loss"``.  The training loss only.
+
+The metric is a scikit-learn scorer (higher is better: a name such as ``"accuracy"`` or
+``"neg_log_loss"``, or a callable ``scorer(estimator, X, y)``).  A point's value is
+``score(model on all data) - score(model without it)`` in expectation over the method's
+coalitions: positive when the point helps.
+"""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, clone, is_classifier
+from sklearn.metrics import check_scoring
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_consistent_length, validate_data
+
+from ._warnings import PumaWarning
+
+
+class _Valuation(BaseEstimator):
+    """What the valuation methods share: data checks and the evaluation set."""
+
+    def _check_data(self, X, y, eval_set):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        if eval_set is None:
+            return X, y, X, y
+        if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
+            raise ValueError(
+                f"eval_set must be a tuple (X_eval, y_eval); got {type(eval_set).__name__}."
+            )
+        X_eval = validate_data(self, eval_set[0], reset=False, dtype=np.float64)
+        y_eval = np.asarray(eval_set[1])
+        check_consistent_length(X_eval, y_eval)
+        return X, y, X_eval, y_eval
+
+
+def _refit_score(estimator, scorer, X, y, rows, X_eval, y_eval, empty_score):
+    """Score of the estimator refit on ``rows``; ``empty_score`` where it cannot be fit
+    (no rows, or a classifier given a single class)."""
+    if len(rows) == 0 or (is_classifier(estimator) and len(np.unique(y[rows])) < 2):
+        return empty_score(y[rows])
+    try:
+        model = clone(estimator).fit(X[rows], y[rows])
+        return scorer(model, X_eval, y_eval)
+    except ValueError:
+        # Some estimators refuse tiny training sets (K neighbours from fewer than K
+        # points): such a coalition knows no more than its labels.  A failure on half
+        # the data or more is a real error, not a small coalition.
+        if len(rows) >= len(y) // 2:
+            raise
+        return empty_score(y[rows])
+
+
+def _constant_predictor_score(scorer, estimator, X_eval, y_eval, y_train):
+    """The score of a model that learnt nothing beyond its training labels' frequencies
+    (uniform over the evaluation classes without any), or their mean for a regressor
+    (zero without any): what coalitions too small to fit are credited with."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+
+    features = np.zeros((1, X_eval.shape[1]))
+    if is_classifier(estimator):
+        # Every evaluation class gets a sliver of prior mass, so that the dummy knows
+        # them all and log loss stays finite.
+        classes = np.unique(y_eval)
+        labels = np.concatenate([y_train, classes])
+        weights = np.concatenate([np.ones(len(y_train)), np.full(len(classes), 1e-3)])
+        dummy = DummyClassifier(strategy="prior").fit(
+            np.repeat(features, len(labels), axis=0), labels, sample_weight=weights)
+    else:
+        target = np.zeros(1) if len(y_train) == 0 else y_train
+        dummy = DummyRegressor().fit(np.repeat(features, len(target), axis=0), target)
+    return scorer(dummy, X_eval, y_eval)
+
+
+class LeaveOneOut(_Valuation):
+    """Exact leave-one-out values: one refit without each training point.
+
+    ``values_[i] = score(fit on all) - score(fit without i)``: positive when leaving the
+    point out lowers the score. Cost: ``n`` refits (in parallel with ``n_jobs``). Any
+    metric; the ground truth influence-based values approximate.
+
+    Parameters
+    ----------
+    estimator : estimator
+        Any scikit-learn estimator, refit with ``clone``.
+    scoring : str or callable, default=None
+        A scorer (higher is better); None uses the estimator's ``score``.
+    n_jobs : int, default=None
+        Parallel refits (joblib).
+
+    Attributes
+    ----------
+    values_ : ndarray of shape (n_samples,)
+    score_ : float
+        The score of the model fit on all training points.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn_puma.valuation import LeaveOneOut
+    >>> X, y = load_iris(return_X_y=True)
+    >>> loo = LeaveOneOut(LogisticRegression(max_iter=1000)).fit(X[::5], y[::5])
+    >>> loo.values_.shape
+    (30,)
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit"])],
+        "scoring": [None, str, callable],
+        "n_jobs": [Integral, None],
+    }
+
+    def __init__(self, estimator, *, scoring=None, n_jobs=None):
+        self.estimator = estimator
+        self.scoring = scoring
+        self.n_jobs = n_jobs
+
+    def fit(self, X, y, *, eval_set=None):
+        """Refit without each point and score it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        eval_set : tuple (X_eval, y_eval), default=None
+            Where the metric is measured; by default the training data.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
+        scorer = check_scoring(self.estimator, scoring=self.scoring)
+        n = len(X)
+
+        def empty(y_rows):
+            return _constant_predictor_score(scorer, self.estimator, X_eval, y_eval, y_rows)
+
+        self.score_ = _refit_score(self.estimator, scorer, X, y, np.arange(n), X_eval,
+                                   y_eval, empty)
+        scores = Parallel(n_jobs=self.n_jobs)(
+            delayed(_refit_score)(self.estimator, scorer, X, y, np.delete(np.arange(n), i),
+                                  X_eval, y_eval, empty)
+            for i in range(n)
+        )
+        self.values_ = self.score_ - np.asarray(scores, dtype=float)
+        return self
+
+
+class TMCShapley(_Valuation):
+    """Truncated Monte Carlo Shapley values (Ghorbani & Zou, ICML 2019).
+
+    Each iteration draws a random permutation of the training points, refits on every
+    growing prefix and credits each point with the score gained when it joined. A
+    permutation is truncated once the prefix scores within ``truncation_tolerance`` of
+    the full-data score (later marginal gains are taken as zero), and iterations stop
+    when the values' mean relative change over the last ``convergence_window``
+    iterations falls below ``convergence_tolerance`` (the paper's 5% over 100), or at
+    ``max_iter``.  Prefixes too small to fit score as a constant predictor of their
+    labels. Cost: up to ``n`` refits per iteration. Any metric.
+
+    Parameters
+    ----------
+    estimator : estimator
+    scoring : str or callable, default=None
+    truncation_tolerance : float, default=0.01
+        Relative: truncate when ``|score(prefix) - score(all)| < tol * |score(all)|``;
+        0 disables truncation (plain Monte Carlo Shapley).
+    convergence_tolerance : float, default=0.05
+    convergence_window : int, default=100
+    max_iter : int, default=1000
+        Permutations at most.
+    empty_score : float, default=None
+        The score of the empty coalition; None scores a constant predictor (the class
+        frequencies, or zero for a regressor).
+    random_state : int, RandomState instance or None, default=None
+
+    Attributes
+    ----------
+    values_ : ndarray of shape (n_samples,)
+    n_iter_ : int
+        Permutations used.
+    score_ : float
+    empty_score_ : float
+        The score credited to the empty coalition.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.neighbors import KNeighborsClassifier
+    >>> from sklearn_puma.valuation import TMCShapley
+    >>> X, y = load_iris(return_X_y=True)
+    >>> tmc = TMCShapley(KNeighborsClassifier(3), max_iter=20, random_state=0)
+    >>> tmc.fit(X[::10], y[::10]).values_.shape
+    (15,)
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit"])],
+        "scoring": [None, str, callable],
+        "truncation_tolerance": [Interval(Real, 0, None, closed="left")],
+        "convergence_tolerance": [Interval(Real, 0, None, closed="left")],
+        "convergence_window": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "empty_score": [None, Real],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, estimator, *, scoring=None, truncation_tolerance=0.01,
+                 convergence_tolerance=0.05, convergence_window=100, max_iter=1000,
+                 empty_score=None, random_state=None):
+        self.estimator = estimator
+        self.scoring = scoring
+        self.truncation_tolerance = truncation_tolerance
+        self.convergence_tolerance = convergence_tolerance
+        self.convergence_window = convergence_window
+        self.max_iter = max_iter
+        self.empty_score = empty_score
+        self.random_state = random_state
+
+    def fit(self, X, y, *, eval_set=None):
+        """Run permutations until the values converge (or ``max_iter``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        eval_set : tuple (X_eval, y_eval), default=None
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
+        scorer = check_scoring(self.estimator, scoring=self.scoring)
+        rng = check_random_state(self.random_state)
+        n = len(X)
+
+        def empty(y_rows):
+            return _constant_predictor_score(scorer, self.estimator, X_eval, y_eval, y_rows)
+
+        self.score_ = _refit_score(self.estimator, scorer, X, y, np.arange(n), X_eval,
+                                   y_eval, empty)
+        self.empty_score_ = (empty(y[:0]) if self.empty_score is None
+                             else float(self.empty_score))
+        tolerance = self.truncation_tolerance * abs(self.score_)
+        history = []  # running means after each permutation
+        total = np.zeros(n)
+        for iteration in range(1, self.max_iter + 1):
+            order = rng.permutation(n)
+            previous = self.empty_score_
+            for j, point in enumerate(order):
+                if tolerance > 0 and abs(self.score_ - previous) < tolerance:
+                    break  # the rest of this permutation adds (about) nothing
+                current = _refit_score(self.estimator, scorer, X, y, order[: j + 1],
+                                       X_eval, y_eval, empty)
+                total[point] += current - previous
+                previous = current
+            history.append(total / iteration)
+            change = self._mean_relative_change(history)
+            if change < self.convergence_tolerance:
+                break
+        else:
+            if len(history) > self.convergence_window:
+                warnings.warn(
+                    f"TMCShapley stopped at max_iter={self.max_iter} permutations with a "
+                    f"mean relative change of {change:.3g} over the last "
+                    f"{self.convergence_window} (tolerance {self.convergence_tolerance}): "
+                    "the values have not converged; raise max_iter.",
+                    PumaWarning, stacklevel=2)
+        self.values_ = history[-1]
+        self.n_iter_ = iteration
+        return self
+
+    def _mean_relative_change(self, history):
+        """Ghorbani & Zou's rule: the mean over the last ``window`` iterations of the
+        average relative change of each value since then (inf while too few)."""
+        window = self.convergence_window
+        if len(history) <= window:
+            return np.inf
+        last = history[-1]
+        scale = np.abs(last) + 1e-12
+        return float(np.mean([np.mean(np.abs(last - old) / scale)
+                              for old in history[-window - 1:-1]]))
+
+
+class KNNShapley(_Valuation):
+    """Exact Shapley values of the K-nearest-neighbour utility (Jia et al., VLDB 2019).
+
+    The utility of a training subset S for an evaluation point ``(x, y)`` is the share
+    of its K nearest neighbours in S that carry the label y,
+    ``(1/K) sum_{k <= min(K, |S|)} [y_{alpha_k(S)} = y]``, averaged over the evaluation
+    points.  Its Shapley values have a closed form: sort the training points by
+    distance, then ``s_N = [y_N = y] / N`` and
+    ``s_i = s_{i+1} + ([y_i = y] - [y_{i+1} = y]) / K * min(K, i) / i``.
+    Cost: one sort per evaluation point, ``O(n_eval n log n)``, no model fits. It
+    values the data for a KNN classifier only; no other metric.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=5
+    metric : str, default="euclidean"
+        Any metric of :func:`sklearn.metrics.pairwise_distances`.
+
+    Attributes
+    ----------
+    values_ : ndarray of shape (n_samples,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_puma.valuation import KNNShapley
+    >>> X = np.array([[0.0], [1.0], [5.0]]); y = np.array([0, 0, 1])
+    >>> KNNShapley(n_neighbors=1).fit(X, y, eval_set=(np.array([[0.2]]), [0])).values_
+    array([0.5, 0.5, 0. ])
+    """
+
+    _parameter_constraints = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "metric": [str, callable],
+    }
+
+    def __init__(self, n_neighbors=5, *, metric="euclidean"):
+        self.n_neighbors = n_neighbors
+        self.metric = metric
+
+    def fit(self, X, y, *, eval_set=None):
+        """Closed-form values against the evaluation points.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        eval_set : tuple (X_eval, y_eval), default=None
+            The points whose KNN accuracy is the utility; by default the training data
+            (then each point is among its own neighbours).
+
+        Returns
+        -------
+        self
+        """
+        from sklearn.metrics import pairwise_distances
+
+        self._validate_params()
+        X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
+        n, K = len(X), self.n_neighbors
+        distances = pairwise_distances(X_eval, X, metric=self.metric)
+        values = np.zeros(n)
+        ranks = np.arange(1, n + 1)
+        for d, label in zip(distances, y_eval):
+            order = np.argsort(d, kind="stable")
+            match = (y[order] == label).astype(float)
+            s = np.zeros(n)
+            s[-1] = match[-1] / n
+            step = (match[:-1] - match[1:]) / K * np.minimum(K, ranks[:-1]) / ranks[:-1]
+            # s_i = s_{i+1} + step_i, from the farthest point inwards.
+            s[:-1] = s[-1] + np.cumsum(step[::-1])[::-1]
+            values[order] += s
+        self.values_ = values / len(X_eval)
+        return self
+
+
+class InfluenceFunctions(_Valuation):
+    """First-order influence functions (Koh & Liang, ICML 2017) on the training loss.
+
+    ``values_[i] = (1/n) grad L_eval^T H^{-1} grad l_i``: the first-order change of the
+    mean evaluation loss when point i is left out (positive = helpful), for a model
+    PumaPatcher supports. Influence is tied to the training objective: the metric is the
+    estimator's own loss and nothing else (PumaPatcher lifts that restriction). Cost:
+    one inverse-Hessian solve and one pass over the data.
+
+    Parameters
+    ----------
+    estimator : estimator
+        A model PumaPatcher supports (fit here unless wrapped in FrozenEstimator).
+    hessian : {"auto", "exact", "cg", "lissa", "lowrank"}, default="auto"
+    damping : "auto" or float, default="auto"
+
+    Attributes
+    ----------
+    values_ : ndarray of shape (n_samples,)
+    estimator_ : estimator
+        The fitted model.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_puma.valuation import InfluenceFunctions
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> InfluenceFunctions().fit(scale(X), y).values_.shape
+    (569,)
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit"]), None],
+        "hessian": [StrOptions({"auto", "exact", "cg", "lissa", "lowrank"})],
+        "damping": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, estimator=None, *, hessian="auto", damping="auto"):
+        self.estimator = estimator
+        self.hessian = hessian
+        self.damping = damping
+
+    def fit(self, X, y, *, eval_set=None):
+        """Fit the model and compute first-order influence on the evaluation loss.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        eval_set : tuple (X_eval, y_eval), default=None
+
+        Returns
+        -------
+        self
+        """
+        from ._patcher import PumaPatcher
+
+        self._validate_params()
+        puma = PumaPatcher(self.estimator, criterion="loss", value_method="first_order",
+                           hessian=self.hessian, damping=self.damping)
+        puma.fit(X, y, eval_set=eval_set)
+        self.values_ = puma.values_
+        self.estimator_ = puma.estimator_
+        self.n_features_in_ = puma.n_features_in_
+        return self

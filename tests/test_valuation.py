@@ -1,0 +1,166 @@
+"""Valuation baselines against exact ground truths.
+
+* KNN-Shapley's closed form against brute-force Shapley over all 2^10 subsets;
+* TMC-Shapley's Monte Carlo estimate converging to that same exact answer;
+* exact leave-one-out against refits done here by hand;
+* first-order influence against PumaPatcher's first-order values, and both against
+  real leave-one-out retraining.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr, spearmanr
+from sklearn.base import BaseEstimator, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from sklearn_puma import PumaPatcher
+from sklearn_puma.valuation import InfluenceFunctions, KNNShapley, LeaveOneOut, TMCShapley
+
+K = 3
+
+
+def _knn_utility(X_train, y_train, X_eval, y_eval, k=K):
+    """Jia et al.'s utility: share of the k nearest training points (fewer if the
+    subset is smaller; still divided by k) that carry the evaluation label."""
+    if len(X_train) == 0:
+        return 0.0
+    total = 0.0
+    for x, label in zip(X_eval, y_eval):
+        order = np.argsort(np.linalg.norm(X_train - x, axis=1), kind="stable")
+        total += np.sum(y_train[order[:k]] == label) / k
+    return total / len(X_eval)
+
+
+class _KNNUtilityModel(BaseEstimator):
+    """Remembers its data; ``_knn_scorer`` reads it. Neither classifier nor regressor,
+    so that TMC fits every coalition, single-class ones included."""
+
+    def fit(self, X, y):
+        self.X_, self.y_ = X, y
+        return self
+
+
+def _knn_scorer(model, X, y):
+    return _knn_utility(model.X_, model.y_, X, y)
+
+
+@pytest.fixture(scope="module")
+def ten_points():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 2))
+    y = (X[:, 0] + 0.8 * rng.normal(size=10) > 0).astype(int)
+    X_eval = rng.normal(size=(6, 2))
+    y_eval = (X_eval[:, 0] > 0).astype(int)
+    return X, y, X_eval, y_eval
+
+
+@pytest.fixture(scope="module")
+def exact_shapley(ten_points):
+    """Shapley values by definition: weighted marginal gains over all subsets."""
+    X, y, X_eval, y_eval = ten_points
+    n = len(X)
+    utility = {}
+    for size in range(n + 1):
+        for subset in itertools.combinations(range(n), size):
+            rows = list(subset)
+            utility[subset] = _knn_utility(X[rows], y[rows], X_eval, y_eval)
+    values = np.zeros(n)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for size in range(n):
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            for subset in itertools.combinations(others, size):
+                values[i] += weight * (utility[tuple(sorted(subset + (i,)))] - utility[subset])
+    return values
+
+
+def test_knn_shapley_equals_brute_force(ten_points, exact_shapley):
+    X, y, X_eval, y_eval = ten_points
+    values = KNNShapley(n_neighbors=K).fit(X, y, eval_set=(X_eval, y_eval)).values_
+    np.testing.assert_allclose(values, exact_shapley, atol=1e-12)
+    # Efficiency: the values share out the utility of the whole set.
+    np.testing.assert_allclose(values.sum(), _knn_utility(X, y, X_eval, y_eval))
+
+
+def test_tmc_shapley_converges_to_exact_values(ten_points, exact_shapley):
+    X, y, X_eval, y_eval = ten_points
+    tmc = TMCShapley(_KNNUtilityModel(), scoring=_knn_scorer, truncation_tolerance=0.0,
+                     convergence_tolerance=0.0, max_iter=600, empty_score=0.0,
+                     random_state=0)
+    with pytest.warns(UserWarning, match="have not converged"):
+        tmc.fit(X, y, eval_set=(X_eval, y_eval))
+    rho = spearmanr(tmc.values_, exact_shapley).statistic
+    error = np.abs(tmc.values_ - exact_shapley).max()
+    print(f"TMC-Shapley ({tmc.n_iter_} permutations) vs exact: Spearman {rho:.3f}, "
+          f"largest error {error:.3f}")
+    assert rho >= 0.9
+    assert error <= 0.03
+    # Each permutation's gains add up to v(all) - v(empty): so do the averages.
+    np.testing.assert_allclose(tmc.values_.sum(), _knn_utility(X, y, X_eval, y_eval))
+
+
+def test_tmc_truncation_stops_early_and_keeps_the_ranking(breast_cancer):
+    X, y = breast_cancer
+    X, y, X_eval, y_eval = X[:24], y[:24], X[300:400], y[300:400]
+    est = LogisticRegression(C=0.1)
+    fits = []
+
+    def counting_scorer(model, X, y):
+        fits.append(1)
+        return model.score(X, y)
+
+    runs = {}
+    for tolerance in (0.0, 0.02):
+        fits.clear()
+        runs[tolerance] = TMCShapley(
+            est, scoring=counting_scorer, truncation_tolerance=tolerance, max_iter=8,
+            convergence_window=1000, random_state=0).fit(X, y, eval_set=(X_eval, y_eval))
+        runs[tolerance].n_fits = len(fits)
+    plain, truncated = runs[0.0], runs[0.02]
+    assert truncated.n_fits < plain.n_fits
+    # The same permutations: truncation only drops the late, small gains.
+    assert spearmanr(plain.values_, truncated.values_).statistic >= 0.6
+    gap = truncated.score_ - truncated.empty_score_ - truncated.values_.sum()
+    assert abs(gap) <= 0.02 * abs(truncated.score_)
+
+
+def test_leave_one_out_equals_refits(breast_cancer):
+    X, y = breast_cancer
+    X, y, X_eval, y_eval = X[:60], y[:60], X[300:], y[300:]
+    est = LogisticRegression(C=0.5)
+    loo = LeaveOneOut(est, scoring="neg_log_loss").fit(
+        X, y, eval_set=(X_eval, y_eval))
+    full = log_loss(y_eval, clone(est).fit(X, y).predict_proba(X_eval))
+    for i in (0, 17, 42):
+        keep = np.arange(len(X)) != i
+        without = log_loss(y_eval, clone(est).fit(X[keep], y[keep]).predict_proba(X_eval))
+        # score = -log loss: value = score(all) - score(without i) = loss(without) - loss(all)
+        np.testing.assert_allclose(loo.values_[i], without - full, rtol=1e-6, atol=1e-12)
+
+
+def test_influence_functions_are_pumas_first_order_values(breast_cancer):
+    X, y = breast_cancer
+    X, y, X_eval, y_eval = X[:200], y[:200], X[300:], y[300:]
+    est = LogisticRegression(C=0.5)
+    influence = InfluenceFunctions(est).fit(X, y, eval_set=(X_eval, y_eval))
+    puma = PumaPatcher(est, criterion="loss", value_method="first_order").fit(
+        X, y, eval_set=(X_eval, y_eval))
+    np.testing.assert_allclose(influence.values_, puma.values_, rtol=1e-10)
+    # And both predict real leave-one-out changes of the evaluation loss.
+    points = np.random.default_rng(0).choice(len(X), 25, replace=False)
+    full = log_loss(y_eval, clone(est).fit(X, y).predict_proba(X_eval))
+    actual = [log_loss(y_eval, clone(est).fit(np.delete(X, i, 0), np.delete(y, i))
+                       .predict_proba(X_eval)) - full for i in points]
+    assert pearsonr(influence.values_[points], actual).statistic >= 0.95
+
+
+def test_bad_input_is_named():
+    X = np.zeros((4, 2))
+    with pytest.raises(ValueError, match="eval_set must be a tuple"):
+        KNNShapley().fit(X, [0, 1, 0, 1], eval_set=X)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        KNNShapley(n_neighbors=0).fit(X, [0, 1, 0, 1])
