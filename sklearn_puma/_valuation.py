@@ -10,6 +10,8 @@ metric; the metric is measured on ``eval_set`` when given, else on the training 
   form (Jia et al. 2019).  The KNN utility only.
 * :class:`InfluenceFunctions`: first-order influence on the training loss (Koh & Liang
   2017); PUMA's first-order values with ``criterion="loss"``.  The training loss only.
+* :class:`RepresenterPoints`: the decomposition of an L2-regularised last layer over
+  the training points (Yeh et al. 2018).  Support for the true-class logit only.
 
 The metric is a scikit-learn scorer (higher is better: a name such as ``"accuracy"`` or
 ``"neg_log_loss"``, or a callable ``scorer(estimator, X, y)``).  A point's value is
@@ -443,3 +445,159 @@ class InfluenceFunctions(_Valuation):
         self.estimator_ = puma.estimator_
         self.n_features_in_ = puma.n_features_in_
         return self
+
+
+class RepresenterPoints(_Valuation):
+    """Representer point values (Yeh et al., NeurIPS 2018).
+
+    The last layer ``Theta`` (no bias) of a classifier is refit to a stationary point of
+    ``(1/n) sum_i L(Theta f_i, y_i) + lam ||Theta||^2`` on the features ``f_i`` it sees
+    (the inputs of a linear model, the last hidden layer of an MLP).  There,
+    ``Theta = sum_i alpha_i f_i^T`` with ``alpha_i = -1/(2 lam n) dL/dz_i``, so every
+    pre-activation decomposes over the training points:
+    ``Theta f_t = sum_i alpha_i (f_i . f_t)``.  A point's value is its mean contribution
+    to the true-class pre-activation of the evaluation points,
+    ``values_[i] = mean_t alpha_i[y_t] (f_i . f_t)`` (positive = supports the right
+    class).  Cost: one convex refit of the last layer and one Gram product.  The
+    values are tied to the training loss and measured in logits: no other metric.
+
+    Parameters
+    ----------
+    estimator : estimator, default=None
+        A LogisticRegression or MLPClassifier PumaPatcher supports (fitted here unless
+        wrapped in FrozenEstimator); None means LogisticRegression().
+    lam : float, default=None
+        The L2 strength of the refit; None takes the estimator's own
+        (``1/(2 C n)`` for LogisticRegression, ``alpha/(2n)`` for an MLP).
+
+    Attributes
+    ----------
+    values_ : ndarray of shape (n_samples,)
+    alpha_ : ndarray of shape (n_samples, n_outputs)
+        The representer coefficients.
+    coef_ : ndarray of shape (n_outputs, n_features_last)
+        The refit last layer (at its optimum, ``sum_i alpha_i f_i^T``).
+    lam_ : float
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_puma.valuation import RepresenterPoints
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> RepresenterPoints().fit(scale(X), y).alpha_.shape
+    (569, 1)
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit"]), None],
+        "lam": [None, Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(self, estimator=None, *, lam=None):
+        self.estimator = estimator
+        self.lam = lam
+
+    def fit(self, X, y, *, eval_set=None):
+        """Refit the last layer, decompose it over the training points, value them.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        eval_set : tuple (X_eval, y_eval), default=None
+
+        Returns
+        -------
+        self
+        """
+        import torch
+        from scipy.optimize import minimize
+
+        from ._patcher import PumaPatcher
+
+        self._validate_params()
+        X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
+        puma = PumaPatcher(self.estimator, parameters="last_layer").fit(X, y)
+        adapter = puma._problem.adapter
+        if not adapter.is_classifier or adapter.multilabel:
+            raise ValueError(
+                "RepresenterPoints decomposes a classifier's last layer; "
+                f"{type(adapter.estimator).__name__} is not a single-label classifier."
+            )
+        F = adapter.encode_X(X)
+        codes = adapter.encode_y(puma._io.encode_y(y))
+        n, d, K = len(F), F.shape[1], adapter.n_outputs
+        self.lam_ = float(self.lam) if self.lam is not None else self._own_strength(adapter, n)
+
+        def loss(w):
+            W = w.reshape(K, d)
+            return adapter.sample_loss(F @ W.T, codes).mean() + self.lam_ * (W ** 2).sum()
+
+        def value_and_grad(w):
+            g, value = torch.func.grad_and_value(loss)(torch.as_tensor(w))
+            return float(value), g.numpy()
+
+        start = adapter.theta.detach().reshape(K, -1)[:, :d].numpy().ravel()
+        result = minimize(value_and_grad, start, jac=True, method="L-BFGS-B",
+                          options={"maxiter": 10_000, "gtol": 1e-10})
+        # The identity holds at the exact optimum: Newton steps (the problem is strongly
+        # convex and small) take L-BFGS's answer to machine precision.
+        w = torch.as_tensor(result.x)
+        for _ in range(20):
+            g = torch.func.grad(loss)(w)
+            if float(g.abs().max()) <= 1e-14:
+                break
+            w = w - torch.linalg.solve(torch.func.hessian(loss)(w), g)
+        W = w.reshape(K, d)
+        first, _ = adapter.output_derivatives(F @ W.T, codes, curvature=False)
+        alpha = -first / (2 * self.lam_ * n)
+        self.alpha_ = alpha.numpy()
+        self.coef_ = W.numpy()
+        stationarity = float(torch.func.grad(loss)(w).abs().max())
+        if stationarity > 1e-8:
+            warnings.warn(f"The last layer's refit stopped with a gradient of "
+                          f"{stationarity:.3g}: the decomposition is approximate.",
+                          PumaWarning, stacklevel=2)
+        F_eval = adapter.encode_X(X_eval)
+        codes_eval = adapter.encode_y(puma._io.encode_y(y_eval)).numpy()
+        gram = (F @ F_eval.T).numpy()  # (n, n_eval)
+        # Binary models have one logit, for classes_[1]: the true class's side is its sign.
+        if K == 1:
+            support = self.alpha_[:, 0][:, None] * np.where(codes_eval == 1, 1.0, -1.0)
+        else:
+            support = self.alpha_[:, codes_eval]
+        self.values_ = (support * gram).mean(axis=1)
+        self._features = adapter.encode_X
+        self._train_features = F.numpy()
+        return self
+
+    @staticmethod
+    def _own_strength(adapter, n):
+        # The adapter's penalty is sum(c_j theta_j^2) / n on the weights (not the bias).
+        coef = adapter._penalty_weights.reshape(adapter.n_outputs, -1)[:, : adapter.n_features]
+        strength = float(coef.max()) / n
+        if strength <= 0:
+            raise ValueError(
+                "RepresenterPoints needs an L2-regularised last layer; this estimator has "
+                "none. Pass lam=... (the strength of the refit's L2 penalty)."
+            )
+        return strength
+
+    def decompose(self, X):
+        """Each training point's contribution to the pre-activations of ``X``.
+
+        Returns
+        -------
+        contributions : ndarray of shape (n_samples_train, n_samples, n_outputs)
+            Summed over the training points: the refit last layer's outputs on ``X``,
+            ``features(X) @ coef_.T``.
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        F_train = self._train_features
+        F = self._features(X).numpy()
+        gram = F_train @ F.T  # (n, m)
+        return gram[:, :, None] * self.alpha_[:, None, :]

@@ -4,7 +4,8 @@
 * TMC-Shapley's Monte Carlo estimate converging to that same exact answer;
 * exact leave-one-out against refits done here by hand;
 * first-order influence against PumaPatcher's first-order values, and both against
-  real leave-one-out retraining.
+  real leave-one-out retraining;
+* representer points' decomposition against scikit-learn's own bias-free fit.
 """
 
 import itertools
@@ -14,11 +15,21 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.base import BaseEstimator, clone
+from sklearn.datasets import load_digits
+from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
+from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import StandardScaler
 
 from sklearn_puma import PumaPatcher
-from sklearn_puma.valuation import InfluenceFunctions, KNNShapley, LeaveOneOut, TMCShapley
+from sklearn_puma.valuation import (
+    InfluenceFunctions,
+    KNNShapley,
+    LeaveOneOut,
+    RepresenterPoints,
+    TMCShapley,
+)
 
 K = 3
 
@@ -46,6 +57,12 @@ class _KNNUtilityModel(BaseEstimator):
 
 def _knn_scorer(model, X, y):
     return _knn_utility(model.X_, model.y_, X, y)
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    X, y = load_digits(return_X_y=True)
+    return StandardScaler().fit_transform(X[:300]), y[:300]
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +181,33 @@ def test_bad_input_is_named():
         KNNShapley().fit(X, [0, 1, 0, 1], eval_set=X)
     with pytest.raises(ValueError, match="n_neighbors"):
         KNNShapley(n_neighbors=0).fit(X, [0, 1, 0, 1])
+
+
+def test_representer_points_reconstruct_the_pre_activations(breast_cancer, wine):
+    """Yeh et al.'s identity against scikit-learn's own fit: a bias-free logistic
+    regression with C has the refit's L2 strength 1/(2 C n), so the training points'
+    contributions must add up to its decision_function."""
+    for X, y in (breast_cancer, wine):
+        X_train, y_train, X_test = X[::2], y[::2], X[1::2]
+        C = 0.5
+        reference = LogisticRegression(C=C, fit_intercept=False, tol=1e-12,
+                                       max_iter=10_000).fit(X_train, y_train)
+        rp = RepresenterPoints(LogisticRegression(C=C)).fit(X_train, y_train)
+        assert rp.lam_ == pytest.approx(1 / (2 * C * len(X_train)))
+        logits = rp.decompose(X_test).sum(axis=0)
+        expected = reference.decision_function(X_test)
+        expected = expected[:, None] if expected.ndim == 1 else expected
+        scale = np.abs(expected).max()
+        assert np.abs(logits - expected).max() <= 1e-6 * scale
+
+
+def test_representer_points_of_an_mlp_last_layer(digits_small):
+    X, y = digits_small
+    mlp = MLPClassifier((16,), alpha=1e-2, max_iter=2000, random_state=0).fit(X, y)
+    rp = RepresenterPoints(FrozenEstimator(mlp)).fit(X, y)
+    hidden = np.tanh(X @ mlp.coefs_[0] + mlp.intercepts_[0]) if mlp.activation == "tanh" \
+        else np.maximum(X @ mlp.coefs_[0] + mlp.intercepts_[0], 0)
+    logits = rp.decompose(X[:20]).sum(axis=0)
+    np.testing.assert_allclose(logits, hidden[:20] @ rp.coef_.T, rtol=1e-6, atol=1e-8)
+    # The values credit points that support their own class: mostly positive.
+    assert np.mean(rp.values_ > 0) > 0.5
