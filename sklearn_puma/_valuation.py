@@ -518,7 +518,11 @@ class RepresenterPoints(_Valuation):
 
         self._validate_params()
         X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
-        puma = PumaPatcher(self.estimator, parameters="last_layer").fit(X, y)
+        with warnings.catch_warnings():
+            # Only the features are read here; the last layer is refit to its optimum
+            # below, so a net stopped short of one does not matter.
+            warnings.simplefilter("ignore", PumaWarning)
+            puma = PumaPatcher(self.estimator, parameters="last_layer").fit(X, y)
         adapter = puma._problem.adapter
         if not adapter.is_classifier or adapter.multilabel:
             raise ValueError(
