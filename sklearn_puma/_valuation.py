@@ -6,6 +6,8 @@ metric; the metric is measured on ``eval_set`` when given, else on the training 
 
 * :class:`LeaveOneOut`: exact refits without each point (joblib).  Any metric.
 * :class:`TMCShapley`: Truncated Monte Carlo Shapley (Ghorbani & Zou 2019).  Any metric.
+* :class:`GradientShapley`: G-Shapley, one SGD step per point instead of refits
+  (Ghorbani & Zou 2019).  Any metric.
 * :class:`KNNShapley`: exact Shapley values of a K-nearest-neighbour utility in closed
   form (Jia et al. 2019).  The KNN utility only.
 * :class:`InfluenceFunctions`: first-order influence on the training loss (Koh & Liang
@@ -301,6 +303,141 @@ class TMCShapley(_Valuation):
         scale = np.abs(last) + 1e-12
         return float(np.mean([np.mean(np.abs(last - old) / scale)
                               for old in history[-window - 1:-1]]))
+
+
+class GradientShapley(TMCShapley):
+    """Gradient Shapley (G-Shapley; Ghorbani & Zou, ICML 2019).
+
+    TMC-Shapley with the refits replaced by a single pass of stochastic gradient
+    descent: for each random permutation the model starts from ``theta_0`` and takes one
+    gradient step on each point in turn (the estimator's own loss and regulariser, batch
+    size one), and each point is credited with the score gained by its step.  Truncation
+    and convergence follow :class:`TMCShapley`.  Cost: one gradient step and one
+    scoring per point and permutation, no refits; the values describe a model trained
+    by one epoch of SGD, not the fitted one.  Any metric.  Models PumaPatcher supports
+    (their adapters give the gradients); ``theta_0`` is zero for linear models, a small
+    seeded random vector for networks (zero is a saddle point of a net).
+
+    Parameters
+    ----------
+    estimator : estimator, default=None
+        A model PumaPatcher supports; None means LogisticRegression().
+    scoring : str or callable, default=None
+    learning_rate : float or "auto", default="auto"
+        The step size; "auto" tries ``10**k`` for k in -3..1 on one permutation and
+        keeps the one whose single pass scores best (the paper tunes it the same way).
+    truncation_tolerance, convergence_tolerance, convergence_window, max_iter,
+    random_state
+        As in :class:`TMCShapley`.
+
+    Attributes
+    ----------
+    values_ : ndarray of shape (n_samples,)
+    learning_rate_ : float
+    n_iter_ : int
+    score_ : float
+        The score of the fitted model on all data (the truncation reference).
+    empty_score_ : float
+        The score at ``theta_0``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_puma.valuation import GradientShapley
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> gs = GradientShapley(scoring="accuracy", max_iter=5, random_state=0)
+    >>> gs.fit(scale(X[:60]), y[:60]).values_.shape
+    (60,)
+    """
+
+    _parameter_constraints = {
+        **{k: v for k, v in TMCShapley._parameter_constraints.items()
+           if k not in ("estimator", "empty_score")},
+        "estimator": [HasMethods(["fit"]), None],
+        "learning_rate": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(self, estimator=None, *, scoring=None, learning_rate="auto",
+                 truncation_tolerance=0.01, convergence_tolerance=0.05,
+                 convergence_window=100, max_iter=1000, random_state=None):
+        super().__init__(estimator, scoring=scoring,
+                         truncation_tolerance=truncation_tolerance,
+                         convergence_tolerance=convergence_tolerance,
+                         convergence_window=convergence_window, max_iter=max_iter,
+                         random_state=random_state)
+        self.learning_rate = learning_rate
+
+    def fit(self, X, y, *, eval_set=None):
+        """Run one-epoch SGD passes over random permutations until the values converge.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        eval_set : tuple (X_eval, y_eval), default=None
+
+        Returns
+        -------
+        self
+        """
+        import torch
+
+        from ._autodiff import gradient
+        from ._patcher import PumaPatcher
+
+        self._validate_params()
+        X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
+        with warnings.catch_warnings():
+            # The fitted model only lends its structure and the truncation reference.
+            warnings.simplefilter("ignore", PumaWarning)
+            puma = PumaPatcher(self.estimator).fit(X, y)
+        adapter = puma._problem.adapter
+        scorer = check_scoring(puma.estimator_, scoring=self.scoring)
+        rng = check_random_state(self.random_state)
+        Xt, yt, s = puma._problem.X, puma._problem.y, puma._problem.s
+        n = len(X)
+        theta_0 = torch.zeros_like(adapter.theta)
+        if not adapter.linear_in_params:
+            theta_0 = 0.1 * torch.as_tensor(rng.standard_normal(len(theta_0))).to(theta_0)
+
+        def score(theta):
+            return scorer(adapter.build(theta), X_eval, y_eval)
+
+        def one_pass(order, rate, tolerance):
+            """Marginal score gains along one SGD pass (zero after truncation)."""
+            gains = np.zeros(n)
+            theta, previous = theta_0, self.empty_score_
+            for point in order:
+                if tolerance > 0 and abs(self.score_ - previous) < tolerance:
+                    break
+                rows = slice(point, point + 1)
+                # The stochastic gradient of J = (1/n) sum s_i l_i + r at one point:
+                # s_i grad l_i + grad r (weight s_i n over n).
+                step = gradient(adapter, theta, Xt[rows], yt[rows], s[rows] * n, n)
+                theta = theta - rate * step
+                current = score(theta)
+                gains[point], previous = current - previous, current
+            return gains
+
+        self.score_ = scorer(puma.estimator_, X_eval, y_eval)
+        self.empty_score_ = score(theta_0)
+        if self.learning_rate == "auto":
+            probe = rng.permutation(n)
+            finals = {rate: one_pass(probe, rate, 0.0).sum() for rate in 10.0 ** np.arange(-3, 2)}
+            self.learning_rate_ = max(finals, key=finals.get)
+        else:
+            self.learning_rate_ = float(self.learning_rate)
+        tolerance = self.truncation_tolerance * abs(self.score_)
+        history, total = [], np.zeros(n)
+        for iteration in range(1, self.max_iter + 1):
+            total += one_pass(rng.permutation(n), self.learning_rate_, tolerance)
+            history.append(total / iteration)
+            if self._mean_relative_change(history) < self.convergence_tolerance:
+                break
+        self.values_ = history[-1]
+        self.n_iter_ = iteration
+        return self
 
 
 class KNNShapley(_Valuation):

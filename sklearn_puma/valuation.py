@@ -2,6 +2,7 @@
 positive = helpful, in units of the metric); see :mod:`sklearn_puma._valuation`."""
 
 from ._valuation import (
+    GradientShapley,
     InfluenceFunctions,
     KNNShapley,
     LeaveOneOut,
@@ -9,5 +10,5 @@ from ._valuation import (
     TMCShapley,
 )
 
-__all__ = ["InfluenceFunctions", "KNNShapley", "LeaveOneOut", "RepresenterPoints",
+__all__ = ["GradientShapley", "InfluenceFunctions", "KNNShapley", "LeaveOneOut", "RepresenterPoints",
            "TMCShapley"]
