@@ -12,6 +12,8 @@ metric; the metric is measured on ``eval_set`` when given, else on the training 
   form (Jia et al. 2019).  The KNN utility only.
 * :class:`InfluenceFunctions`: first-order influence on the training loss (Koh & Liang
   2017); PUMA's first-order values with ``criterion="loss"``.  The training loss only.
+* :class:`DVRL`: a data-value estimator trained with REINFORCE (Yoon et al. 2020).
+  Any metric; its values are selection probabilities, not metric units.
 * :class:`RepresenterPoints`: the decomposition of an L2-regularised last layer over
   the training points (Yeh et al. 2018).  Support for the true-class logit only.
 
@@ -742,3 +744,151 @@ class RepresenterPoints(_Valuation):
         F = self._features(X).numpy()
         gram = F_train @ F.T  # (n, m)
         return gram[:, :, None] * self.alpha_[:, None, :]
+
+
+class DVRL(_Valuation):
+    """Data valuation using reinforcement learning (Yoon, Arik & Pfister, ICML 2020).
+
+    A data-value estimator (a small torch MLP on each point's features, one-hot label,
+    and the gap between that label and the class probabilities of a model fit on the
+    evaluation set) gives each training point a selection probability.  Each iteration
+    samples a batch, draws a selection vector from those probabilities, fits the
+    ``predictor`` on the selected points, and rewards the estimator by the predictor's
+    score on the evaluation set minus a moving average of past scores (REINFORCE), with
+    the paper's penalty keeping the mean selection probability between ``1 - epsilon``
+    and ``epsilon``.  ``values_`` are the final selection probabilities minus their
+    mean: positive = selected more often than average = helpful.  They rank points but
+    are probabilities, not units of the metric.  Cost: ``n_iter`` predictor fits.  Any
+    metric and any predictor that takes ``sample_weight``; the training data need not be
+    differentiable.
+
+    Parameters
+    ----------
+    predictor : estimator, default=None
+        Fit on each selection (with 0/1 ``sample_weight``); None means
+        LogisticRegression().
+    scoring : str or callable, default="neg_log_loss"
+        The reward (higher is better). Log-likelihood moves with every selected point,
+        where accuracy on a small validation set moves in coarse steps: a
+        lower-variance reward for REINFORCE.
+    n_iter : int, default=300
+    batch_size : int, default=256
+        Points sampled per iteration (all when fewer).
+    hidden : int, default=100
+        Width of the estimator's two hidden layers.
+    learning_rate : float, default=0.01
+        Adam's step size for the estimator.
+    epsilon : float, default=0.9
+        Bounds of the mean selection probability, ``[1 - epsilon, epsilon]``.
+    penalty : float, default=1e3
+        Weight of that bound's hinge penalty (the reference implementation's 1e3).
+    moving_average_window : int, default=20
+        The reward baseline averages this many past scores.
+    random_state : int, RandomState instance or None, default=None
+
+    Attributes
+    ----------
+    values_ : ndarray of shape (n_samples,)
+    selection_probability_ : ndarray of shape (n_samples,)
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_moons
+    >>> from sklearn_puma.valuation import DVRL
+    >>> X, y = make_moons(200, noise=0.2, random_state=0)
+    >>> DVRL(n_iter=5, random_state=0).fit(X, y).values_.shape
+    (200,)
+    """
+
+    _parameter_constraints = {
+        "predictor": [HasMethods(["fit"]), None],
+        "scoring": [str, callable],
+        "n_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "hidden": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "epsilon": [Interval(Real, 0.5, 1, closed="both")],
+        "penalty": [Interval(Real, 0, None, closed="left")],
+        "moving_average_window": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, predictor=None, *, scoring="neg_log_loss", n_iter=300, batch_size=256,
+                 hidden=100, learning_rate=0.01, epsilon=0.9, penalty=1e3,
+                 moving_average_window=20, random_state=None):
+        self.predictor = predictor
+        self.scoring = scoring
+        self.n_iter = n_iter
+        self.batch_size = batch_size
+        self.hidden = hidden
+        self.learning_rate = learning_rate
+        self.epsilon = epsilon
+        self.penalty = penalty
+        self.moving_average_window = moving_average_window
+        self.random_state = random_state
+
+    def fit(self, X, y, *, eval_set=None):
+        """Train the data-value estimator by REINFORCE and read off its probabilities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        eval_set : tuple (X_eval, y_eval), default=None
+            The (ideally clean) validation data of the reward; by default the training
+            data, which rewards fitting the noise too: pass one.
+
+        Returns
+        -------
+        self
+        """
+        import torch
+        from sklearn.linear_model import LogisticRegression
+
+        self._validate_params()
+        X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
+        predictor = LogisticRegression() if self.predictor is None else self.predictor
+        scorer = check_scoring(predictor, scoring=self.scoring)
+        rng = check_random_state(self.random_state)
+        generator = torch.Generator().manual_seed(int(rng.randint(2**31)))
+        classes = np.unique(y)
+        onehot = (y[:, None] == classes).astype(np.float64)
+        # Yoon et al.'s extra input: how far each label is from what a model of the
+        # clean evaluation data predicts there.
+        reference = clone(predictor).fit(X_eval, y_eval)
+        proba = np.zeros_like(onehot)
+        proba[:, np.searchsorted(classes, reference.classes_)] = reference.predict_proba(X)
+        inputs = torch.as_tensor(np.hstack([X, onehot, np.abs(onehot - proba)]))
+        torch.manual_seed(int(rng.randint(2**31)))
+        estimator = torch.nn.Sequential(
+            torch.nn.Linear(inputs.shape[1], self.hidden), torch.nn.ReLU(),
+            torch.nn.Linear(self.hidden, self.hidden), torch.nn.ReLU(),
+            torch.nn.Linear(self.hidden, 1), torch.nn.Sigmoid()).double()
+        optimizer = torch.optim.Adam(estimator.parameters(), lr=self.learning_rate)
+        n = len(X)
+        size = min(self.batch_size, n)
+        baseline = scorer(clone(predictor).fit(X, y), X_eval, y_eval)
+        recent = [baseline]
+        for _ in range(self.n_iter):
+            batch = rng.choice(n, size, replace=False)
+            p = estimator(inputs[batch])[:, 0].clamp(1e-6, 1 - 1e-6)
+            selected = torch.bernoulli(p.detach(), generator=generator)
+            chosen = batch[selected.numpy() > 0]
+            if len(np.unique(y[chosen])) < 2:
+                continue  # nothing a classifier can be fit on: no reward to learn from
+            model = clone(predictor).fit(X[chosen], y[chosen])
+            reward = scorer(model, X_eval, y_eval) - np.mean(recent)
+            recent = (recent + [reward + np.mean(recent)])[-self.moving_average_window:]
+            log_likelihood = (selected * torch.log(p) + (1 - selected) * torch.log(1 - p)).sum()
+            mean = p.mean()
+            loss = (-reward * log_likelihood
+                    + self.penalty * (torch.relu(mean - self.epsilon)
+                                      + torch.relu((1 - self.epsilon) - mean)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            probability = estimator(inputs)[:, 0].numpy()
+        self.selection_probability_ = probability
+        self.values_ = probability - probability.mean()
+        return self

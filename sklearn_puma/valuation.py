@@ -2,6 +2,7 @@
 positive = helpful, in units of the metric); see :mod:`sklearn_puma._valuation`."""
 
 from ._valuation import (
+    DVRL,
     GradientShapley,
     InfluenceFunctions,
     KNNShapley,
@@ -10,5 +11,5 @@ from ._valuation import (
     TMCShapley,
 )
 
-__all__ = ["GradientShapley", "InfluenceFunctions", "KNNShapley", "LeaveOneOut", "RepresenterPoints",
+__all__ = ["DVRL", "GradientShapley", "InfluenceFunctions", "KNNShapley", "LeaveOneOut", "RepresenterPoints",
            "TMCShapley"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.base import BaseEstimator, clone
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits, make_moons
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -24,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sklearn_puma import PumaPatcher, flip_labels
 from sklearn_puma.valuation import (
+    DVRL,
     GradientShapley,
     InfluenceFunctions,
     KNNShapley,
@@ -255,3 +256,17 @@ def test_gradient_shapley_ranks_flipped_labels_low(breast_cancer):
     found = flipped[np.argsort(gs.values_, kind="stable")[:30]].sum() / flipped.sum()
     print(f"G-Shapley finds {found:.2f} of the flipped labels in the lowest 20%")
     assert found >= 0.4  # random inspection finds 0.2
+
+
+def test_dvrl_ranks_flipped_labels_low_on_noisy_moons():
+    X, y = make_moons(700, noise=0.2, random_state=0)
+    X_train, y_train, X_val, y_val = X[:500], y[:500], X[500:], y[500:]
+    y_flipped, flipped = flip_labels(y_train, 0.1, random_state=0)
+    dvrl = DVRL(n_iter=150, batch_size=500, random_state=0).fit(
+        X_train, y_flipped, eval_set=(X_val, y_val))
+    found = flipped[np.argsort(dvrl.values_, kind="stable")[:100]].sum() / flipped.sum()
+    print(f"DVRL finds {found:.2f} of the flipped labels in the lowest 20% "
+          f"(selection probability {dvrl.selection_probability_[flipped].mean():.2f} "
+          f"flipped, {dvrl.selection_probability_[~flipped].mean():.2f} clean)")
+    assert found >= 0.5  # random inspection finds 0.2
+    assert dvrl.selection_probability_[flipped].mean() < dvrl.selection_probability_[~flipped].mean()
