@@ -5,6 +5,7 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_puma import PumaPatcher
+from sklearn_puma.unlearning import SISA, AmnesiacMLP, UnrollingSGDMLP
 
 # Instances under test, and the checks each is allowed to fail, with the reason.
 INSTANCES = [
@@ -15,6 +16,13 @@ INSTANCES = [
     PumaPatcher(SGDClassifier(loss="log_loss")),
     PumaPatcher(MLPClassifier(hidden_layer_sizes=(8,), max_iter=300, random_state=0)),
     PumaPatcher(MLPRegressor(hidden_layer_sizes=(8,), max_iter=300, random_state=0)),
+    # The unlearning baselines are estimators too.
+    SISA(LogisticRegression(), n_shards=2, random_state=0),
+    SISA(Ridge(), n_shards=2, random_state=0),
+    SISA(SGDClassifier(random_state=0), n_shards=2, n_slices=2, slice_epochs=5,
+         random_state=0),
+    AmnesiacMLP(n_epochs=20, random_state=0),
+    UnrollingSGDMLP(n_epochs=20, random_state=0),
 ]
 EXPECTED_FAILED_CHECKS = {
     # SGDClassifier fails this check on its own and scikit-learn's test table lists it:
