@@ -24,7 +24,7 @@ from ._autodiff import (
     per_sample_grads,
 )
 from ._curvature import make_inverse, resolve_kind
-from ._warnings import PartialRemovalWarning, PumaWarning, SolverWarning
+from ._warnings import NonConvexWarning, PartialRemovalWarning, PumaWarning, SolverWarning
 
 
 def _np(tensor):
@@ -447,6 +447,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     C0 = criterion(theta_hat).detach()
     theta, inverse = theta_hat, problem.inverse_hat
     lam_up = np.zeros(len(up_idx))
+    nonconvex = []
 
     for step_index in range(n_steps):
         # The last of several steps keeps the weights: a pure Newton step on J_w polishes
@@ -464,8 +465,19 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam_up).to(weights))
         # Damping is settled afresh at each step: the curvature where a net's patch
         # lands can be more indefinite than at the fitted model.
-        inverse = problem.inverse(theta, weights)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonConvexWarning)
+            inverse = problem.inverse(theta, weights)
+        nonconvex += [w for w in caught if issubclass(w.category, NonConvexWarning)]
+        for w in caught:
+            if not issubclass(w.category, NonConvexWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         theta = theta - inverse.solve(problem.grad(theta, weights))
+    if nonconvex:
+        # One warning for the patch, not one per Newton step: the last step's figure.
+        warnings.warn(
+            f"During the patch ({len(nonconvex)} of {n_steps} Newton steps): "
+            f"{nonconvex[-1].message}", NonConvexWarning, stacklevel=3)
 
     step = theta - theta_hat
     full_change = _np(criterion(theta) - C0)
