@@ -58,6 +58,15 @@ def objective(adapter, X, y, weights, n, tilt=None):
     return J
 
 
+def objective_value(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
+    """``J_w(theta)`` as a float, summed over chunks of samples (see objective())."""
+    total = sum(map_chunks(
+        lambda sl: _data_term(adapter, X[sl], y[sl], weights[sl], n)(theta),
+        len(X), _SUM_ROWS, n_jobs))
+    total = total + adapter.penalty(theta, n)
+    return float(total if tilt is None else total - tilt @ theta)
+
+
 def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
     size = _SUM_ROWS
 

@@ -20,6 +20,7 @@ from ._autodiff import (
     hvp_function,
     map_chunks,
     matrix_from_hvp,
+    objective_value,
     output_loss_derivatives,
     per_sample_grads,
 )
@@ -86,6 +87,10 @@ class Problem:
     def grad(self, theta, weights):
         return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
                         tilt=self.tilt, n_jobs=self.n_jobs)
+
+    def objective(self, theta, weights):
+        return objective_value(self.adapter, theta, self.X, self.y, weights, self.n,
+                               tilt=self.tilt, n_jobs=self.n_jobs)
 
     def ones(self, n):
         return torch.ones(n, dtype=self.adapter.dtype, device=self.adapter.device)
@@ -472,7 +477,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         for w in caught:
             if not issubclass(w.category, NonConvexWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        theta = theta - inverse.solve(problem.grad(theta, weights))
+        theta = _newton_step(problem, theta, weights, inverse)
     if nonconvex:
         # One warning for the patch, not one per Newton step: the last step's figure.
         warnings.warn(
@@ -513,6 +518,26 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         )
     return PatchResult(theta_mod.detach(), lam, sample_weight, eta, _np(C0), _np(after),
                        full_change)
+
+
+def _newton_step(problem, theta, weights, inverse, max_halvings=30):
+    """``theta - t H^-1 g`` with the largest ``t`` in 1, 1/2, 1/4, ... that lowers
+    ``J_w`` enough (Armijo).  A full Newton step is taken whenever it does; far from the
+    optimum of a weakly regularised model it can overshoot into a cycle that more steps
+    never leave."""
+    g = problem.grad(theta, weights)
+    direction = inverse.solve(g)
+    slope = float(g @ direction)
+    if slope <= 0:  # not a descent direction (indefinite curvature): take it as it is
+        return theta - direction
+    current = problem.objective(theta, weights)
+    t = 1.0
+    for _ in range(max_halvings):
+        candidate = theta - t * direction
+        if problem.objective(candidate, weights) <= current - 1e-4 * t * slope:
+            return candidate
+        t /= 2
+    return theta - t * direction
 
 
 def _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change, n_bisect=30):
