@@ -6,6 +6,7 @@ PUMA (Performance Unchanged Model Augmentation) for scikit-learn models.
 from ._adapters import SUPPORTED_ESTIMATORS, UnsupportedEstimatorError
 from ._criteria import CRITERION_NAMES
 from ._datasets import flip_labels, make_radial
+from ._label_errors import rank_label_errors
 from ._patcher import PumaPatcher
 from ._warnings import (
     NonConvexWarning,
@@ -27,4 +28,5 @@ __all__ = [
     "UnsupportedEstimatorError",
     "flip_labels",
     "make_radial",
+    "rank_label_errors",
 ]
