@@ -173,8 +173,12 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
         # A point of leverage 1 (A singular) alone determines some direction: without it
         # the model is not identified there.  The pseudo-inverse leaves that direction
         # where it is, and the caller is told how many such points there are.
-        z = torch.linalg.pinv(A, rtol=1e-10) @ r[:, :, None]  # (b, K, 1)
-        n_singular = int((torch.linalg.svdvals(A)[:, -1] < 1e-10).sum())
+        # One SVD gives both the pseudo-inverse (relative cut-off, as pinv's rtol) and
+        # the count of singular systems.
+        U, S, Vh = torch.linalg.svd(A)
+        inv_S = torch.where(S > 1e-10 * S[:, :1], 1.0 / S, torch.zeros_like(S))
+        z = Vh.transpose(1, 2) @ (inv_S[:, :, None] * (U.transpose(1, 2) @ r[:, :, None]))
+        n_singular = int((S[:, -1] < 1e-10).sum())
         return sl, c[:, :, 0] * (HinvJt.transpose(1, 2) @ z)[:, :, 0], n_singular
 
     parts = map_chunks(part, len(X), size, problem.n_jobs)
