@@ -759,14 +759,12 @@ class DVRL(_Valuation):
     and ``epsilon``.  ``values_`` are the final selection probabilities minus their
     mean: positive = selected more often than average = helpful.  They rank points but
     are probabilities, not units of the metric.  Cost: ``n_iter`` predictor fits.  Any
-    metric and any predictor that takes ``sample_weight``; the training data need not be
-    differentiable.
+    metric and any classifier; the predictor need not be differentiable.
 
     Parameters
     ----------
     predictor : estimator, default=None
-        Fit on each selection (with 0/1 ``sample_weight``); None means
-        LogisticRegression().
+        Fit on the selected points of each draw; None means LogisticRegression().
     scoring : str or callable, default="neg_log_loss"
         The reward (higher is better). Log-likelihood moves with every selected point,
         where accuracy on a small validation set moves in coarse steps: a
@@ -874,8 +872,10 @@ class DVRL(_Valuation):
             p = estimator(inputs[batch])[:, 0].clamp(1e-6, 1 - 1e-6)
             selected = torch.bernoulli(p.detach(), generator=generator)
             chosen = batch[selected.numpy() > 0]
-            if len(np.unique(y[chosen])) < 2:
-                continue  # nothing a classifier can be fit on: no reward to learn from
+            if len(np.unique(y[chosen])) < len(classes):
+                # A predictor missing a class cannot be scored on data that has it (log
+                # loss needs every column): no reward to learn from this draw.
+                continue
             model = clone(predictor).fit(X[chosen], y[chosen])
             reward = scorer(model, X_eval, y_eval) - np.mean(recent)
             recent = (recent + [reward + np.mean(recent)])[-self.moving_average_window:]

@@ -1,12 +1,16 @@
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.preprocessing import StandardScaler
 
 # The suite runs one process per core (pytest-xdist): torch's own thread pool on top of
 # that oversubscribes the cores, and its spinning workers slow small ops a hundredfold.
 torch.set_num_threads(1)
+# BLAS too (numpy, scipy, scikit-learn): multi-threaded BLAS on a core another worker
+# also uses makes a 0.05 s fit take seconds.
+threadpool_limits(1)
 
 
 def _scaled(loader):
