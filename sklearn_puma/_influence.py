@@ -345,6 +345,8 @@ def _bounded_lasso(V, change, alpha_abs, max_weight):
     full problem's).
     """
     m, u = V.shape
+    if m == 1:
+        return _bounded_lasso_one_row(V[0], float(change[0]), alpha_abs, max_weight)
 
     def dual(mu):
         excess = V.T @ mu - alpha_abs
@@ -368,6 +370,25 @@ def _bounded_lasso(V, change, alpha_abs, max_weight):
         working = np.union1d(working, entering)
     warnings.warn("The compensation solve's working set did not settle in 50 rounds.",
                   SolverWarning, stacklevel=4)
+    return lam
+
+
+def _bounded_lasso_one_row(v, change, alpha_abs, max_weight):
+    """The one-row problem exactly: ``min 1/2 max(0, c - v.lam)^2 + alpha sum(lam)`` on
+    the box.  At the optimum the shortfall ``s`` gives every point with ``v_j s > alpha``
+    the full weight and every point with ``v_j s < alpha`` none (KKT), so the points
+    fill up in decreasing order of ``v_j`` and at most one, where ``s = alpha / v_j``,
+    is weighted partly: a sort and a scan, no iterative solver."""
+    lam = np.zeros(len(v))
+    shortfall = change
+    for j in np.argsort(-v, kind="stable"):
+        if v[j] <= 0 or shortfall * v[j] <= alpha_abs:
+            break  # this point (and every later one) costs more than it recovers
+        # The weight that brings the shortfall down to alpha / v_j, within the box.
+        lam[j] = min(max_weight, (shortfall - alpha_abs / v[j]) / v[j])
+        shortfall -= lam[j] * v[j]
+        if lam[j] < max_weight:
+            break
     return lam
 
 

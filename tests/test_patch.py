@@ -120,6 +120,38 @@ def test_compensation_solve_matches_sklearn_lasso():
     np.testing.assert_allclose(ours, lasso.coef_, atol=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_one_row_compensation_is_the_box_constrained_optimum(seed):
+    """The one-row closed form against the general working-set solver (the same problem
+    with a second, never-worsening row that leaves the optimum unchanged) and against
+    its KKT conditions."""
+    from sklearn_puma._influence import _bounded_lasso, _bounded_lasso_one_row
+
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(200)
+    change, alpha, bound = 3.0 + seed, 0.05 * (seed + 1), 0.5
+    lam = _bounded_lasso_one_row(v, change, alpha, bound)
+    # A second row with a hugely negative change never has a shortfall: the general
+    # solver's objective is then 1/(2*2) shortfall^2 + alpha' sum(lam) = the same
+    # problem with alpha' = alpha / 2.
+    V = np.vstack([v, np.zeros_like(v)])
+    general = _bounded_lasso(V, np.array([change, -1e9]), alpha / 2, bound)
+
+    def objective(w):
+        return 0.5 * max(0.0, change - v @ w) ** 2 + alpha * w.sum()
+
+    # The iterative solver stops within its tolerance: the closed form is never worse,
+    # and the KKT conditions below (sufficient, the problem being convex) make it the
+    # optimum.
+    assert objective(lam) <= objective(general) + 1e-12
+    shortfall = max(0.0, change - v @ lam)
+    gradient = -v * shortfall + alpha
+    assert np.all(gradient[lam == 0] >= -1e-12)
+    assert np.all(gradient[lam == bound] <= 1e-12)
+    inside = (lam > 0) & (lam < bound)
+    np.testing.assert_allclose(gradient[inside], 0, atol=1e-12)
+
+
 def test_compensation_alpha_limits():
     rng = np.random.default_rng(1)
     V = rng.standard_normal((4, 30))
