@@ -30,6 +30,7 @@ from ._influence import (
     patch,
     self_influence,
 )
+from ._rows import row_mask
 
 
 _CLASSIFIER_METHODS = ("predict_proba", "predict_log_proba", "decision_function",
@@ -450,33 +451,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         return self._as_mask(remove, n, "remove")
 
     def _as_mask(self, spec, n, what):
-        """A boolean mask from a mask or an index array, with clear errors."""
-        arr = np.asarray(spec)
-        if arr.dtype == bool:
-            if arr.shape != (n,):
-                raise ValueError(
-                    f"{what} as a boolean mask must have one entry per training sample "
-                    f"({n}); got shape {arr.shape}."
-                )
-            return arr
-        arr = arr.ravel()
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
-                arr = arr.astype(np.int64)
-            else:
-                raise ValueError(
-                    f"{what} must be a boolean mask or integer indices; got dtype "
-                    f"{arr.dtype}."
-                )
-        bad = arr[(arr < -n) | (arr >= n)]
-        if bad.size:
-            raise IndexError(
-                f"{what} has indices out of range for {n} training samples: "
-                f"{bad[:5].tolist()}."
-            )
-        mask = np.zeros(n, dtype=bool)
-        mask[arr.astype(np.int64)] = True
-        return mask
+        return row_mask(spec, n, what)
 
     def _removal_mask(self, spec):
         n = self._problem.n

@@ -47,37 +47,15 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._rows import row_mask
+
 __all__ = ["SISA", "AmnesiacMLP", "UnrollingSGDMLP"]
 
 
 def _forget_mask(indices, n, forgotten):
     """The rows ``indices`` newly forgets (a boolean mask over the ``n`` training rows),
     with clear errors; rows in ``forgotten`` (already forgotten) are left out."""
-    arr = np.asarray(indices)
-    if arr.dtype == bool:
-        if arr.shape != (n,):
-            raise ValueError(
-                f"indices as a boolean mask must have one entry per training sample ({n}); "
-                f"got shape {arr.shape}."
-            )
-        mask = arr.copy()
-    else:
-        arr = arr.ravel()
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
-                arr = arr.astype(np.int64)
-            else:
-                raise ValueError(
-                    f"indices must be integer row indices or a boolean mask; got dtype "
-                    f"{arr.dtype}."
-                )
-        bad = arr[(arr < -n) | (arr >= n)]
-        if bad.size:
-            raise IndexError(
-                f"indices out of range for {n} training samples: {bad[:5].tolist()}."
-            )
-        mask = np.zeros(n, dtype=bool)
-        mask[arr.astype(np.int64)] = True
+    mask = row_mask(indices, n, "indices")
     if np.all(mask | forgotten):
         raise ValueError(
             "Forgetting these rows would forget every training sample; nothing would be "

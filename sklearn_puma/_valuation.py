@@ -92,6 +92,18 @@ def _constant_predictor_score(scorer, estimator, X_eval, y_eval, y_train):
     return scorer(dummy, X_eval, y_eval)
 
 
+def _structure_of(estimator, X, y, parameters="all"):
+    """A PumaPatcher fitted on (X, y), read for its adapter (the model's structure and
+    fitted parameters) only.  Its optimality warning is moot here: the methods using it
+    train from scratch (G-Shapley) or refit the last layer to its optimum (representer
+    points)."""
+    from ._patcher import PumaPatcher
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PumaWarning)
+        return PumaPatcher(estimator, parameters=parameters).fit(X, y)
+
+
 class LeaveOneOut(_Valuation):
     """Exact leave-one-out values: one refit without each training point.
 
@@ -386,14 +398,10 @@ class GradientShapley(TMCShapley):
         import torch
 
         from ._autodiff import gradient
-        from ._patcher import PumaPatcher
 
         self._validate_params()
         X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
-        with warnings.catch_warnings():
-            # The fitted model only lends its structure and the truncation reference.
-            warnings.simplefilter("ignore", PumaWarning)
-            puma = PumaPatcher(self.estimator).fit(X, y)
+        puma = _structure_of(self.estimator, X, y)
         adapter = puma._problem.adapter
         scorer = check_scoring(puma.estimator_, scoring=self.scoring)
         rng = check_random_state(self.random_state)
@@ -653,15 +661,9 @@ class RepresenterPoints(_Valuation):
         import torch
         from scipy.optimize import minimize
 
-        from ._patcher import PumaPatcher
-
         self._validate_params()
         X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
-        with warnings.catch_warnings():
-            # Only the features are read here; the last layer is refit to its optimum
-            # below, so a net stopped short of one does not matter.
-            warnings.simplefilter("ignore", PumaWarning)
-            puma = PumaPatcher(self.estimator, parameters="last_layer").fit(X, y)
+        puma = _structure_of(self.estimator, X, y, parameters="last_layer")
         adapter = puma._problem.adapter
         if not adapter.is_classifier or adapter.multilabel:
             raise ValueError(

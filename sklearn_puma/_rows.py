@@ -1,0 +1,34 @@
+"""Row selections given as a boolean mask or as indices, checked once for everyone."""
+
+import numpy as np
+
+
+def row_mask(spec, n, what):
+    """A boolean mask over ``n`` training rows from a mask or an index array, with
+    errors that name ``what`` was wrong."""
+    arr = np.asarray(spec)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(
+                f"{what} as a boolean mask must have one entry per training sample "
+                f"({n}); got shape {arr.shape}."
+            )
+        return arr.copy()
+    arr = arr.ravel()
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise ValueError(
+                f"{what} must be a boolean mask or integer indices; got dtype "
+                f"{arr.dtype}."
+            )
+    bad = arr[(arr < -n) | (arr >= n)]
+    if bad.size:
+        raise IndexError(
+            f"{what} has indices out of range for {n} training samples: "
+            f"{bad[:5].tolist()}."
+        )
+    mask = np.zeros(n, dtype=bool)
+    mask[arr.astype(np.int64)] = True
+    return mask
