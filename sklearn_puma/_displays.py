@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
+from ._rows import row_mask
 from .metrics import expected_calibration_error
 
 
@@ -36,33 +37,6 @@ def _axes(ax, caller):
     if ax is None:
         _, ax = plt.subplots()
     return ax, ax.figure
-
-
-def _as_mask(spec, n, what):
-    """A boolean mask of length ``n`` from a mask or from integer indices."""
-    arr = np.asarray(spec)
-    if arr.dtype == bool:
-        if arr.shape != (n,):
-            raise ValueError(
-                f"{what} as a boolean mask must have one entry per point ({n}); got "
-                f"shape {arr.shape}."
-            )
-        return arr.copy()
-    mask = np.zeros(n, dtype=bool)
-    if arr.size == 0:
-        return mask
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
-            f"{what} must be a boolean mask of length {n} or a 1-D array of integer "
-            f"indices; got dtype {arr.dtype} and shape {arr.shape}."
-        )
-    bad = arr[(arr < 0) | (arr >= n)]
-    if bad.size:
-        raise ValueError(
-            f"{what} has indices out of range for {n} points: {bad[:5].tolist()}."
-        )
-    mask[arr] = True
-    return mask
 
 
 def _select_row(values, row, names):
@@ -248,7 +222,7 @@ class ValuesDisplay:
         display : ValuesDisplay
         """
         column, _ = _select_row(values, row, None)
-        mask = None if mark is None else _as_mask(mark, len(column), "mark")
+        mask = None if mark is None else row_mask(mark, len(column), "mark", row="point")
         return cls(column, mark=mask, mark_label=mark_label).plot(ax=ax, bins=bins,
                                                                   rug=rug, **kwargs)
 
@@ -289,7 +263,7 @@ class ValuesDisplay:
             mark, default_label = puma.removed_, "removed"
         else:
             default_label = "marked"
-        mask = None if mark is None else _as_mask(mark, len(column), "mark")
+        mask = None if mark is None else row_mask(mark, len(column), "mark", row="point")
         return cls(column, mark=mask, value_name=name,
                    mark_label=default_label if mark_label is None else mark_label,
                    ).plot(ax=ax, bins=bins, rug=rug, **kwargs)
@@ -868,7 +842,7 @@ class DecisionRegionsDisplay:
             )
         if not isinstance(margin, Real) or margin < 0:
             raise ValueError(f"margin must be a non-negative number; got {margin!r}.")
-        removed = None if removed is None else _as_mask(removed, len(X), "removed")
+        removed = None if removed is None else row_mask(removed, len(X), "removed", row="point")
 
         low, high = X.min(axis=0), X.max(axis=0)
         pad = margin * np.where(high > low, high - low, 1.0)

@@ -3,14 +3,14 @@
 import numpy as np
 
 
-def row_mask(spec, n, what):
-    """A boolean mask over ``n`` training rows from a mask or an index array, with
-    errors that name ``what`` was wrong."""
+def row_mask(spec, n, what, row="training sample"):
+    """A boolean mask over ``n`` rows from a mask or an index array, with errors that
+    name ``what`` was wrong and what a ``row`` is."""
     arr = np.asarray(spec)
     if arr.dtype == bool:
         if arr.shape != (n,):
             raise ValueError(
-                f"{what} as a boolean mask must have one entry per training sample "
+                f"{what} as a boolean mask must have one entry per {row} "
                 f"({n}); got shape {arr.shape}."
             )
         return arr.copy()
@@ -26,7 +26,7 @@ def row_mask(spec, n, what):
     bad = arr[(arr < -n) | (arr >= n)]
     if bad.size:
         raise IndexError(
-            f"{what} has indices out of range for {n} training samples: "
+            f"{what} has indices out of range for {n} {row}s: "
             f"{bad[:5].tolist()}."
         )
     mask = np.zeros(n, dtype=bool)
