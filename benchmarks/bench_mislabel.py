@@ -28,7 +28,6 @@ The estimator settings and ``rank_label_errors``' default were chosen on flip se
 """
 
 import argparse
-import time
 import warnings
 
 import numpy as np
@@ -44,12 +43,11 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from _measure import recall_at, timed  # benchmarks/ is on the path of a script run here
 from sklearn_puma import PumaPatcher, PumaWarning, flip_labels, rank_label_errors
 
 FLIP = 0.1
 INSPECTED = 0.2
-REPEATS = 3
-REPEAT_BUDGET_S = 2.0
 
 
 def datasets():
@@ -63,26 +61,6 @@ def datasets():
     mlp = MLPClassifier((32,), max_iter=3000, random_state=0)
     yield ("two moons", StandardScaler().fit_transform(X), y, mlp,
            {"all": {"parameters": "all"}, "last layer": {"parameters": "last_layer"}})
-
-
-def timed(func):
-    """``func()``'s result and its best wall time over up to REPEATS runs."""
-    times = []
-    while len(times) < REPEATS and sum(times) < REPEAT_BUDGET_S:
-        start = time.perf_counter()
-        result = func()
-        times.append(time.perf_counter() - start)
-    return result, min(times)
-
-
-def recall_at(scores, flipped, fraction=INSPECTED):
-    """Expected fraction of the flipped rows among the ``fraction`` lowest scores, the
-    run of rows tied at the cut inspected in random order."""
-    k = int(round(fraction * len(scores)))
-    cut = np.sort(scores)[k - 1]
-    below, tied = scores < cut, scores == cut
-    found = flipped[below].sum() + (k - below.sum()) * flipped[tied].mean()
-    return found / flipped.sum()
 
 
 def puma_pipeline(estimator, settings, X, y):
@@ -112,12 +90,13 @@ def run(seeds):
                     lambda: puma_pipeline(estimator, settings, X, y_noisy))
                 own = puma.predict_proba(X)[np.arange(len(y)), y_noisy]
                 results[label].append({
-                    "PUMA recall": recall_at(scores, flipped),
+                    "PUMA recall": recall_at(scores, flipped, INSPECTED),
                     "PUMA s": puma_time,
-                    "cleanlab recall": recall_at(cl_scores, flipped),
+                    "cleanlab recall": recall_at(cl_scores, flipped, INSPECTED),
                     "cleanlab s": cl_time,
-                    "self-infl. recall": recall_at(-puma.self_influence(), flipped),
-                    "in-sample recall": recall_at(own, flipped),
+                    "self-infl. recall": recall_at(-puma.self_influence(), flipped,
+                                                   INSPECTED),
+                    "in-sample recall": recall_at(own, flipped, INSPECTED),
                     "random recall": round(INSPECTED * len(y)) / len(y),
                 })
         model = type(estimator).__name__

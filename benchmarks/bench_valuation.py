@@ -67,6 +67,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from _measure import recall_at, timed  # benchmarks/ is on the path of a script run here
 from sklearn_puma import PumaPatcher, PumaWarning, flip_labels, rank_label_errors
 from sklearn_puma.valuation import (
     DVRL,
@@ -91,8 +92,6 @@ TMC_WINDOW = 3
 GSHAPLEY_MAX_ITER = 10
 GSHAPLEY_WINDOW = 5
 DVRL_N_ITER = 500
-REPEATS = 3
-REPEAT_BUDGET_S = 2.0
 
 
 def linear():
@@ -175,26 +174,6 @@ def methods(model, predictor):
         "RepresenterPoints": (True, representer),
         "InfluenceFunctions": (True, influence),
     }
-
-
-def timed(func):
-    """``func()``'s result and its best wall time over up to REPEATS runs."""
-    times = []
-    while len(times) < REPEATS and sum(times) < REPEAT_BUDGET_S:
-        start = time.perf_counter()
-        result = func()
-        times.append(time.perf_counter() - start)
-    return result, min(times)
-
-
-def recall_at(scores, flipped, fraction):
-    """Expected fraction of the flipped rows among the ``fraction`` lowest scores, the
-    run of rows tied at the cut inspected in random order."""
-    k = int(round(fraction * len(scores)))
-    cut = np.sort(scores)[k - 1]
-    below, tied = scores < cut, scores == cut
-    found = flipped[below].sum() + (k - below.sum()) * flipped[tied].mean()
-    return found / flipped.sum()
 
 
 def warm_up():
