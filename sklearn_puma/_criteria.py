@@ -191,11 +191,9 @@ def _group_context(name):
 class _Criterion:
     """One named criterion: its rows, their names, what model it needs, its context."""
 
-    def __init__(self, name, rows, *, classifier=None, names=None, context=None,
-                 binary=False):
+    def __init__(self, name, rows, *, classifier=None, names=None, context=None):
         self.name, self.rows = name, rows
         self.classifier = classifier  # True: classifiers only, False: regressors, None: any
-        self.binary = binary
         self._names, self._context = names, context
 
     def row_names(self, adapter):
@@ -217,8 +215,8 @@ _CRITERIA = {c.name: c for c in [
                names=lambda a: [f"loss[{c}]" for c in a.classes],
                context=_per_class_context),
     _Criterion("demographic_parity", _demographic_parity_rows, classifier=True,
-               binary=True, context=_group_context("demographic_parity")),
-    _Criterion("equalized_odds", _equalized_odds_rows, classifier=True, binary=True,
+               context=_group_context("demographic_parity")),
+    _Criterion("equalized_odds", _equalized_odds_rows, classifier=True,
                names=lambda a: ["equalized_odds[tpr]", "equalized_odds[fpr]"],
                context=_group_context("equalized_odds")),
 ]}
@@ -235,7 +233,7 @@ class _CallableCriterion(_Criterion):
         self.fn = fn
         accepted = inspect.signature(fn).parameters
         self._takes = {k for k in ("sample_weight", "groups") if k in accepted}
-        super().__init__(getattr(fn, "__name__", type(fn).__name__), self._rows)
+        super().__init__(getattr(fn, "__name__", type(fn).__name__), self._call)
         self._n_rows = None
 
     def _call(self, adapter, out, y, w, ctx):
@@ -253,9 +251,6 @@ class _CallableCriterion(_Criterion):
                 f"per entry) computed with torch from its inputs; got {type(value).__name__}."
             )
         return value.reshape(-1)
-
-    def _rows(self, adapter, out, y, w, ctx):
-        return self._call(adapter, out, y, w, ctx)
 
     def row_names(self, adapter):
         if self._n_rows in (None, 1):
