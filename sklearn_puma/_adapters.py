@@ -7,7 +7,9 @@ values, the patch) sees only these:
 
 * ``forward(theta, X) -> outputs``  raw model outputs (logits or predictions), (n, K);
 * ``sample_loss(outputs, y) -> (n,)`` the per-sample loss the estimator minimises;
-* ``penalty(theta, n)``             the regulariser ``r`` of DESIGN section 1;
+* ``penalty(theta, n)``             the regulariser ``r`` of DESIGN section 1, a weighted
+                                    sum of squares of the parameters (its Hessian is
+                                    diagonal);
 * ``log_proba(outputs)``            classifiers: log class probabilities as the
                                     estimator's ``predict_proba`` gives them;
 * ``build(theta)``                  a deep copy of the estimator carrying ``theta``.
@@ -205,6 +207,11 @@ class Adapter:
     def sample_loss(self, out, y):
         return self.loss(out, y)
 
+    def flat_directions(self):
+        """Directions the objective is flat along on any data, (p, q) orthonormal, or
+        None where none are known (the inverse then finds them numerically)."""
+        return None
+
     def log_proba(self, out):
         return self._log_proba(out)
 
@@ -313,6 +320,22 @@ class LinearAdapter(Adapter):
         if self.fit_intercept:
             out = out + W[:, self.n_features]
         return out
+
+    def flat_directions(self):
+        """Orthonormal columns (p, q) along which the objective is flat on any data, or
+        None: with a softmax, adding one vector to every class's row of ``W`` changes
+        no probability, and on the columns without a penalty (the intercept's; all of
+        them unpenalised) nothing else sees it either."""
+        K, width = self.n_outputs, self.n_features + self.fit_intercept
+        if self.loss is not _multinomial_loss or K < 2:
+            return None
+        free = torch.nonzero((self._penalty_weights.reshape(K, width) == 0).all(dim=0))
+        if len(free) == 0:
+            return None
+        q = len(free)
+        F = torch.zeros(K, width, q, dtype=self.theta.dtype, device=self.theta.device)
+        F[:, free[:, 0], torch.arange(q)] = K ** -0.5
+        return F.reshape(K * width, q)
 
     def design(self, X):
         """``[X, 1]``: outputs are ``design(X) @ W.T``."""

@@ -94,34 +94,41 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=T
     p = adapter.n_params
     if adapter.linear_in_params:
         K = adapter.n_outputs
-
+        d = p // K
         threads = n_jobs not in (None, 1)
+        # D is symmetric: only the K(K+1)/2 blocks k <= l, mirrored once at the end.
+        k_idx, l_idx = torch.triu_indices(K, K)
 
         def part(sl):
             Xd = adapter.design(X[sl])
             _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
                                            forward_mode=not threads)
-            b, d = Xd.shape
-            WD = (weights[sl] / n)[:, None, None] * D
-            # D is symmetric: the K(K+1)/2 blocks k <= l in one GEMM, then mirrored.
-            k_idx, l_idx = torch.triu_indices(K, K)
-            G = Xd.T @ (WD[:, k_idx, l_idx, None] * Xd[:, None, :]).reshape(b, -1)
-            H = Xd.new_zeros(K, d, K, d)
-            G = G.reshape(d, len(k_idx), d).permute(1, 0, 2)
-            H[k_idx, :, l_idx, :] = G
-            H[l_idx, :, k_idx, :] = G.transpose(1, 2)
-            return H.reshape(p, p)
+            WD = (weights[sl] / n)[:, None] * D[:, k_idx, l_idx]
+            # One Gram matrix X^T diag(w_kl) X per block: a (rows, d) operand each, where
+            # one GEMM over all blocks would write a (rows, blocks, d) one to memory.
+            return torch.stack([Xd.T @ (WD[:, j, None] * Xd) for j in range(len(k_idx))])
 
-        size = chunk_size(p, K)
+        blocks = sum(map_chunks(part, len(X), _SUM_ROWS, n_jobs))
+        total = blocks.new_zeros(K, d, K, d)
+        total[k_idx, :, l_idx, :] = blocks
+        total[l_idx, :, k_idx, :] = blocks.transpose(1, 2)
+        total = total.reshape(p, p)
     else:
 
         def part(sl):
             return hessian(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
 
         size = max(1, chunk_size(p, p) * 64)
-        n_jobs = None  # forward mode (jacfwd) cannot run in joblib's worker threads
-    total = sum(map_chunks(part, len(X), size, n_jobs))
-    return total + hessian(lambda t: adapter.penalty(t, n))(theta) if with_penalty else total
+        # forward mode (jacfwd) cannot run in joblib's worker threads
+        total = sum(map_chunks(part, len(X), size))
+    if not with_penalty:
+        return total
+    # Every adapter's penalty is a weighted sum of squares (separable): its Hessian is
+    # the diagonal that one Hessian-vector product with ones gives, where the dense
+    # torch.func.hessian would take p of them.
+    ones = torch.ones_like(theta)
+    diagonal = jvp(grad(lambda t: adapter.penalty(t, n)), (theta,), (ones,))[1]
+    return total + torch.diag(diagonal)
 
 
 def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False):

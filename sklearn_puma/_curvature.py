@@ -2,7 +2,8 @@
 
 One small interface (``solve``, ``name``, ``damping``), chosen with ``hessian=``:
 
-* ``"exact"``   explicit Hessian, eigen-decomposition (pseudo-inverse of flat directions);
+* ``"exact"``   explicit Hessian: Cholesky where certified, else eigen-decomposition
+                (pseudo-inverse of flat directions);
 * ``"cg"``      conjugate gradients on Hessian-vector products, per right-hand side;
 * ``"lissa"``   the Neumann series of Agarwal et al. (2017), as in Koh & Liang (2017);
 * ``"lowrank"`` the top-k eigenpairs by Lanczos; the rest of the spectrum is treated as
@@ -51,22 +52,60 @@ def _auto_damping(min_eigenvalue, max_eigenvalue, dtype, stacklevel=4):
 
 
 class ExactInverse:
-    """Eigen-decomposition of the explicit Hessian."""
+    """The explicit Hessian, inverted by Cholesky where that is certified to equal the
+    pseudo-inverse, else by eigen-decomposition.
+
+    ``flat`` (p, q), orthonormal columns the adapter knows the objective is flat along
+    whatever the data (a softmax's shared offset): with no damping, ``H + s F F^T`` is
+    inverted instead and ``F F^T / s`` taken back off, which is the pseudo-inverse when
+    ``H F = 0``.  The Cholesky result is kept only when its condition number, bounded
+    by Frobenius norms, certifies that no other eigenvalue falls under the cut-off the
+    eigen-decomposition would have treated as flat; a Hessian that is indefinite,
+    singular elsewhere or nearly so takes the eigen-decomposition, with its warnings.
+    Cholesky and its inverse cost about a fifth of ``eigh``.
+    """
 
     name = "exact"
 
-    def __init__(self, H, damping="auto"):
+    def __init__(self, H, damping="auto", flat=None):
         if not torch.isfinite(H).all():
             raise FloatingPointError(
                 "The Hessian has non-finite entries: the model's outputs overflow on "
                 "this data. Scale the features or regularise the model more."
             )
         H = (H + H.T) / 2
+        self._matrix = self._basis = None
+        self.min_eigenvalue = None  # known only from the eigen-decomposition
+        if not self._by_cholesky(H, damping, flat):
+            self._by_eigh(H, damping)
+
+    def _by_cholesky(self, H, damping, flat):
+        shift = 0.0 if damping == "auto" else float(damping)
+        A = H + shift * torch.eye(len(H), dtype=H.dtype, device=H.device) if shift else H
+        scale = float(H.diagonal().abs().max())
+        deflate = flat is not None and flat.shape[1] > 0 and shift == 0 and scale > 0
+        if deflate:
+            A = A + scale * (flat @ flat.T)
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) != 0:
+            return False
+        inverse = torch.cholesky_inverse(L)
+        # lambda_min(A) >= 1 / ||A^-1||_F and lambda_max(A) <= ||A||_F: every eigenvalue
+        # is above the flat tolerance of the largest, so none would have been dropped.
+        if not float(torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(inverse)) \
+                < 1.0 / max(_RTOL, 100 * torch.finfo(H.dtype).eps):
+            return False
+        if deflate:
+            inverse = inverse - (flat @ flat.T) / scale
+        self.damping, self._matrix = shift, inverse
+        return True
+
+    def _by_eigh(self, H, damping):
         eigvals, eigvecs = torch.linalg.eigh(H)
         top = float(eigvals.abs().max())
         self.min_eigenvalue = float(eigvals[0])
         if damping == "auto":
-            damping = _auto_damping(self.min_eigenvalue, top, H.dtype)
+            damping = _auto_damping(self.min_eigenvalue, top, H.dtype, stacklevel=5)
         self.damping = float(damping)
         shifted = eigvals + self.damping
         tol = _flat_tolerance(top, H.dtype)
@@ -76,19 +115,23 @@ class ExactInverse:
                 f"eigenvalue {float(shifted[0]):.3g}); its {int((shifted < -tol).sum())} "
                 "negative direction(s) are dropped. Use damping='auto' or a larger value.",
                 NonConvexWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         keep = shifted > tol
         self._basis = eigvecs[:, keep]
         self._inv_eigvals = 1.0 / shifted[keep]
 
     def solve(self, B):
+        if self._matrix is not None:
+            return self._matrix @ B
         coords = self._basis.T @ B
         scale = self._inv_eigvals if coords.ndim == 1 else self._inv_eigvals[:, None]
         return self._basis @ (scale * coords)
 
     def matrix(self):
-        return self._basis @ (self._inv_eigvals[:, None] * self._basis.T)
+        if self._matrix is None:
+            self._matrix = self._basis @ (self._inv_eigvals[:, None] * self._basis.T)
+        return self._matrix
 
 
 def lanczos(hvp, p, k, *, dtype, device, generator=None):
@@ -267,15 +310,15 @@ class LowRankInverse(_OperatorInverse):
 
 
 def make_inverse(kind, *, p, dtype, device, hessian=None, hvp=None, damping="auto",
-                 random_state=None, rank=100):
+                 random_state=None, rank=100, flat=None):
     """The inverse-curvature operator chosen by ``hessian=kind``.
 
-    ``hessian`` is a callable returning the explicit matrix (used by "exact"),
-    ``hvp`` a callable ``v -> H v`` (used by the others).
+    ``hessian`` is a callable returning the explicit matrix (used by "exact", with the
+    known ``flat`` directions), ``hvp`` a callable ``v -> H v`` (used by the others).
     """
     kind = resolve_kind(kind, p)
     if kind == "exact":
-        return ExactInverse(hessian(), damping=damping)
+        return ExactInverse(hessian(), damping=damping, flat=flat)
     common = dict(dtype=dtype, device=device, damping=damping, random_state=random_state)
     if kind == "cg":
         return CGInverse(hvp, p, **common)

@@ -123,7 +123,8 @@ class Problem:
 
         return make_inverse(self.hessian_kind, p=adapter.n_params, dtype=adapter.dtype,
                             device=adapter.device, hessian=explicit, hvp=hvp,
-                            damping=self.damping, random_state=self.random_state)
+                            damping=self.damping, random_state=self.random_state,
+                            flat=adapter.flat_directions())
 
 
 # --------------------------------------------------------------------------- values
@@ -165,33 +166,55 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
     def part(sl):
         Xd = adapter.design(X[sl])
         b = len(Xd)
-        r, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl])
         HinvJt = torch.einsum("pkd,bd->bkp", H_inv, Xd)  # (b, K, p)
         M = torch.einsum("bkld,bd->bkl", HinvJt.reshape(b, K, K, -1), Xd)  # J H^-1 J^T
-        c = (weights[sl] / problem.n)[:, None, None]
-        A = torch.eye(K, dtype=Xd.dtype, device=Xd.device).expand(b, K, K) - c * (D @ M)
-        # A point of leverage 1 (A singular) alone determines some direction: without it
-        # the model is not identified there.  The pseudo-inverse leaves that direction
-        # where it is, and the caller is told how many such points there are.
-        # One SVD gives both the pseudo-inverse (relative cut-off, as pinv's rtol) and
-        # the count of singular systems.
-        U, S, Vh = torch.linalg.svd(A)
-        inv_S = torch.where(S > 1e-10 * S[:, :1], 1.0 / S, torch.zeros_like(S))
-        z = Vh.transpose(1, 2) @ (inv_S[:, :, None] * (U.transpose(1, 2) @ r[:, :, None]))
-        n_singular = int((S[:, -1] < 1e-10).sum())
-        return sl, c[:, :, 0] * (HinvJt.transpose(1, 2) @ z)[:, :, 0], n_singular
+        c, z, n_singular = _leverage_corrected(problem, theta, X[sl], y[sl], weights[sl], M)
+        return sl, c * (HinvJt.transpose(1, 2) @ z[:, :, None])[:, :, 0], n_singular
 
-    parts = map_chunks(part, len(X), size, problem.n_jobs)
-    n_singular = sum(part[2] for part in parts)
+    return _warn_leverage_one(map_chunks(part, len(X), size, problem.n_jobs))
+
+
+def _leverage_corrected(problem, theta, X, y, weights, M):
+    """``(c, z, n_singular)`` of the push-through identity for a chunk: ``c_i = w_i/n``
+    (b, 1) and ``z_i = (I - c_i D_i M_i)^{-1} dl_i/df`` (b, K), given the chunk's
+    ``M_i = J_i H^{-1} J_i^T`` (b, K, K); ``n_singular`` counts the points of leverage 1.
+    """
+    r, D = output_loss_derivatives(problem.adapter, problem.adapter.forward(theta, X), y)
+    b, K = r.shape
+    c = (weights / problem.n)[:, None]
+    A = torch.eye(K, dtype=r.dtype, device=r.device).expand(b, K, K) - c[:, :, None] * (D @ M)
+    # A point of leverage 1 (A singular) alone determines some direction: without it the
+    # model is not identified there.  The pseudo-inverse leaves that direction where it
+    # is, and the caller is told how many such points there are.  One LU factorisation
+    # per point serves the well-conditioned systems; only those whose pivots span more
+    # than the pseudo-inverse's cut-off take the SVD (a batch of SVDs costs 30x an LU).
+    LU, pivots, _ = torch.linalg.lu_factor_ex(A)
+    U_diag = LU.diagonal(dim1=1, dim2=2).abs()
+    suspect = U_diag.min(dim=1).values <= 1e-8 * U_diag.max(dim=1).values
+    z = torch.linalg.lu_solve(LU, pivots, r[:, :, None])[:, :, 0]
+    n_singular = 0
+    if suspect.any():
+        U, S, Vh = torch.linalg.svd(A[suspect])
+        inv_S = torch.where(S > 1e-10 * S[:, :1], 1.0 / S, torch.zeros_like(S))
+        z[suspect] = (Vh.transpose(1, 2) @ (inv_S[:, :, None] * (
+            U.transpose(1, 2) @ r[suspect][:, :, None])))[:, :, 0]
+        n_singular = int((S[:, -1] < 1e-10).sum())
+    return c, z, n_singular
+
+
+def _warn_leverage_one(parts):
+    """Drop the per-chunk counts of leverage-1 points from ``parts``, with one warning
+    for all of them."""
+    n_singular = sum(part[-1] for part in parts)
     if n_singular:
         warnings.warn(
             f"{n_singular} point(s) have leverage 1: removing one leaves the model "
             "unidentified along some direction, which their leave-one-out values ignore "
             "(use value_method='first_order' to see their first-order influence).",
             PumaWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
-    return [(sl, dtheta) for sl, dtheta, _ in parts]
+    return [part[:-1] for part in parts]
 
 
 # Multiply-adds up to which the criterion is evaluated at every moved model exactly.
@@ -226,39 +249,57 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights):
     return torch.cat([change(dtheta) for _, dtheta in changes])
 
 
-def _loo_changes(problem, X, y, weights):
-    """``(slice, dtheta)`` per chunk: each labelled point's parameter change if it were
-    left out.  The leverage-corrected step where it is exact (models linear in theta,
-    explicit inverse); the first-order step ``(w_i/n) H^{-1} g_i`` otherwise."""
-    adapter, theta = problem.adapter, problem.theta_hat
-    size = chunk_size(adapter.n_params * adapter.n_outputs)
-    inverse = problem.inverse_hat
+def loo_own_outputs(problem, X, y, weights):
+    """Each labelled point's model output under the model refit without it, (len(X), K).
+
+    Models linear in theta with an explicit inverse: the leverage-corrected step of
+    loo_parameter_changes, of which a point's own output needs only ``J_i dtheta_i =
+    c_i M_i z_i`` with ``M_i = J_i H^{-1} J_i^T``, K x K.  ``M_i`` is a quadratic form of
+    ``x_i`` in each K(K+1)/2 blocks of ``H^{-1}`` (symmetric), half the work of forming
+    ``H^{-1} J_i^T`` and no parameter-sized vector per point.  Other models: the
+    first-order step ``(w_i/n) H^{-1} g_i``, evaluated through the model.
+    """
+    adapter, theta, inverse = problem.adapter, problem.theta_hat, problem.inverse_hat
+    p, K = adapter.n_params, adapter.n_outputs
     if adapter.linear_in_params and hasattr(inverse, "matrix"):
-        return loo_parameter_changes(problem, inverse, theta, X, y, weights, size)
+        d = p // K
+        k_idx, l_idx = torch.triu_indices(K, K)
+        H_inv = inverse.matrix().reshape(K, d, K, d)
+        blocks = H_inv[k_idx, :, l_idx, :].permute(1, 0, 2).reshape(d, -1)  # (d, pairs d)
+
+        def part(sl):
+            Xd = adapter.design(X[sl])
+            b = len(Xd)
+            # In row blocks whose (rows, pairs, d) intermediate stays in cache (1 MB):
+            # one GEMM over the whole chunk is memory-bound, 2.5x slower.
+            rows = max(1, 2**17 // blocks.shape[1])
+            pairs = torch.cat([
+                torch.bmm((Xd[i:i + rows] @ blocks).reshape(-1, len(k_idx), d),
+                          Xd[i:i + rows, :, None])[:, :, 0]
+                for i in range(0, b, rows)
+            ])
+            M = Xd.new_empty(b, K, K)
+            M[:, k_idx, l_idx] = M[:, l_idx, k_idx] = pairs
+            c, z, n_singular = _leverage_corrected(problem, theta, X[sl], y[sl],
+                                                   weights[sl], M)
+            own = adapter.forward(theta, X[sl]) + c * (M @ z[:, :, None])[:, :, 0]
+            return own, n_singular
+
+        parts = _warn_leverage_one(map_chunks(part, len(X), chunk_size(d, len(k_idx)),
+                                              problem.n_jobs))
+        return torch.cat([own for own, in parts])
 
     def first_order(sl):
         G = per_sample_grads(adapter, theta, X[sl], y[sl])
-        return sl, (weights[sl] / problem.n)[:, None] * inverse.solve(G.T).T
+        dtheta = (weights[sl] / problem.n)[:, None] * inverse.solve(G.T).T
+        return vmap(lambda d, x: adapter.forward(theta + d, x[None])[0])(dtheta, X[sl])
 
-    return map_chunks(first_order, len(X), size)
-
-
-def _own_outputs(problem, dtheta, X):
-    """Each point's model output under its own moved parameters ``theta_hat + dtheta_i``."""
-    adapter, theta = problem.adapter, problem.theta_hat
-
-    def own_output(d, x):
-        return adapter.forward(theta + d, x[None])[0]
-
-    return vmap(own_output)(dtheta, X)
+    return torch.cat(map_chunks(first_order, len(X), chunk_size(p * K)))
 
 
 def loo_log_proba(problem, X, y, weights):
     """Log class probabilities of each labelled point under the model refit without it."""
-    return torch.cat([
-        problem.adapter.log_proba(_own_outputs(problem, dtheta, X[sl]))
-        for sl, dtheta in _loo_changes(problem, X, y, weights)
-    ])
+    return problem.adapter.log_proba(loo_own_outputs(problem, X, y, weights))
 
 
 def self_influence(problem, X, y, weights):
@@ -267,12 +308,8 @@ def self_influence(problem, X, y, weights):
     the training set (atypical or mislabelled); about zero for points that others
     explain."""
     adapter = problem.adapter
-    own = adapter.forward(problem.theta_hat, X)
-    return torch.cat([
-        adapter.sample_loss(_own_outputs(problem, dtheta, X[sl]), y[sl])
-        - adapter.sample_loss(own[sl], y[sl])
-        for sl, dtheta in _loo_changes(problem, X, y, weights)
-    ])
+    return (adapter.sample_loss(loo_own_outputs(problem, X, y, weights), y)
+            - adapter.sample_loss(adapter.forward(problem.theta_hat, X), y))
 
 
 def compute_values(problem, criterion, X, y, weights, method):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from torch.func import jacrev
 
@@ -123,3 +124,65 @@ def test_cg_warns_with_its_residual(small_mlp):
                    damping=1e-3, max_iter=2)
     with pytest.warns(SolverWarning, match="relative residual"):
         cg.solve(torch.ones(adapter.n_params, dtype=torch.float64))
+
+
+def _pseudo_inverse(H):
+    """The eigen-decomposition route's pseudo-inverse, by numpy (cut-off 1e-10 of the
+    largest eigenvalue)."""
+    return torch.as_tensor(np.linalg.pinv(H.numpy(), rcond=1e-10, hermitian=True))
+
+
+def _hessian_of(estimator, X, y):
+    adapter = make_adapter(estimator.fit(X, y))
+    Xt, yt = adapter.encode_X(X), adapter.encode_y(y)
+    s = torch.ones(len(X), dtype=torch.float64)
+    return adapter, hessian_matrix(adapter, adapter.theta, Xt, yt, s, len(X))
+
+
+@pytest.mark.parametrize("C", [1.0, np.inf])
+def test_softmax_flat_directions_give_the_pseudo_inverse_by_cholesky(C, wine):
+    """Multinomial logistic regression is flat along each class-shared offset of an
+    unpenalised column (the intercept; every column without a penalty): the adapter
+    names those directions, and the Cholesky route with them deflated must equal the
+    pseudo-inverse."""
+    X, y = wine
+    adapter, H = _hessian_of(LogisticRegression(C=C, max_iter=5000), X[:, :4], y)
+    flat = adapter.flat_directions()
+    assert flat.shape == (adapter.n_params, 1 if np.isfinite(C) else 5)
+    np.testing.assert_allclose(flat.T @ flat, np.eye(flat.shape[1]), atol=1e-12)
+    # The adapter's claim, checked on the Hessian itself: H F = 0.
+    assert (H @ flat).norm() <= 1e-12 * H.norm()
+    inverse = ExactInverse(H, flat=flat)
+    assert inverse.min_eigenvalue is None  # the eigen-decomposition did not run
+    expected = _pseudo_inverse(H)
+    assert (inverse.matrix() - expected).norm() <= 1e-8 * expected.norm()
+    B = torch.as_tensor(np.random.default_rng(0).standard_normal((adapter.n_params, 3)))
+    assert (inverse.solve(B) - expected @ B).norm() <= 1e-8 * (expected @ B).norm()
+    # Without the flat directions Cholesky is refused and the eigen-decomposition
+    # finds them numerically: the same pseudo-inverse.
+    numeric = ExactInverse(H)
+    assert numeric.min_eigenvalue is not None
+    assert (numeric.matrix() - expected).norm() <= 1e-8 * expected.norm()
+
+
+def test_cholesky_refused_for_an_unknown_flat_direction(diabetes):
+    """A duplicated feature makes least squares flat along a direction no adapter
+    knows: the certificate must refuse Cholesky, and the eigen-decomposition drop it."""
+    X, y = diabetes
+    X = np.column_stack([X, X[:, 0]])
+    adapter, H = _hessian_of(LinearRegression(), X, y)
+    assert adapter.flat_directions() is None
+    inverse = ExactInverse(H)
+    assert inverse.min_eigenvalue is not None
+    expected = _pseudo_inverse(H)
+    assert (inverse.matrix() - expected).norm() <= 1e-8 * expected.norm()
+
+
+def test_damped_cholesky_equals_the_damped_eigen_decomposition(small_mlp):
+    adapter, X, y, s, H = small_mlp
+    damping = 2 * max(-float(torch.linalg.eigvalsh(H)[0]), 0.0) + 0.1
+    inverse = ExactInverse(H, damping=damping)
+    assert inverse.min_eigenvalue is None
+    expected = torch.linalg.inv(H + damping * torch.eye(len(H), dtype=H.dtype))
+    assert (inverse.matrix() - expected).norm() <= 1e-10 * expected.norm()
+    assert inverse.damping == damping

@@ -111,6 +111,24 @@ def test_loo_predict_proba_matches_refits(breast_cancer):
     assert max(errors) <= 0.02
 
 
+def test_multinomial_loo_predict_proba_matches_refits(wine):
+    """Three classes: each point's own K x K leverage system and the softmax's flat
+    offset direction are in play, against real refits without each point."""
+    X, y = wine
+    puma = PumaPatcher(LR).fit(X, y)
+    loo = puma.loo_predict_proba()
+    errors, moved = [], []
+    for i in np.random.default_rng(2).choice(len(X), 25, replace=False):
+        keep = np.arange(len(X)) != i
+        refit = clone(LR).fit(X[keep], y[keep]).predict_proba(X[i:i + 1])[0]
+        errors.append(np.abs(loo[i] - refit).max())
+        moved.append(np.abs(puma.predict_proba(X[i:i + 1])[0] - refit).max())
+    print(f"3 classes: max |loo - refit| = {max(errors):.2e}; in-sample vs refit: "
+          f"{max(moved):.2e}")
+    assert max(errors) <= 0.1 * max(moved)
+    assert max(errors) <= 0.02
+
+
 def test_self_influence_matches_refits(breast_cancer):
     """Each point's own log loss under the refit without it, minus its in-sample loss:
     the self-influence scores against real refits."""
