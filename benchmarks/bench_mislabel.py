@@ -21,8 +21,10 @@ median over the seeds of the best of up to 3 runs:
   rows it flags come first, each part ordered by cleanlab's self-confidence
   (``cleanlab.rank.get_label_quality_scores``), as ``find_label_issues(...,
   return_indices_ranked_by="self_confidence")`` orders the flagged ones.
+- CV self-confidence: the cross-validated probability of the given label, lowest
+  first (cleanlab's score without its flags).
+- in-sample self-confidence: the fitted model's probability of the given label.
 - PUMA self-influence: ``rank_label_errors(puma, method="self_influence")``, same fit.
-- in-sample: the fitted model's probability of the given label, lowest first.
 - random: inspecting 20% of the rows at random finds 20% of the flipped ones.
 
 Every pipeline runs on one thread (BLAS and torch): both get the same compute, and on
@@ -75,7 +77,8 @@ def puma_pipeline(estimator, settings, X, y):
 def cleanlab_pipeline(estimator, X, y):
     proba = cross_val_predict(estimator, X, y, cv=5, method="predict_proba")
     flagged = find_label_issues(y, proba, n_jobs=1)
-    return get_label_quality_scores(y, proba, method="self_confidence") - flagged
+    quality = get_label_quality_scores(y, proba, method="self_confidence")
+    return quality - flagged, quality
 
 
 def run(seeds):
@@ -88,7 +91,8 @@ def run(seeds):
         results = {label: [] for label in puma_rows}
         for seed in seeds:
             y_noisy, flipped = flip_labels(y, FLIP, random_state=seed)
-            cl_scores, cl_time = timed(lambda: cleanlab_pipeline(estimator, X, y_noisy))
+            (cl_scores, cv_quality), cl_time = timed(
+                lambda: cleanlab_pipeline(estimator, X, y_noisy))
             for label, settings in puma_rows.items():
                 (puma, scores), puma_time = timed(
                     lambda: puma_pipeline(estimator, settings, X, y_noisy))
@@ -98,9 +102,10 @@ def run(seeds):
                     "cleanlab recall": recall_at(cl_scores, flipped, INSPECTED),
                     "PUMA s": puma_time,
                     "cleanlab s": cl_time,
+                    "CV self-conf. recall": recall_at(cv_quality, flipped, INSPECTED),
+                    "in-sample self-conf. recall": recall_at(own, flipped, INSPECTED),
                     "self-infl. recall": recall_at(-puma.self_influence(), flipped,
                                                    INSPECTED),
-                    "in-sample recall": recall_at(own, flipped, INSPECTED),
                     "random recall": round(INSPECTED * len(y)) / len(y),
                 })
         model = type(estimator).__name__
@@ -121,8 +126,8 @@ def run(seeds):
                 "W/T/L": f"{(diff > tie).sum()}/{(diff.abs() <= tie).sum()}/{(diff < -tie).sum()}",
             })
     columns = ["data", "model", "n", "flipped", "PUMA recall", "cleanlab recall",
-               "PUMA - cleanlab", "W/T/L", "PUMA s", "cleanlab s", "self-infl. recall",
-               "in-sample recall", "random recall"]
+               "PUMA - cleanlab", "W/T/L", "PUMA s", "cleanlab s", "CV self-conf. recall",
+               "in-sample self-conf. recall", "self-infl. recall", "random recall"]
     return pd.DataFrame(rows)[columns]
 
 

@@ -334,7 +334,7 @@ class LinearAdapter(Adapter):
             return None
         q = len(free)
         F = torch.zeros(K, width, q, dtype=self.theta.dtype, device=self.theta.device)
-        F[:, free[:, 0], torch.arange(q)] = K ** -0.5
+        F[:, free[:, 0], torch.arange(q, device=F.device)] = K ** -0.5
         return F.reshape(K * width, q)
 
     def design(self, X):

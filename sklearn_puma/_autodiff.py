@@ -104,11 +104,14 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=T
             _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
                                            forward_mode=not threads)
             WD = (weights[sl] / n)[:, None] * D[:, k_idx, l_idx]
-            # One Gram matrix X^T diag(w_kl) X per block: a (rows, d) operand each, where
-            # one GEMM over all blocks would write a (rows, blocks, d) one to memory.
-            return torch.stack([Xd.T @ (WD[:, j, None] * Xd) for j in range(len(k_idx))])
+            # Every block's Gram matrix X^T diag(w_kl) X in one GEMM.
+            G = Xd.T @ (WD[:, :, None] * Xd[:, None, :]).reshape(len(Xd), -1)
+            return G.reshape(d, len(k_idx), d).transpose(0, 1)
 
-        blocks = sum(map_chunks(part, len(X), _SUM_ROWS, n_jobs))
+        # Rows per chunk: the (rows, blocks, d) operand within 2^21 floats (16 MB in
+        # float64), past which the GEMM waits on memory, whatever K is.
+        size = max(1, 2**21 // (len(k_idx) * d + K * K))
+        blocks = sum(map_chunks(part, len(X), size, n_jobs))
         total = blocks.new_zeros(K, d, K, d)
         total[k_idx, :, l_idx, :] = blocks
         total[l_idx, :, k_idx, :] = blocks.transpose(1, 2)

@@ -56,9 +56,9 @@ class ExactInverse:
     pseudo-inverse, else by eigen-decomposition.
 
     ``flat`` (p, q), orthonormal columns the adapter knows the objective is flat along
-    whatever the data (a softmax's shared offset): with no damping, ``H + s F F^T`` is
-    inverted instead and ``F F^T / s`` taken back off, which is the pseudo-inverse when
-    ``H F = 0``.  The Cholesky result is kept only when its condition number, bounded
+    whatever the data (a softmax's shared offset): with no damping, and ``H F = 0``
+    checked, ``H + s F F^T`` is inverted instead and ``F F^T / s`` taken back off, which
+    is then the pseudo-inverse.  The Cholesky result is kept only when its condition number, bounded
     by Frobenius norms, certifies that no other eigenvalue falls under the cut-off the
     eigen-decomposition would have treated as flat; a Hessian that is indefinite,
     singular elsewhere or nearly so takes the eigen-decomposition, with its warnings.
@@ -84,6 +84,12 @@ class ExactInverse:
         A = H + shift * torch.eye(len(H), dtype=H.dtype, device=H.device) if shift else H
         scale = float(H.diagonal().abs().max())
         deflate = flat is not None and flat.shape[1] > 0 and shift == 0 and scale > 0
+        # The adapter's flat directions hold exactly only where the curvature is not
+        # rounding noise (a float32 Hessian near zero): check them before relying on it.
+        tol = max(_RTOL, 100 * torch.finfo(H.dtype).eps)
+        if deflate and not float(torch.linalg.matrix_norm(H @ flat)) \
+                <= tol * float(torch.linalg.matrix_norm(H)):
+            return False
         if deflate:
             A = A + scale * (flat @ flat.T)
         L, info = torch.linalg.cholesky_ex(A)
@@ -93,7 +99,7 @@ class ExactInverse:
         # lambda_min(A) >= 1 / ||A^-1||_F and lambda_max(A) <= ||A||_F: every eigenvalue
         # is above the flat tolerance of the largest, so none would have been dropped.
         if not float(torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(inverse)) \
-                < 1.0 / max(_RTOL, 100 * torch.finfo(H.dtype).eps):
+                < 1.0 / tol:
             return False
         if deflate:
             inverse = inverse - (flat @ flat.T) / scale

@@ -168,37 +168,41 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
         b = len(Xd)
         HinvJt = torch.einsum("pkd,bd->bkp", H_inv, Xd)  # (b, K, p)
         M = torch.einsum("bkld,bd->bkl", HinvJt.reshape(b, K, K, -1), Xd)  # J H^-1 J^T
-        c, z, n_singular = _leverage_corrected(problem, theta, X[sl], y[sl], weights[sl], M)
+        out = adapter.forward(theta, X[sl])
+        c, z, n_singular = _leverage_corrected(problem, out, y[sl], weights[sl], M)
         return sl, c * (HinvJt.transpose(1, 2) @ z[:, :, None])[:, :, 0], n_singular
 
     return _warn_leverage_one(map_chunks(part, len(X), size, problem.n_jobs))
 
 
-def _leverage_corrected(problem, theta, X, y, weights, M):
-    """``(c, z, n_singular)`` of the push-through identity for a chunk: ``c_i = w_i/n``
-    (b, 1) and ``z_i = (I - c_i D_i M_i)^{-1} dl_i/df`` (b, K), given the chunk's
-    ``M_i = J_i H^{-1} J_i^T`` (b, K, K); ``n_singular`` counts the points of leverage 1.
+def _leverage_corrected(problem, out, y, weights, M):
+    """``(c, z, n_singular)`` of the push-through identity for a chunk of outputs
+    ``out``: ``c_i = w_i/n`` (b, 1) and ``z_i = (I - c_i D_i M_i)^{-1} dl_i/df`` (b, K),
+    given the chunk's ``M_i = J_i H^{-1} J_i^T`` (b, K, K); ``n_singular`` counts the
+    points of leverage 1.
     """
-    r, D = output_loss_derivatives(problem.adapter, problem.adapter.forward(theta, X), y)
+    r, D = output_loss_derivatives(problem.adapter, out, y)
     b, K = r.shape
     c = (weights / problem.n)[:, None]
     A = torch.eye(K, dtype=r.dtype, device=r.device).expand(b, K, K) - c[:, :, None] * (D @ M)
     # A point of leverage 1 (A singular) alone determines some direction: without it the
     # model is not identified there.  The pseudo-inverse leaves that direction where it
-    # is, and the caller is told how many such points there are.  One LU factorisation
-    # per point serves the well-conditioned systems; only those whose pivots span more
-    # than the pseudo-inverse's cut-off take the SVD (a batch of SVDs costs 30x an LU).
+    # is, and the caller is told how many such points there are.  A is the identity
+    # less a correction, so its scale is 1 and "singular" is absolute: singular values
+    # under `flat` (1e-10 in float64).  One LU factorisation per point serves the rest;
+    # only the systems with a pivot within 100x of that take the SVD (a batch of SVDs
+    # costs 30x an LU).
+    flat = max(1e-10, 100 * torch.finfo(A.dtype).eps)
     LU, pivots, _ = torch.linalg.lu_factor_ex(A)
-    U_diag = LU.diagonal(dim1=1, dim2=2).abs()
-    suspect = U_diag.min(dim=1).values <= 1e-8 * U_diag.max(dim=1).values
+    suspect = LU.diagonal(dim1=1, dim2=2).abs().min(dim=1).values <= 100 * flat
     z = torch.linalg.lu_solve(LU, pivots, r[:, :, None])[:, :, 0]
     n_singular = 0
     if suspect.any():
         U, S, Vh = torch.linalg.svd(A[suspect])
-        inv_S = torch.where(S > 1e-10 * S[:, :1], 1.0 / S, torch.zeros_like(S))
+        inv_S = torch.where(S > flat, 1.0 / S, torch.zeros_like(S))
         z[suspect] = (Vh.transpose(1, 2) @ (inv_S[:, :, None] * (
             U.transpose(1, 2) @ r[suspect][:, :, None])))[:, :, 0]
-        n_singular = int((S[:, -1] < 1e-10).sum())
+        n_singular = int((S[:, -1] <= flat).sum())
     return c, z, n_singular
 
 
@@ -280,9 +284,9 @@ def loo_own_outputs(problem, X, y, weights):
             ])
             M = Xd.new_empty(b, K, K)
             M[:, k_idx, l_idx] = M[:, l_idx, k_idx] = pairs
-            c, z, n_singular = _leverage_corrected(problem, theta, X[sl], y[sl],
-                                                   weights[sl], M)
-            own = adapter.forward(theta, X[sl]) + c * (M @ z[:, :, None])[:, :, 0]
+            out = adapter.forward(theta, X[sl])
+            c, z, n_singular = _leverage_corrected(problem, out, y[sl], weights[sl], M)
+            own = out + c * (M @ z[:, :, None])[:, :, 0]
             return own, n_singular
 
         parts = _warn_leverage_one(map_chunks(part, len(X), chunk_size(d, len(k_idx)),

@@ -103,9 +103,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         over criterion rows), a mask or indices, or a callable
         ``values -> mask or indices``.
     hessian : {"auto", "exact", "cg", "lissa", "lowrank"}, default="auto"
-        Inverse-curvature solver: "exact" builds and eigen-decomposes the Hessian;
-        "cg" (conjugate gradients), "lissa" (Neumann series) and "lowrank" (top
-        eigenpairs by Lanczos, the rest damped) use Hessian-vector products only;
+        Inverse-curvature solver: "exact" builds the Hessian and inverts it (Cholesky
+        when certified well-conditioned, a softmax's flat directions set aside; else an
+        eigen-decomposition, pseudo-inverting flat directions); "cg" (conjugate gradients), "lissa" (Neumann series) and
+        "lowrank" (top eigenpairs by Lanczos, the rest damped) use Hessian-vector
+        products only;
         "auto" is "exact" up to 3000 parameters, else "cg" (``hessian_`` says which).
     damping : "auto" or float, default="auto"
         Added to the curvature's diagonal. "auto" adds nothing to a positive

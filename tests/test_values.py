@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_puma import PumaPatcher
+from sklearn_puma import PumaPatcher, PumaWarning
 
 N_POINTS = 40
 
@@ -127,6 +127,35 @@ def test_multinomial_loo_predict_proba_matches_refits(wine):
           f"{max(moved):.2e}")
     assert max(errors) <= 0.1 * max(moved)
     assert max(errors) <= 0.02
+
+
+@pytest.mark.parametrize("n_targets", [1, 2])
+def test_points_of_leverage_one_are_counted_and_left_in_place(n_targets, diabetes):
+    """Row 0 alone has a nonzero value of the last feature: it has leverage 1 (for
+    every output at once, so its leave-one-out system is singular in every direction).
+    Left out, the others' coefficients do not move and its own feature's is not
+    identified; the pseudo-inverse leaves that one where it is, so row 0's own
+    prediction, which it fits exactly, stays: no rounding noise blown up by 1/(1-h)."""
+    X, y = diabetes
+    X, y = X[:60], y[:60]
+    alone = np.zeros(len(X))
+    alone[0] = 1.0
+    X = np.column_stack([X, alone])
+    Y = y if n_targets == 1 else np.column_stack([y, -2 * y])
+    with pytest.warns(PumaWarning, match=r"^1 point\(s\) have leverage 1"):
+        puma = PumaPatcher(LinearRegression()).fit(X, Y)
+    with pytest.warns(PumaWarning, match=r"^1 point\(s\) have leverage 1"):
+        scores = puma.self_influence()
+    assert np.all(np.isfinite(puma.values_)) and np.all(np.isfinite(scores))
+    assert abs(scores[0]) <= 1e-10
+    # Every other row against a refit without it (LinearRegression's loss: the squared
+    # error summed over the outputs).
+    for i in (1, 2, 3):
+        keep = np.arange(len(X)) != i
+        refit = LinearRegression().fit(X[keep], Y[keep])
+        loss = np.sum((refit.predict(X[i:i + 1]) - Y[i:i + 1]) ** 2)
+        fitted = np.sum((puma.predict(X[i:i + 1]) - Y[i:i + 1]) ** 2)
+        assert scores[i] == pytest.approx(loss - fitted, rel=1e-6)
 
 
 def test_self_influence_matches_refits(breast_cancer):
