@@ -100,18 +100,12 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=T
         k_idx, l_idx = torch.triu_indices(K, K)
 
         def part(sl):
-            Xd = adapter.design(X[sl])
             _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
                                            forward_mode=not threads)
             WD = (weights[sl] / n)[:, None] * D[:, k_idx, l_idx]
-            # Every block's Gram matrix X^T diag(w_kl) X in one GEMM.
-            G = Xd.T @ (WD[:, :, None] * Xd[:, None, :]).reshape(len(Xd), -1)
-            return G.reshape(d, len(k_idx), d).transpose(0, 1)
+            return weighted_grams(adapter.design(X[sl]), WD)
 
-        # Rows per chunk: the (rows, blocks, d) operand within 2^21 floats (16 MB in
-        # float64), past which the GEMM waits on memory, whatever K is.
-        size = max(1, 2**21 // (len(k_idx) * d + K * K))
-        blocks = sum(map_chunks(part, len(X), size, n_jobs))
+        blocks = sum(map_chunks(part, len(X), _SUM_ROWS, n_jobs))
         total = blocks.new_zeros(K, d, K, d)
         total[k_idx, :, l_idx, :] = blocks
         total[l_idx, :, k_idx, :] = blocks.transpose(1, 2)
@@ -180,6 +174,73 @@ def _data_term(adapter, X, y, weights, n):
     return term
 
 
+# Floats of one intermediate operand of weighted_grams and quadratic_forms: past 2^21
+# (16 MB in float64) a GEMM waits on memory; a product that is read back at once
+# (quadratic_forms' direct route) wants it in cache, 2^17.
+_OPERAND_FLOATS = 2**21
+_CACHED_FLOATS = 2**17
+
+
+def _upper_products(Xd):
+    """``x_a x_c`` for ``a <= c`` of each row, (b, d(d+1)/2), in triu_indices order."""
+    b, d = Xd.shape
+    out = Xd.new_empty(b, d * (d + 1) // 2)
+    start = 0
+    for a in range(d):
+        torch.mul(Xd[:, a:a + 1], Xd[:, a:], out=out[:, start:start + d - a])
+        start += d - a
+    return out
+
+
+def _products_pay(d, m):
+    # The d(d+1)/2 products of a row serve all m matrices at half the flops of m
+    # separate ones, and they are the smaller operand once m >= (d + 1) / 2
+    # (many-class linear models: digits has d = 65, m = 55).
+    return d + 1 <= 2 * m
+
+
+def weighted_grams(Xd, W):
+    """``G_j = sum_i W_ij x_i x_i^T`` for the rows ``x_i`` of Xd (b, d) and the columns
+    of W (b, m): shape (m, d, d)."""
+    b, d = Xd.shape
+    m = W.shape[1]
+    if _products_pay(d, m):
+        rows = max(1, _OPERAND_FLOATS // (d * (d + 1) // 2))
+        upper = sum(W[i:i + rows].T @ _upper_products(Xd[i:i + rows])
+                    for i in range(0, b, rows))
+        a, c = torch.triu_indices(d, d, device=Xd.device)
+        G = upper.new_empty(m, d, d)
+        G[:, a, c] = upper
+        G[:, c, a] = upper
+        return G
+    # Every G_j in one GEMM: X^T [W_1 * X, ..., W_m * X].
+    rows = max(1, _OPERAND_FLOATS // (m * d))
+    return sum(
+        (Xd[i:i + rows].T @ (W[i:i + rows, :, None] * Xd[i:i + rows, None, :])
+         .reshape(-1, m * d)).reshape(d, m, d).transpose(0, 1)
+        for i in range(0, b, rows))
+
+
+def quadratic_forms(Xd, B):
+    """``x_i^T B_j x_i`` for the rows ``x_i`` of Xd (b, d) and the matrices B (m, d, d):
+    shape (b, m)."""
+    b, d = Xd.shape
+    m = len(B)
+    if _products_pay(d, m):
+        a, c = torch.triu_indices(d, d, device=Xd.device)
+        # x^T B x = sum_{a <= c} x_a x_c (B_ac + B_ca), the diagonal counted once.
+        coefficients = (B + B.transpose(1, 2))[:, a, c]
+        coefficients[:, a == c] /= 2
+        rows = max(1, _OPERAND_FLOATS // (d * (d + 1) // 2))
+        return torch.cat([_upper_products(Xd[i:i + rows]) @ coefficients.T
+                          for i in range(0, b, rows)])
+    flat = B.permute(1, 0, 2).reshape(d, m * d)
+    rows = max(1, _CACHED_FLOATS // (m * d))
+    return torch.cat([
+        torch.bmm((Xd[i:i + rows] @ flat).reshape(-1, m, d), Xd[i:i + rows, :, None])[:, :, 0]
+        for i in range(0, b, rows)])
+
+
 def output_loss_derivatives(adapter, out, y, curvature=True, forward_mode=False):
     """``dl/df`` (b, K) and, with ``curvature``, ``d2l/df2`` (b, K, K) of each sample's
     loss in its outputs (else None).  ``forward_mode`` takes the faster forward-over-
@@ -211,3 +272,20 @@ def per_sample_grads(adapter, theta, X, y):
         return adapter.sample_loss(adapter.forward(t, x[None]), target[None])[0]
 
     return vmap(grad(loss_one), in_dims=(None, 0, 0))(theta, X, y)
+
+
+def per_sample_grads_times(adapter, theta, X, y, S):
+    """``G S`` for the chunk's per-sample gradients ``G`` (b, p) and ``S`` (p, m).
+
+    A model linear in theta has ``g_i . s = r_i^T S_K x_i`` with ``S_K`` the (K, d)
+    reshape of ``s``: b x d x K x m flops and no (b, p) matrix, whose writing costs
+    more than the product.
+    """
+    if not adapter.linear_in_params:
+        return per_sample_grads(adapter, theta, X, y) @ S
+    r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X), y, curvature=False)
+    Xd = adapter.design(X)
+    b, K = r.shape
+    m = S.shape[1]
+    XS = Xd @ S.reshape(K, -1, m).transpose(0, 1).reshape(-1, K * m)  # (b, K m)
+    return torch.einsum("bk,bkm->bm", r, XS.reshape(b, K, m))

@@ -23,6 +23,8 @@ from ._autodiff import (
     objective_value,
     output_loss_derivatives,
     per_sample_grads,
+    per_sample_grads_times,
+    quadratic_forms,
 )
 from ._curvature import make_inverse, resolve_kind
 from ._warnings import NonConvexWarning, PartialRemovalWarning, PumaWarning, SolverWarning
@@ -139,7 +141,7 @@ def first_order_values(problem, inverse, criterion, theta, X, y, weights):
     S = inverse.solve(jacrev(criterion)(theta).T)  # (p, m)
 
     def part(sl):
-        return per_sample_grads(adapter, theta, X[sl], y[sl]) @ S
+        return per_sample_grads_times(adapter, theta, X[sl], y[sl], S)
 
     size = chunk_size(adapter.n_params)
     G_S = torch.cat(map_chunks(part, len(X), size, problem.n_jobs))
@@ -268,21 +270,12 @@ def loo_own_outputs(problem, X, y, weights):
     if adapter.linear_in_params and hasattr(inverse, "matrix"):
         d = p // K
         k_idx, l_idx = torch.triu_indices(K, K)
-        H_inv = inverse.matrix().reshape(K, d, K, d)
-        blocks = H_inv[k_idx, :, l_idx, :].permute(1, 0, 2).reshape(d, -1)  # (d, pairs d)
+        blocks = inverse.matrix().reshape(K, d, K, d)[k_idx, :, l_idx, :]  # (pairs, d, d)
 
         def part(sl):
             Xd = adapter.design(X[sl])
-            b = len(Xd)
-            # In row blocks whose (rows, pairs, d) intermediate stays in cache (1 MB):
-            # one GEMM over the whole chunk is memory-bound, 2.5x slower.
-            rows = max(1, 2**17 // blocks.shape[1])
-            pairs = torch.cat([
-                torch.bmm((Xd[i:i + rows] @ blocks).reshape(-1, len(k_idx), d),
-                          Xd[i:i + rows, :, None])[:, :, 0]
-                for i in range(0, b, rows)
-            ])
-            M = Xd.new_empty(b, K, K)
+            pairs = quadratic_forms(Xd, blocks)
+            M = Xd.new_empty(len(Xd), K, K)
             M[:, k_idx, l_idx] = M[:, l_idx, k_idx] = pairs
             out = adapter.forward(theta, X[sl])
             c, z, n_singular = _leverage_corrected(problem, out, y[sl], weights[sl], M)

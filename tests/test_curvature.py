@@ -8,12 +8,15 @@ from sklearn.neural_network import MLPClassifier
 from torch.func import jacrev
 
 from sklearn_puma import NonConvexWarning, SolverWarning
+from sklearn_puma import _autodiff as autodiff
 from sklearn_puma._adapters import make_adapter
 from sklearn_puma._autodiff import (
     gradient,
     hessian_matrix,
     hvp_function,
     output_loss_derivatives,
+    quadratic_forms,
+    weighted_grams,
 )
 from sklearn_puma._curvature import (
     CGInverse,
@@ -21,6 +24,24 @@ from sklearn_puma._curvature import (
     LissaInverse,
     LowRankInverse,
 )
+
+
+@pytest.mark.parametrize("d, m", [(5, 1), (5, 3), (12, 6), (13, 7), (40, 3)])
+def test_gram_matrices_and_quadratic_forms_match_their_definitions(d, m, monkeypatch):
+    # (5, 3), (13, 7) take the route through the d(d+1)/2 products of each row, the
+    # others one product per matrix; with the operands capped at 2000 floats, 700 rows
+    # span several row blocks on either route.
+    monkeypatch.setattr(autodiff, "_OPERAND_FLOATS", 2000)
+    monkeypatch.setattr(autodiff, "_CACHED_FLOATS", 2000)
+    rng = np.random.default_rng(d * m)
+    X = torch.as_tensor(rng.standard_normal((700, d)))
+    W = torch.as_tensor(rng.standard_normal((700, m)))
+    B = torch.as_tensor(rng.standard_normal((m, d, d)))  # not symmetric
+    grams = torch.einsum("bj,ba,bc->jac", W, X, X)
+    forms = torch.einsum("ba,jac,bc->bj", X, B, X)
+    with torch.no_grad():
+        assert torch.allclose(weighted_grams(X, W), grams, rtol=1e-12, atol=1e-10)
+        assert torch.allclose(quadratic_forms(X, B), forms, rtol=1e-12, atol=1e-10)
 
 
 @pytest.fixture(scope="module")
