@@ -47,14 +47,19 @@ def converged_mlp(X, y, **params):
     return adapter.build(retrain(adapter, adapter.theta, X, y, np.ones(len(X))))
 
 
-def _moons(seed):
-    X, y = make_moons(300, noise=0.25, random_state=seed)
-    return X[:150], y[:150], X[150:], y[150:]
+def _moons(seed, n_train=150):
+    X, y = make_moons(n_train + 150, noise=0.25, random_state=seed)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mlp_values_match_leave_one_out_retraining(seed):
-    X, y, X_eval, y_eval = _moons(seed)
+    # Influence is local: it ranks the points whose removal keeps the net near its
+    # optimum. On 150 points some single removals move this 8-unit net by 2 to 4 in
+    # parameter norm (or across a fold of the optimum path), and the rank correlation
+    # over 30 points fell below 0.9 on 4 of the data seeds 0-7 (0.83-0.85); on 300
+    # points it was 0.979-1.000 on all eight.
+    X, y, X_eval, y_eval = _moons(seed, n_train=300)
     model = converged_mlp(X, y, hidden_layer_sizes=(8,), activation="tanh", alpha=0.1)
     puma = PumaPatcher(FrozenEstimator(model), criterion="log_loss")
     puma.fit(X, y, eval_set=(X_eval, y_eval))
