@@ -282,7 +282,9 @@ def loo_own_outputs(problem, X, y, weights):
             own = out + c * (M @ z[:, :, None])[:, :, 0]
             return own, n_singular
 
-        parts = _warn_leverage_one(map_chunks(part, len(X), chunk_size(d, len(k_idx)),
+        # quadratic_forms bounds its own operands; a chunk holds the (b, K, K) systems,
+        # so that the coefficients it derives from H^-1 are derived once per chunk.
+        parts = _warn_leverage_one(map_chunks(part, len(X), chunk_size(K, K),
                                               problem.n_jobs))
         return torch.cat([own for own, in parts])
 

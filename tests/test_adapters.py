@@ -23,7 +23,12 @@ from sklearn.tree import DecisionTreeClassifier
 
 from sklearn_puma import UnsupportedEstimatorError
 from sklearn_puma._adapters import make_adapter
-from sklearn_puma._autodiff import gradient, hessian_matrix, objective
+from sklearn_puma._autodiff import (
+    gradient,
+    hessian_matrix,
+    objective,
+    per_sample_grads_times,
+)
 
 TIGHT_LR = dict(tol=1e-12, max_iter=10_000)
 
@@ -193,6 +198,23 @@ def test_gradient_and_hessian_match_finite_differences(case):
     hv_fd = (gradient(adapter, theta + eps * v, Xt, yt, s, n)
              - gradient(adapter, theta - eps * v, Xt, yt, s, n)) / (2 * eps)
     assert (H @ v - hv_fd).norm() <= 1e-5 * hv_fd.norm()
+
+
+def test_per_sample_gradient_products_match_autodiff(case):
+    # For linear models the product skips the per-sample gradients; here it meets them
+    # computed by autodiff of each sample's loss.
+    name, est, adapter, X, y, Xt, yt, s, _ = case
+    rng = np.random.default_rng(3)
+    theta = adapter.theta + 0.1 * torch.as_tensor(rng.standard_normal(adapter.n_params))
+    S = torch.as_tensor(rng.standard_normal((adapter.n_params, 3)))
+
+    def loss_one(t, x, target):
+        return adapter.sample_loss(adapter.forward(t, x[None]), target[None])[0]
+
+    G = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(
+        theta, Xt[:50], yt[:50])
+    torch.testing.assert_close(per_sample_grads_times(adapter, theta, Xt[:50], yt[:50], S),
+                               G @ S, rtol=1e-10, atol=1e-12)
 
 
 def test_closed_form_output_derivatives_match_autodiff(case):
