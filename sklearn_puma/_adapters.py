@@ -225,9 +225,13 @@ class Adapter:
         return None if closed_form is None else closed_form(out, y, curvature, **keywords)
 
     def encode_X(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        if (self.dtype == torch.float64 and self.device.type == "cpu"
+                and X.flags.c_contiguous and X.flags.writeable):
+            # Shared, not copied (X can be most of the memory): nothing writes to it.
+            return torch.from_numpy(X)
         # A copy: torch cannot wrap read-only (memory-mapped) arrays safely.
-        return torch.tensor(np.asarray(X, dtype=np.float64), dtype=self.dtype,
-                            device=self.device)
+        return torch.tensor(X, dtype=self.dtype, device=self.device)
 
     def encode_y(self, y):
         """Targets as the loss expects them: class indices, or an (n, K) float array."""

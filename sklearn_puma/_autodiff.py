@@ -75,7 +75,10 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
             # sum_i (w_i/n) dl/df_i (x) x_i: one product, no backward pass.
             r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
                                            curvature=False)
-            return (((weights[sl] / n)[:, None] * r).T @ adapter.design(X[sl])).reshape(-1)
+            from ._linear import design_rmatmul
+
+            return design_rmatmul(X[sl], (weights[sl] / n)[:, None] * r,
+                                  adapter.fit_intercept).T.reshape(-1)
         return grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
 
     total = sum(map_chunks(part, len(X), size, n_jobs))
@@ -93,23 +96,16 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=T
     """
     p = adapter.n_params
     if adapter.linear_in_params:
-        K = adapter.n_outputs
-        d = p // K
+        from ._linear import gram_blocks, rows_per_chunk, upper
+
         threads = n_jobs not in (None, 1)
-        # D is symmetric: only the K(K+1)/2 blocks k <= l, mirrored once at the end.
-        k_idx, l_idx = torch.triu_indices(K, K)
 
         def part(sl):
             _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
                                            forward_mode=not threads)
-            WD = (weights[sl] / n)[:, None] * D[:, k_idx, l_idx]
-            return weighted_grams(adapter.design(X[sl]), WD)
+            return gram_blocks(adapter, X[sl], (weights[sl] / n)[:, None] * upper(D))
 
-        blocks = sum(map_chunks(part, len(X), _SUM_ROWS, n_jobs))
-        total = blocks.new_zeros(K, d, K, d)
-        total[k_idx, :, l_idx, :] = blocks
-        total[l_idx, :, k_idx, :] = blocks.transpose(1, 2)
-        total = total.reshape(p, p)
+        total = sum(map_chunks(part, len(X), rows_per_chunk(p), n_jobs))
     else:
 
         def part(sl):
@@ -283,9 +279,11 @@ def per_sample_grads_times(adapter, theta, X, y, S):
     """
     if not adapter.linear_in_params:
         return per_sample_grads(adapter, theta, X, y) @ S
+    from ._linear import design_matmul
+
     r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X), y, curvature=False)
-    Xd = adapter.design(X)
     b, K = r.shape
     m = S.shape[1]
-    XS = Xd @ S.reshape(K, -1, m).transpose(0, 1).reshape(-1, K * m)  # (b, K m)
+    XS = design_matmul(X, S.reshape(K, -1, m).transpose(0, 1).reshape(-1, K * m),
+                       adapter.fit_intercept)  # (b, K m)
     return torch.einsum("bk,bkm->bm", r, XS.reshape(b, K, m))

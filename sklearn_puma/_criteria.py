@@ -37,6 +37,7 @@ import warnings
 import numpy as np
 import torch
 
+from ._names import CRITERION_NAMES, GROUP_CRITERIA  # noqa: F401 (re-exported)
 from ._warnings import PumaWarning
 
 # Temperature of the soft indicator [argmax p = y] in "accuracy" and "ece".
@@ -66,22 +67,45 @@ def _soft_correct(log_p, y):
 
 
 # ------------------------------------------------------------------------ rows
+# A separable criterion is ``C_r = sum_i A_ri phi(f_i, y_i)``: a pointwise function of
+# each point's outputs, weighted by coefficients that do not depend on theta.  Declaring
+# that form lets a model linear in theta take the criterion's Hessian as Gram matrices
+# of the design (``sum_i A_ri J_i^T grad^2 phi_i J_i``) instead of by autodiff over theta.
 
 
-def _loss_rows(adapter, out, y, w, ctx):
-    return _weighted_mean(adapter.sample_loss(out, y), w)[None]
+def _normalised(w):
+    return w / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
 
 
-def _log_loss_rows(adapter, out, y, w, ctx):
-    log_p = adapter.log_proba(out).gather(1, y[:, None])[:, 0]
-    return _weighted_mean(-log_p, w)[None]
+def _mean_coefficients(adapter, y, w, ctx):
+    return _normalised(w)[None]
 
 
-def _brier_rows(adapter, out, y, w, ctx):
+def _loss_points(adapter, out, y):
+    return adapter.sample_loss(out, y)
+
+
+def _log_loss_points(adapter, out, y):
+    return -adapter.log_proba(out).gather(1, y[:, None])[:, 0]
+
+
+def _brier_points(adapter, out, y):
     p = adapter.log_proba(out).exp()
     squares = ((p - _onehot(y, p.shape[1], p.dtype)) ** 2).sum(dim=1)
     # scikit-learn's binary Brier score is half the two-column sum: (p_1 - y)^2.
-    return _weighted_mean(squares / 2 if p.shape[1] == 2 else squares, w)[None]
+    return squares / 2 if p.shape[1] == 2 else squares
+
+
+def _accuracy_points(adapter, out, y):
+    return 1 - _soft_correct(adapter.log_proba(out), y)
+
+
+def _squared_error_points(adapter, out, y):
+    return ((y - out) ** 2).mean(dim=1)
+
+
+def _per_class_coefficients(adapter, y, w, ctx):
+    return torch.stack([_normalised(w * m) for m in ctx["class_masks"]])
 
 
 def _soft_ece(log_p, y, w, n_bins=_ECE_BINS):
@@ -103,19 +127,6 @@ def _soft_ece(log_p, y, w, n_bins=_ECE_BINS):
 
 def _ece_rows(adapter, out, y, w, ctx):
     return _soft_ece(adapter.log_proba(out), y, w)[None]
-
-
-def _accuracy_rows(adapter, out, y, w, ctx):
-    return (1 - _weighted_mean(_soft_correct(adapter.log_proba(out), y), w))[None]
-
-
-def _squared_error_rows(adapter, out, y, w, ctx):
-    return _weighted_mean(((y - out) ** 2).mean(dim=1), w)[None]
-
-
-def _per_class_loss_rows(adapter, out, y, w, ctx):
-    losses = adapter.sample_loss(out, y)
-    return torch.stack([_weighted_mean(losses, w * m) for m in ctx["class_masks"]])
 
 
 def _largest_gap(rates):
@@ -189,12 +200,22 @@ def _group_context(name):
 
 
 class _Criterion:
-    """One named criterion: its rows, their names, what model it needs, its context."""
+    """One named criterion: its rows, their names, what model it needs, its context.
 
-    def __init__(self, name, rows, *, classifier=None, names=None, context=None):
+    A separable criterion gives ``points`` (the pointwise function phi) and
+    ``coefficients`` (the (m, n) matrix A) instead of ``rows``: ``C = A phi``.
+    """
+
+    def __init__(self, name, rows=None, *, points=None, coefficients=_mean_coefficients,
+                 classifier=None, names=None, context=None):
         self.name, self.rows = name, rows
+        self.points, self.coefficients = points, coefficients
         self.classifier = classifier  # True: classifiers only, False: regressors, None: any
         self._names, self._context = names, context
+
+    @property
+    def separable(self):
+        return self.points is not None
 
     def row_names(self, adapter):
         return [self.name] if self._names is None else self._names(adapter)
@@ -204,15 +225,15 @@ class _Criterion:
 
 
 _CRITERIA = {c.name: c for c in [
-    _Criterion("loss", _loss_rows),
-    _Criterion("log_loss", _log_loss_rows, classifier=True),
-    _Criterion("brier", _brier_rows, classifier=True),
+    _Criterion("loss", points=_loss_points),
+    _Criterion("log_loss", points=_log_loss_points, classifier=True),
+    _Criterion("brier", points=_brier_points, classifier=True),
     _Criterion("ece", _ece_rows, classifier=True),
-    _Criterion("accuracy", _accuracy_rows, classifier=True,
+    _Criterion("accuracy", points=_accuracy_points, classifier=True,
                names=lambda a: ["error_rate"]),
-    _Criterion("squared_error", _squared_error_rows, classifier=False),
-    _Criterion("per_class_loss", _per_class_loss_rows, classifier=True,
-               names=lambda a: [f"loss[{c}]" for c in a.classes],
+    _Criterion("squared_error", points=_squared_error_points, classifier=False),
+    _Criterion("per_class_loss", points=_loss_points, coefficients=_per_class_coefficients,
+               classifier=True, names=lambda a: [f"loss[{c}]" for c in a.classes],
                context=_per_class_context),
     _Criterion("demographic_parity", _demographic_parity_rows, classifier=True,
                context=_group_context("demographic_parity")),
@@ -221,9 +242,7 @@ _CRITERIA = {c.name: c for c in [
                context=_group_context("equalized_odds")),
 ]}
 
-CRITERION_NAMES = tuple(_CRITERIA)
-# Those that compare groups, and so need fit(..., groups=...).
-GROUP_CRITERIA = ("demographic_parity", "equalized_odds")
+assert tuple(_CRITERIA) == CRITERION_NAMES, "the registry and _names disagree"
 
 
 class _CallableCriterion(_Criterion):
@@ -311,16 +330,93 @@ class BoundCriterion:
         criteria = resolve_criteria(spec)
         check_criterion_fits(criteria, adapter)
         self.adapter, self.X, self.y, self.weights = adapter, X, y, weights
+        # Each part: ("points", phi, A) for a separable criterion, ("rows", fn, ctx).
         self._parts = []
         for c in criteria:
             ctx = c.context(adapter, y, weights, groups)
             if isinstance(c, _CallableCriterion):
                 c.count_rows(adapter, adapter.theta, X, y, weights, ctx)
-            self._parts.append((c.rows, ctx))
+            if c.separable:
+                self._parts.append(("points", c.points,
+                                    c.coefficients(adapter, y, weights, ctx)))
+            else:
+                self._parts.append(("rows", c.rows, ctx))
         self.names = [row for c in criteria for row in c.row_names(adapter)]
+        self.separable = all(kind == "points" for kind, _, _ in self._parts)
+
+    def of_outputs(self, out):
+        """C as a function of the evaluation points' outputs (n, K)."""
+        return torch.cat([
+            data @ fn(self.adapter, out, self.y) if kind == "points"
+            else fn(self.adapter, out, self.y, self.weights, data)
+            for kind, fn, data in self._parts
+        ])
 
     def __call__(self, theta):
-        out = self.adapter.forward(theta, self.X)
-        return torch.cat(
-            [rows(self.adapter, out, self.y, self.weights, ctx) for rows, ctx in self._parts]
-        )
+        return self.of_outputs(self.adapter.forward(theta, self.X))
+
+    def training_loss_scales(self, X, s):
+        """Per row of a separable criterion, ``a`` where the row is ``a sum_i s_i l_i``
+        (the estimator's own loss on the training data X, weights proportional to s),
+        else None."""
+        scales = []
+        for _, fn, A in self._parts:
+            for row in A:
+                ratio = float(row.sum() / s.sum())
+                same = (fn is _loss_points and self.X is X
+                        and torch.allclose(row, ratio * s, rtol=1e-12, atol=0))
+                scales.append(ratio if same else None)
+        return scales
+
+    def output_derivatives(self, out, curvature=True):
+        """``(R, B)``: ``R[r] = dC_r/d out`` (m, n, K), and for a separable criterion
+        (``curvature``) the per-point output Hessians ``B[r, i] = A_ri grad^2 phi_i``
+        (m, n, K, K), else None.  Autodiff over the outputs only, no graph over theta;
+        the model's own loss takes its closed form."""
+        out = out.detach()
+        grads, hessians = [], []
+        for kind, fn, data in self._parts:
+            if kind == "rows":
+                grads.append(_row_jacobian(
+                    lambda o: fn(self.adapter, o, self.y, self.weights, data), out))
+                continue
+            first, second = _point_derivatives(self.adapter, fn, out, self.y,
+                                               curvature and self.separable)
+            grads.append(data[:, :, None] * first)
+            if second is not None:
+                hessians.append(data[:, :, None, None] * second)
+        R = torch.cat(grads)
+        return R, (torch.cat(hessians) if curvature and self.separable else None)
+
+
+def _row_jacobian(rows, out):
+    """``d rows / d out`` (m, n, K) by reverse mode, one backward pass per row."""
+    with torch.enable_grad():
+        o = out.clone().requires_grad_(True)
+        values = rows(o)
+        return torch.stack([
+            torch.autograd.grad(values[r], o, retain_graph=r + 1 < len(values),
+                                allow_unused=True)[0] if values.requires_grad
+            else torch.zeros_like(o)
+            for r in range(len(values))])
+
+
+def _point_derivatives(adapter, points, out, y, curvature):
+    """``(d phi_i / d f_i, grad^2 phi_i)`` per point, (n, K) and (n, K, K)."""
+    if points is _loss_points:
+        closed_form = adapter.output_derivatives(out, y, curvature)
+        if closed_form is not None:
+            return closed_form
+    K = out.shape[1]
+    with torch.enable_grad():
+        o = out.clone().requires_grad_(True)
+        # phi is separable: the gradient of its sum holds each point's own gradient,
+        # and the gradient of that gradient's column k each point's Hessian row k.
+        first = torch.autograd.grad(points(adapter, o, y).sum(), o,
+                                    create_graph=curvature)[0]
+        if not curvature:
+            return first.detach(), None
+        rows = [torch.autograd.grad(first[:, k].sum(), o, retain_graph=k + 1 < K,
+                                    allow_unused=True)[0] for k in range(K)]
+    second = torch.stack([torch.zeros_like(o) if r is None else r for r in rows], dim=1)
+    return first.detach(), second.detach()

@@ -27,6 +27,7 @@ from ._autodiff import (
     quadratic_forms,
 )
 from ._curvature import make_inverse, resolve_kind
+from ._linear import criterion_derivatives, criterion_jacobian, loo_second_order
 from ._warnings import NonConvexWarning, PartialRemovalWarning, PumaWarning, SolverWarning
 
 
@@ -86,6 +87,17 @@ class Problem:
         state["_inverse_hat"] = state["_hessian_hat"] = None
         return state
 
+    def data_hessian(self, theta):
+        """``(X, s, H - penalty Hessian)`` at the fitted model when the explicit Hessian
+        is at hand (the mean-form loss term's Hessian, which a training-loss criterion
+        is a multiple of), else None."""
+        if theta is not self.theta_hat or self._hessian_hat is None:
+            return None
+        adapter = self.adapter
+        diagonal = torch.func.jvp(torch.func.grad(lambda t: adapter.penalty(t, self.n)),
+                                  (theta,), (torch.ones_like(theta),))[1]
+        return self.X, self.s / self.n, self._hessian_hat - torch.diag(diagonal)
+
     def grad(self, theta, weights):
         return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
                         tilt=self.tilt, n_jobs=self.n_jobs)
@@ -132,13 +144,20 @@ class Problem:
 # --------------------------------------------------------------------------- values
 
 
+def jacobian(criterion, theta):
+    """``G_C`` (m, p): in closed form through the outputs for a model linear in theta."""
+    if criterion.adapter.linear_in_params:
+        return criterion_jacobian(criterion, theta)
+    return jacrev(criterion)(theta)
+
+
 def first_order_values(problem, inverse, criterion, theta, X, y, weights):
     """``v_i = (w_i / n) G_C H^{-1} g_i`` for labelled points, shape (len(X), m).
 
     One inverse solve per criterion row, then one chunked pass over the points.
     """
     adapter = problem.adapter
-    S = inverse.solve(jacrev(criterion)(theta).T)  # (p, m)
+    S = inverse.solve(jacobian(criterion, theta).T)  # (p, m)
 
     def part(sl):
         return per_sample_grads_times(adapter, theta, X[sl], y[sl], S)
@@ -195,6 +214,13 @@ def _leverage_corrected(problem, out, y, weights, M):
     # only the systems with a pivot within 100x of that take the SVD (a batch of SVDs
     # costs 30x an LU).
     flat = max(1e-10, 100 * torch.finfo(A.dtype).eps)
+    if K == 1:
+        # One output: the system is the scalar 1 - h_i, the leverage correction.
+        a = A[:, 0, 0]
+        singular = a.abs() <= flat
+        z = torch.where(singular, torch.zeros_like(r[:, 0]), r[:, 0] / torch.where(
+            singular, torch.ones_like(a), a))[:, None]
+        return c, z, int(singular.sum())
     LU, pivots, _ = torch.linalg.lu_factor_ex(A)
     suspect = LU.diagonal(dim1=1, dim2=2).abs().min(dim=1).values <= 100 * flat
     z = torch.linalg.lu_solve(LU, pivots, r[:, :, None])[:, :, 0]
@@ -227,12 +253,15 @@ def _warn_leverage_one(parts):
 _EXACT_CRITERION_BUDGET = 5e8
 
 
-def loo_values(problem, inverse, criterion, theta, X, y, weights):
+def loo_values(problem, inverse, criterion, theta, X, y, weights, closed_form=True):
     """Accurate leave-one-out values, shape (len(X), m) (DESIGN section 2).
 
     The criterion is evaluated at ``theta + dtheta_i`` where that is cheap (points x
     evaluation rows x parameters within a budget), else taken to second order along
-    ``dtheta_i``: ``G_C dtheta_i + 1/2 dtheta_i^T grad^2 C dtheta_i``.
+    ``dtheta_i``: ``G_C dtheta_i + 1/2 dtheta_i^T grad^2 C dtheta_i``.  A separable
+    criterion takes that in closed form (``_linear.loo_second_order``: quadratic forms
+    of each row, no parameter-sized vector per point); ``closed_form=False`` forces the
+    autodiff route, the ground truth it is tested against.
     """
     adapter = problem.adapter
     p, K = adapter.n_params, adapter.n_outputs
@@ -243,8 +272,14 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights):
 
         def change(dtheta):
             return vmap(criterion)(theta + dtheta) - C_hat
+    elif closed_form and criterion.separable:
+        G_C, H_C = criterion_derivatives(criterion, theta, problem.data_hessian(theta))
+        values, n_singular = loo_second_order(problem, inverse.matrix(), G_C, H_C, X, y,
+                                              weights, _leverage_corrected)
+        _warn_leverage_one([(n_singular,)])
+        return values
     else:
-        G_C = jacrev(criterion)(theta)  # (m, p)
+        G_C = criterion_jacobian(criterion, theta) if closed_form else jacrev(criterion)(theta)
         H_C = torch.func.hessian(criterion)(theta)  # (m, p, p)
         size = chunk_size(p * K)
 
@@ -520,7 +555,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # the patch towards the model retrained with sample_weight_ (which a weight that
         # still moved would miss).
         if step_index == 0 or step_index < n_steps - 1:
-            G_C = jacrev(criterion)(theta)
+            G_C = jacobian(criterion, theta)
             drift = criterion(theta).detach() - C0
             a = drift - G_C @ inverse.solve(problem.grad(theta, base_weights))
             V = first_order_values(problem, inverse, criterion, theta, problem.X[up_idx],

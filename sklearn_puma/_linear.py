@@ -1,0 +1,187 @@
+"""Closed forms for models linear in their parameters (outputs ``f_i = W x_i``).
+
+For such a model every derivative over theta is a matrix product over the design
+``x_i = [x_i, 1]``: the training Hessian and a separable criterion's Hessian are
+weighted Gram matrices, a criterion's Jacobian is ``R^T X`` for its output gradients
+``R``, and the leave-one-out values need only quadratic forms of each row.  No autograd
+graph over n rows and no (n x p) per-sample gradient matrix is ever formed; autograd
+runs over the outputs alone.  The generic torch.func route (``_autodiff``) stays the
+ground truth the tests hold these to, and the route for models that are not linear.
+"""
+
+import numpy as np
+import torch
+
+# Floats one chunk's intermediate (b x width) may hold: 16 MB in float64, within cache
+# reach of a GEMM and small next to X.
+_CHUNK_FLOATS = 2**21
+
+
+def rows_per_chunk(width):
+    return max(1, _CHUNK_FLOATS // max(1, width))
+
+
+def design_rmatmul(X, R, intercept):
+    """``[X, 1]^T R`` without the column of ones: (d + intercept, q)."""
+    top = X.T @ R
+    return torch.cat([top, R.sum(dim=0, keepdim=True)]) if intercept else top
+
+
+def design_matmul(X, B, intercept):
+    """``[X, 1] @ B`` for B of shape (d + intercept, q)."""
+    d = X.shape[1]
+    return X @ B[:d] + B[d] if intercept else X @ B
+
+
+def design_gram(X, w, intercept):
+    """``[X, 1]^T diag(w) [X, 1]`` summed over the rows of X, for weights of any sign.
+
+    On the CPU through numpy, whose BLAS takes ``A^T A`` as a symmetric rank-k update
+    (half a GEMM's work); the weights' signs are split so that each part is ``A^T A``.
+    """
+    d = X.shape[1]
+    if X.device.type != "cpu":
+        G = X.T @ (w[:, None] * X)
+    else:
+        Xn, wn = X.numpy(), w.numpy()
+        G = np.zeros((d, d))
+        rows = rows_per_chunk(d)
+        # One buffer for every chunk: a fresh (n, d) array per call costs more in page
+        # faults than the product itself.
+        buffer = np.empty((min(rows, len(Xn)), d))
+        for start in range(0, len(Xn), rows):
+            Xc, wc = Xn[start:start + rows], wn[start:start + rows]
+            for sign, part in ((1.0, wc > 0), (-1.0, wc < 0)):
+                if not part.any():
+                    continue
+                A = buffer[: int(part.sum())]
+                if part.all():
+                    np.multiply(Xc, np.sqrt(sign * wc)[:, None], out=A)
+                else:
+                    np.multiply(Xc[part], np.sqrt(sign * wc[part])[:, None], out=A)
+                G += sign * (A.T @ A)
+        G = torch.from_numpy(G).to(X.dtype)
+    if not intercept:
+        return G
+    Xw = X.T @ w
+    top = torch.cat([G, Xw[:, None]], dim=1)
+    return torch.cat([top, torch.cat([Xw, w.sum()[None]])[None]])
+
+
+def gram_blocks(adapter, X, W):
+    """``sum_i J_i^T D_i J_i`` (p, p) for ``J_i = I_K (x) x_i`` and symmetric K x K
+    weights given by their upper triangle ``W`` (b, K(K+1)/2, triu_indices order)."""
+    from ._autodiff import weighted_grams
+
+    K = adapter.n_outputs
+    intercept = adapter.fit_intercept
+    if K == 1:
+        return design_gram(X, W[:, 0], intercept)
+    d = adapter.n_params // K
+    k_idx, l_idx = torch.triu_indices(K, K)
+    rows = rows_per_chunk(d * max(K, d))
+    blocks = sum(weighted_grams(adapter.design(X[i:i + rows]), W[i:i + rows])
+                 for i in range(0, len(X), rows))
+    total = blocks.new_zeros(K, d, K, d)
+    total[k_idx, :, l_idx, :] = blocks
+    total[l_idx, :, k_idx, :] = blocks.transpose(1, 2)
+    return total.reshape(K * d, K * d)
+
+
+def upper(D):
+    """The upper triangle of symmetric (b, K, K) matrices, (b, K(K+1)/2)."""
+    K = D.shape[-1]
+    k_idx, l_idx = torch.triu_indices(K, K)
+    return D[:, k_idx, l_idx]
+
+
+def criterion_jacobian(criterion, theta):
+    """``G_C`` (m, p) from the output gradients: ``G_r = R_r^T [X, 1]`` per row."""
+    adapter = criterion.adapter
+    out = adapter.forward(theta, criterion.X)
+    R, _ = criterion.output_derivatives(out, curvature=False)
+    m, n, K = R.shape
+    G = design_rmatmul(criterion.X, R.permute(1, 0, 2).reshape(n, m * K),
+                       adapter.fit_intercept)  # (d1, m K)
+    return G.reshape(-1, m, K).permute(1, 2, 0).reshape(m, -1)
+
+
+def criterion_derivatives(criterion, theta, data_hessian=None):
+    """``(G_C, H_C)`` (m, p) and (m, p, p) of a separable criterion: H_C's rows are Gram
+    matrices of the evaluation design weighted by each point's output Hessian.
+
+    ``data_hessian`` is ``(X, s, H_data)``: the training data, its weights and the
+    Hessian of its mean-form loss term.  A row that is the model's own loss on that same
+    data with weights proportional to ``s`` (the default criterion) is a multiple of
+    ``H_data`` and takes no pass over the data.
+    """
+    adapter = criterion.adapter
+    out = adapter.forward(theta, criterion.X)
+    R, B = criterion.output_derivatives(out, curvature=True)
+    m, n, K = R.shape
+    G = design_rmatmul(criterion.X, R.permute(1, 0, 2).reshape(n, m * K),
+                       adapter.fit_intercept).reshape(-1, m, K).permute(1, 2, 0)
+    scales = [None] * m
+    if data_hessian is not None:
+        X, s, H_data = data_hessian
+        scales = criterion.training_loss_scales(X, s)
+    H = torch.stack([gram_blocks(adapter, criterion.X, upper(B[r])) if scale is None
+                     else scale * H_data for r, scale in enumerate(scales)])
+    return G.reshape(m, -1), H
+
+
+def inverse_factor(H_inv):
+    """``V`` with ``V V^T = H_inv`` (a positive semi-definite inverse curvature):
+    Cholesky where it is definite, else its eigenvectors scaled by root eigenvalues."""
+    L, info = torch.linalg.cholesky_ex(H_inv)
+    if int(info) == 0:
+        return L
+    values, vectors = torch.linalg.eigh((H_inv + H_inv.T) / 2)
+    keep = values > values.abs().max() * 1e-12
+    return vectors[:, keep] * values[keep].sqrt()
+
+
+def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected):
+    """Leave-one-out values to second order in the criterion, (len(X), m):
+    ``G_C dtheta_i + 1/2 dtheta_i^T H_C dtheta_i`` with ``dtheta_i = c_i H^-1 J_i^T z_i``
+    the leverage-corrected step (see ``_influence.loo_parameter_changes``).
+
+    Both terms are quadratic forms of ``J_i``: with ``V_r`` such that ``V_r V_r^T =
+    H^-1`` and ``V_r^T H_C,r V_r = diag(Lambda_r)`` (one factor of H^-1 rotated to
+    diagonalise each criterion row's curvature), ``Z_r = J_i V_r`` (K x q) gives
+    ``J_i H^-1 J_i^T = Z Z^T``, ``J_i H^-1 G_r = Z (V_r^T G_r)`` and ``J_i H^-1 H_C,r
+    H^-1 J_i^T = Z diag(Lambda_r) Z^T``: one GEMM per criterion row over X.
+    """
+    adapter = problem.adapter
+    K, m = adapter.n_outputs, len(G_C)
+    d1 = adapter.n_params // K
+    V = inverse_factor(H_inv)
+    q = V.shape[1]
+    rotations = []
+    for r in range(m):
+        lam, W = torch.linalg.eigh(V.T @ ((H_C[r] + H_C[r].T) / 2) @ V)
+        V_r = V @ W
+        # (d1, K q): row block k of V_r side by side, so X_d @ it is J_i V_r per point.
+        stacked = V_r.reshape(K, d1, q).permute(1, 0, 2).reshape(d1, K * q)
+        rotations.append((stacked, lam, V_r.T @ G_C[r]))
+    rows = rows_per_chunk(K * q * 2)
+    out_all = adapter.forward(problem.theta_hat, X)
+    parts, n_singular = [], 0
+    for i in range(0, len(X), rows):
+        sl = slice(i, i + rows)
+        values = []
+        for r, (stacked, lam, g) in enumerate(rotations):
+            Z = design_matmul(X[sl], stacked, adapter.fit_intercept).reshape(-1, K, q)
+            if r == 0:
+                # K = 1 (binary, single-output): a row sum, not a batch of 1 x 1 products.
+                M = ((Z * Z).sum(dim=2, keepdim=True) if K == 1
+                     else Z @ Z.transpose(1, 2))
+                c, z, singular = leverage_corrected(problem, out_all[sl], y[sl],
+                                                    weights[sl], M)
+                n_singular += singular
+            linear = ((Z @ g) * z).sum(dim=1)
+            Zz = Z[:, 0] * z if K == 1 else (Z * z[:, :, None]).sum(dim=1)  # z^T Z
+            quadratic = (Zz * Zz) @ lam
+            values.append(c[:, 0] * linear + 0.5 * c[:, 0] ** 2 * quadratic)
+        parts.append(torch.stack(values, dim=1))
+    return torch.cat(parts), n_singular
