@@ -1,0 +1,161 @@
+"""Values and patches of linear models at scale, against the fit a user would run.
+
+For each case, in one process with the same thread settings on both sides:
+
+* values / fit: ``PumaPatcher(FrozenEstimator(model)).fit(X, y)`` (every training point
+  valued, leave-one-out corrected) against ``LogisticRegression().fit(X, y)``;
+* peak memory added while valuing, as a multiple of ``X.nbytes`` (the high-water mark of
+  the resident set, measured in a fresh subprocess that holds only X and the model);
+* patch / refit: ``patch`` of 1% of the rows against the same estimator refitted on
+  ``sample_weight_`` (LogisticRegression and Ridge).
+
+Each timing is the best of ``--repeats`` after one warm-up call on small data (the
+one-off import and first-call costs of torch are not a per-fit cost).
+
+    python benchmarks/bench_scale.py                # 1e4, 1e5, 1e6 rows
+    python benchmarks/bench_scale.py --max-rows 1e5 # quicker
+    python benchmarks/bench_scale.py --threads 1    # everything single-threaded
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+
+def _limit_threads(threads):
+    if threads:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(threads)
+        threadpool_limits(threads)
+
+
+def _data(n, p, n_classes, seed=0):
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=n, n_features=p, n_informative=p // 2,
+                               n_redundant=p // 10, n_classes=n_classes,
+                               n_clusters_per_class=1, flip_y=0.05, random_state=seed)
+    return X, y
+
+
+def _model(kind):
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    return Ridge(alpha=1.0) if kind == "ridge" else LogisticRegression(max_iter=1000)
+
+
+def _best(fn, repeats):
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def _memory_child(data_path, model_path, threads):
+    """Prints the peak resident memory added by valuing, in bytes: the child holds only
+    X, y and the model when the high-water mark is first read."""
+    import resource
+
+    import joblib
+    import numpy as np
+    from sklearn.frozen import FrozenEstimator
+
+    _limit_threads(threads)
+    from sklearn_puma import PumaPatcher
+
+    data = np.load(data_path)
+    X, y = data["X"], data["y"]
+    model = joblib.load(model_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        PumaPatcher(FrozenEstimator(model)).fit(X[:500], y[:500])  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        PumaPatcher(FrozenEstimator(model)).fit(X, y)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"added": after - before, "nbytes": X.nbytes}))
+
+
+def run_case(name, n, p, n_classes, kind, repeats, threads, patch):
+    import joblib
+    import numpy as np
+    from sklearn.base import clone
+    from sklearn.frozen import FrozenEstimator
+
+    from sklearn_puma import PumaPatcher
+
+    X, y = _data(n, p, n_classes)
+    if kind == "ridge":
+        y = y.astype(float)
+    estimator = _model(kind)
+    fit_time, model = _best(lambda: clone(estimator).fit(X, y), repeats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        PumaPatcher(FrozenEstimator(model)).fit(X[:500], y[:500])  # warm-up
+        value_time, puma = _best(lambda: PumaPatcher(FrozenEstimator(model)).fit(X, y),
+                                 repeats)
+    row = {"case": name, "n": n, "fit_s": fit_time, "values_s": value_time,
+           "values/fit": value_time / fit_time}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.joblib")
+        joblib.dump(model, path)
+        data_path = os.path.join(tmp, "data.npz")
+        np.savez(data_path, X=X, y=y)
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", data_path, path, str(threads or 0)],
+            capture_output=True, text=True, check=True)
+        memory = json.loads(out.stdout.strip().splitlines()[-1])
+    row["peak_added/X"] = memory["added"] / memory["nbytes"]
+    if patch:
+        removed = np.random.default_rng(1).choice(n, n // 100, replace=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            patch_time, _ = _best(lambda: puma.patch(removed), repeats)
+        refit_time, _ = _best(
+            lambda: clone(estimator).fit(X, y, sample_weight=puma.sample_weight_), repeats)
+        row.update({"patch_s": patch_time, "refit_s": refit_time,
+                    "patch/refit": patch_time / refit_time, "eta": puma.eta_})
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-rows", type=float, default=1e6)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="limit torch and BLAS to this many threads (0: defaults)")
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        data_path, path, threads = args.memory_child
+        _memory_child(data_path, path, int(threads))
+        return
+    _limit_threads(args.threads)
+    cases = [("binary LR p=100", int(n), 100, 2, "logistic", int(n) >= 10**6)
+             for n in (1e4, 1e5, 1e6) if n <= args.max_rows]
+    cases.append(("multinomial LR K=10 p=50", 100_000, 50, 10, "logistic", False))
+    if args.max_rows >= 1e6:
+        cases.append(("Ridge p=100", 1_000_000, 100, 2, "ridge", True))
+    print(f"threads: {args.threads or 'defaults'}; best of {args.repeats}")
+    header = ["case", "n", "fit_s", "values_s", "values/fit", "peak_added/X",
+              "patch_s", "refit_s", "patch/refit", "eta"]
+    print(" | ".join(header))
+    for case in cases:
+        row = run_case(*case[:5], repeats=args.repeats, threads=args.threads,
+                       patch=case[5])
+        print(" | ".join(f"{row[h]:.3g}" if isinstance(row.get(h), float)
+                         else str(row.get(h, "")) for h in header), flush=True)
+
+
+if __name__ == "__main__":
+    main()
