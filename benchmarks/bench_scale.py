@@ -4,8 +4,8 @@ For each case, in one process with the same thread settings on both sides:
 
 * values / fit: ``PumaPatcher(FrozenEstimator(model)).fit(X, y)`` (every training point
   valued, leave-one-out corrected) against ``LogisticRegression().fit(X, y)``;
-* peak memory added while valuing, as a multiple of ``X.nbytes`` (the high-water mark of
-  the resident set, measured in a fresh subprocess that holds only X and the model);
+* peak memory added while valuing, as a multiple of ``X.nbytes`` (the resident set
+  sampled every millisecond in a fresh subprocess that holds only X and the model);
 * patch / refit: ``patch`` of 1% of the rows against the same estimator refitted on
   ``sample_weight_`` (LogisticRegression and Ridge).
 
@@ -60,10 +60,16 @@ def _best(fn, repeats):
     return best, result
 
 
+def _resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _memory_child(data_path, model_path, threads):
-    """Prints the peak resident memory added by valuing, in bytes: the child holds only
-    X, y and the model when the high-water mark is first read."""
-    import resource
+    """Prints the peak resident memory added by valuing, in bytes: the resident set is
+    sampled every millisecond while valuing, against its size just before (the child
+    holds only X, y and the model)."""
+    import threading
 
     import joblib
     import numpy as np
@@ -72,18 +78,29 @@ def _memory_child(data_path, model_path, threads):
     _limit_threads(threads)
     from sklearn_puma import PumaPatcher
 
-    data = np.load(data_path)
-    X, y = data["X"], data["y"]
+    with np.load(data_path) as data:
+        X, y = data["X"], data["y"]
     model = joblib.load(model_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         PumaPatcher(FrozenEstimator(model)).fit(X[:500], y[:500])  # warm-up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _resident_bytes()
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         PumaPatcher(FrozenEstimator(model)).fit(X, y)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"added": after - before, "nbytes": X.nbytes}))
+    done.set()
+    sampler.join()
+    print(json.dumps({"added": max(peak[0], _resident_bytes()) - before,
+                      "nbytes": X.nbytes}))
 
 
 def run_case(name, n, p, n_classes, kind, repeats, threads, patch):

@@ -123,7 +123,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         large nets patch fast. Linear models have one layer.
     n_steps : int, default=3
         Newton steps of the patch, each re-linearising values and weights; more steps
-        converge to the model retrained on ``sample_weight_``.
+        converge to the model retrained on ``sample_weight_``. For a model linear in
+        its parameters the steps keep the fitted Hessian (updated over the changed
+        rows) and the last one is polished until the reweighted objective's gradient is
+        negligible, so the patch is the refit on ``sample_weight_`` at a fraction of
+        its cost.
     value_method : {"auto", "loo", "first_order"}, default="auto"
         "loo": leverage-corrected leave-one-out values with the criterion's curvature;
         "first_order": the seed's influence values; "auto": "loo" where it is exact
