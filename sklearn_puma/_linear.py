@@ -116,15 +116,16 @@ def criterion_derivatives(criterion, theta, data_hessian=None):
     ``H_data`` and takes no pass over the data.
     """
     adapter = criterion.adapter
-    out = adapter.forward(theta, criterion.X)
-    R, B = criterion.output_derivatives(out, curvature=True)
-    m, n, K = R.shape
-    G = design_rmatmul(criterion.X, R.permute(1, 0, 2).reshape(n, m * K),
-                       adapter.fit_intercept).reshape(-1, m, K).permute(1, 2, 0)
-    scales = [None] * m
+    scales = [None] * len(criterion.names)
     if data_hessian is not None:
         X, s, H_data = data_hessian
         scales = criterion.training_loss_scales(X, s)
+    out = adapter.forward(theta, criterion.X)
+    # The per-point output Hessians (n, K, K per row) only where a Gram needs them.
+    R, B = criterion.output_derivatives(out, curvature=None in scales)
+    m, n, K = R.shape
+    G = design_rmatmul(criterion.X, R.permute(1, 0, 2).reshape(n, m * K),
+                       adapter.fit_intercept).reshape(-1, m, K).permute(1, 2, 0)
     H = torch.stack([gram_blocks(adapter, criterion.X, upper(B[r])) if scale is None
                      else scale * H_data for r, scale in enumerate(scales)])
     return G.reshape(m, -1), H
