@@ -623,7 +623,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
                        full_change)
 
 
-def _chord_polish(problem, theta, weights, inverse, rtol=1e-10, max_iter=100):
+def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100):
     """Steps ``theta - t H~^-1 g`` until the Newton decrement ``g^T H~^-1 g`` falls to
     ``rtol^2`` of the largest seen (a relative gradient of about ``rtol``): a converged
     optimum of ``J_w``.  ``H~`` starts as the fitted model's curvature updated over the
@@ -633,6 +633,7 @@ def _chord_polish(problem, theta, weights, inverse, rtol=1e-10, max_iter=100):
     never pays for a Hessian, a large one (a weakly regularised model moving far) gets
     Newton's rate.  A warning gives the figure if ``max_iter`` is reached."""
     first = previous = None
+    rebuilt = False
     for _ in range(max_iter):
         g = problem.grad(theta, weights)
         decrement = float(g @ inverse.solve(g))
@@ -641,8 +642,16 @@ def _chord_polish(problem, theta, weights, inverse, rtol=1e-10, max_iter=100):
         if decrement <= rtol**2 * first or decrement <= 1e-24:
             return theta
         if previous is not None and decrement > 0.25 * previous:
+            if rebuilt and decrement <= 1e-12 * first:
+                # A step on the exact curvature did not contract a gradient already a
+                # millionth of the first: it is at the rounding floor of its sum over
+                # the rows, the optimum reached.
+                return theta
             inverse = problem.inverse(theta, weights)
             decrement = float(g @ inverse.solve(g))
+            rebuilt = True
+        else:
+            rebuilt = False
         previous = decrement
         theta = _newton_step(problem, theta, weights, inverse, gradient=g)
     warnings.warn(
