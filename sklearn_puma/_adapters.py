@@ -215,6 +215,14 @@ class Adapter:
     def log_proba(self, out):
         return self._log_proba(out)
 
+    @property
+    def closed_form(self):
+        """Whether the per-sample derivatives are closed forms (a model linear in theta
+        and a loss in ``_OUTPUT_DERIVATIVES``): passes over samples are then plain
+        linear algebra, with no torch.func transform, and may run in worker threads."""
+        loss = self.loss.func if isinstance(self.loss, functools.partial) else self.loss
+        return self.linear_in_params and loss in _OUTPUT_DERIVATIVES
+
     def output_derivatives(self, out, y, curvature=True):
         """``(dl/df, d2l/df2)`` per sample in closed form (the second None without
         ``curvature``), or None where the loss has no closed form here."""

@@ -9,8 +9,9 @@ for the whole data set at once.
 import warnings
 
 import torch
-from joblib import Parallel, delayed
 from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
+
+from ._threads import map_chunks, sum_chunks
 
 with warnings.catch_warnings():
     # torch registers its forward-mode (jvp) decompositions through the deprecated
@@ -33,14 +34,6 @@ def chunk_size(n_params, n_outputs=1):
     return max(1, _CHUNK_FLOATS // max(1, n_params * n_outputs))
 
 
-def map_chunks(fn, n, size, n_jobs=None):
-    """``[fn(slice) for each chunk]``, in order, through joblib (threads: torch frees the GIL)."""
-    slices = [slice(start, min(start + size, n)) for start in range(0, n, size)]
-    if n_jobs in (None, 1) or len(slices) == 1:
-        return [fn(sl) for sl in slices]
-    return Parallel(n_jobs=n_jobs, prefer="threads")(delayed(fn)(sl) for sl in slices)
-
-
 def objective(adapter, X, y, weights, n, tilt=None):
     """``J_w(theta) = (1/n) sum_i w_i l_i(theta) + r(theta) - tilt . theta``.
 
@@ -60,9 +53,9 @@ def objective(adapter, X, y, weights, n, tilt=None):
 
 def objective_value(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
     """``J_w(theta)`` as a float, summed over chunks of samples (see objective())."""
-    total = sum(map_chunks(
+    total = sum_chunks(
         lambda sl: _data_term(adapter, X[sl], y[sl], weights[sl], n)(theta),
-        len(X), _SUM_ROWS, n_jobs))
+        len(X), _SUM_ROWS, n_jobs, thread_safe=True)  # a forward pass, no transform
     total = total + adapter.penalty(theta, n)
     return float(total if tilt is None else total - tilt @ theta)
 
@@ -81,7 +74,7 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
                                   adapter.fit_intercept).T.reshape(-1)
         return grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
 
-    total = sum(map_chunks(part, len(X), size, n_jobs))
+    total = sum_chunks(part, len(X), size, n_jobs, thread_safe=adapter.closed_form)
     total = total + grad(lambda t: adapter.penalty(t, n))(theta)
     return total if tilt is None else total - tilt
 
@@ -98,14 +91,14 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=T
     if adapter.linear_in_params:
         from ._linear import gram_blocks, rows_per_chunk, upper
 
-        threads = n_jobs not in (None, 1)
+        closed = adapter.closed_form  # else torch.func's forward mode: no worker threads
 
         def part(sl):
             _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
-                                           forward_mode=not threads)
+                                           forward_mode=not closed)
             return gram_blocks(adapter, X[sl], (weights[sl] / n)[:, None] * upper(D))
 
-        total = sum(map_chunks(part, len(X), rows_per_chunk(p), n_jobs))
+        total = sum_chunks(part, len(X), rows_per_chunk(p), n_jobs, thread_safe=closed)
     else:
 
         def part(sl):
@@ -113,7 +106,7 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=T
 
         size = max(1, chunk_size(p, p) * 64)
         # forward mode (jacfwd) cannot run in joblib's worker threads
-        total = sum(map_chunks(part, len(X), size))
+        total = sum_chunks(part, len(X), size)
     if not with_penalty:
         return total
     # Every adapter's penalty is a weighted sum of squares (separable): its Hessian is
@@ -151,7 +144,7 @@ def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False):
 
     def hvp(v):
         # Sequential: torch's forward mode (jvp) cannot run in joblib's worker threads.
-        total = sum(map_chunks(lambda sl: part(v, sl), len(X), size))
+        total = sum_chunks(lambda sl: part(v, sl), len(X), size)
         return total + jvp(penalty_grad, (theta,), (v,))[1]
 
     return hvp

@@ -18,7 +18,6 @@ from ._autodiff import (
     gradient,
     hessian_matrix,
     hvp_function,
-    map_chunks,
     matrix_from_hvp,
     objective_value,
     output_loss_derivatives,
@@ -28,6 +27,7 @@ from ._autodiff import (
 )
 from ._curvature import make_inverse, resolve_kind
 from ._linear import criterion_derivatives, criterion_jacobian, loo_second_order
+from ._threads import map_chunks
 from ._warnings import NonConvexWarning, PartialRemovalWarning, PumaWarning, SolverWarning
 
 
@@ -163,7 +163,8 @@ def first_order_values(problem, inverse, criterion, theta, X, y, weights):
         return per_sample_grads_times(adapter, theta, X[sl], y[sl], S)
 
     size = chunk_size(adapter.n_params)
-    G_S = torch.cat(map_chunks(part, len(X), size, problem.n_jobs))
+    G_S = torch.cat(map_chunks(part, len(X), size, problem.n_jobs,
+                               thread_safe=adapter.closed_form))
     return G_S * (weights / problem.n)[:, None]
 
 
@@ -193,7 +194,8 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
         c, z, n_singular = _leverage_corrected(problem, out, y[sl], weights[sl], M)
         return sl, c * (HinvJt.transpose(1, 2) @ z[:, :, None])[:, :, 0], n_singular
 
-    return _warn_leverage_one(map_chunks(part, len(X), size, problem.n_jobs))
+    return _warn_leverage_one(map_chunks(part, len(X), size, problem.n_jobs,
+                                         thread_safe=adapter.closed_form))
 
 
 def _leverage_corrected(problem, out, y, weights, M):
@@ -320,7 +322,8 @@ def loo_own_outputs(problem, X, y, weights):
         # quadratic_forms bounds its own operands; a chunk holds the (b, K, K) systems,
         # so that the coefficients it derives from H^-1 are derived once per chunk.
         parts = _warn_leverage_one(map_chunks(part, len(X), chunk_size(K, K),
-                                              problem.n_jobs))
+                                              problem.n_jobs,
+                                              thread_safe=adapter.closed_form))
         return torch.cat([own for own, in parts])
 
     def first_order(sl):

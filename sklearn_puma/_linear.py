@@ -12,9 +12,18 @@ ground truth the tests hold these to, and the route for models that are not line
 import numpy as np
 import torch
 
-# Floats one chunk's intermediate (b x width) may hold: 16 MB in float64, within cache
-# reach of a GEMM and small next to X.
-_CHUNK_FLOATS = 2**21
+from ._threads import map_chunks, sum_chunks
+
+# Floats one chunk's intermediate (b x width) may hold: 2 MB in float64.  Enough rows
+# for a GEMM at full speed, and small enough that the allocator reuses its freed
+# memory: each worker thread has its own malloc arena, which keeps what it once held
+# (at 16 MB a chunk, two workers added 1.7x X.nbytes to the peak of a binary LR's
+# leave-one-out pass at 10^5 x 100; serially 0.5x).
+_CHUNK_FLOATS = 2**18
+
+
+# Rows below which a product is one call (splitting it would cost more than it saves).
+_MIN_SPLIT_ROWS = 8192
 
 
 def rows_per_chunk(width):
@@ -22,7 +31,15 @@ def rows_per_chunk(width):
 
 
 def design_rmatmul(X, R, intercept):
-    """``[X, 1]^T R`` without the column of ones: (d + intercept, q)."""
+    """``[X, 1]^T R`` without the column of ones: (d + intercept, q), summed over row
+    chunks in worker threads (see ``_threads``)."""
+    if len(X) <= _MIN_SPLIT_ROWS:
+        return _rmatmul_chunk(X, R, intercept)
+    return sum_chunks(lambda sl: _rmatmul_chunk(X[sl], R[sl], intercept), len(X),
+                      rows_per_chunk(X.shape[1] + R.shape[1]), thread_safe=True)
+
+
+def _rmatmul_chunk(X, R, intercept):
     top = X.T @ R
     return torch.cat([top, R.sum(dim=0, keepdim=True)]) if intercept else top
 
@@ -33,37 +50,38 @@ def design_matmul(X, B, intercept):
     return X @ B[:d] + B[d] if intercept else X @ B
 
 
+def _gram_chunk(Xn, wn):
+    d = Xn.shape[1]
+    G = np.zeros((d, d))
+    buffer = np.empty_like(Xn)
+    for sign, part in ((1.0, wn > 0), (-1.0, wn < 0)):
+        if not part.any():
+            continue
+        A = buffer[: int(part.sum())]
+        if part.all():
+            np.multiply(Xn, np.sqrt(sign * wn)[:, None], out=A)
+        else:
+            np.multiply(Xn[part], np.sqrt(sign * wn[part])[:, None], out=A)
+        G += sign * (A.T @ A)
+    return G
+
+
 def design_gram(X, w, intercept):
     """``[X, 1]^T diag(w) [X, 1]`` summed over the rows of X, for weights of any sign.
 
     On the CPU through numpy, whose BLAS takes ``A^T A`` as a symmetric rank-k update
     (half a GEMM's work); the weights' signs are split so that each part is ``A^T A``.
     """
-    d = X.shape[1]
     if X.device.type != "cpu":
         G = X.T @ (w[:, None] * X)
     else:
         Xn, wn = X.numpy(), w.numpy()
-        G = np.zeros((d, d))
-        rows = rows_per_chunk(d)
-        # One buffer for every chunk: a fresh (n, d) array per call costs more in page
-        # faults than the product itself.
-        buffer = np.empty((min(rows, len(Xn)), d))
-        for start in range(0, len(Xn), rows):
-            Xc, wc = Xn[start:start + rows], wn[start:start + rows]
-            for sign, part in ((1.0, wc > 0), (-1.0, wc < 0)):
-                if not part.any():
-                    continue
-                A = buffer[: int(part.sum())]
-                if part.all():
-                    np.multiply(Xc, np.sqrt(sign * wc)[:, None], out=A)
-                else:
-                    np.multiply(Xc[part], np.sqrt(sign * wc[part])[:, None], out=A)
-                G += sign * (A.T @ A)
-        G = torch.from_numpy(G).to(X.dtype)
+        G = torch.from_numpy(sum_chunks(lambda sl: _gram_chunk(Xn[sl], wn[sl]),
+                                        len(Xn), rows_per_chunk(Xn.shape[1]),
+                                        thread_safe=True)).to(X.dtype)
     if not intercept:
         return G
-    Xw = X.T @ w
+    Xw = design_rmatmul(X, w[:, None], False)[:, 0]
     top = torch.cat([G, Xw[:, None]], dim=1)
     return torch.cat([top, torch.cat([Xw, w.sum()[None]])[None]])
 
@@ -80,8 +98,8 @@ def gram_blocks(adapter, X, W):
     d = adapter.n_params // K
     k_idx, l_idx = torch.triu_indices(K, K)
     rows = rows_per_chunk(d * max(K, d))
-    blocks = sum(weighted_grams(adapter.design(X[i:i + rows]), W[i:i + rows])
-                 for i in range(0, len(X), rows))
+    blocks = sum_chunks(lambda sl: weighted_grams(adapter.design(X[sl]), W[sl]),
+                        len(X), rows, thread_safe=True)
     total = blocks.new_zeros(K, d, K, d)
     total[k_idx, :, l_idx, :] = blocks
     total[l_idx, :, k_idx, :] = blocks.transpose(1, 2)
@@ -165,11 +183,9 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
         # (d1, K q): row block k of V_r side by side, so X_d @ it is J_i V_r per point.
         stacked = V_r.reshape(K, d1, q).permute(1, 0, 2).reshape(d1, K * q)
         rotations.append((stacked, lam, V_r.T @ G_C[r]))
-    rows = rows_per_chunk(K * q * 2)
     out_all = adapter.forward(problem.theta_hat, X)
-    parts, n_singular = [], 0
-    for i in range(0, len(X), rows):
-        sl = slice(i, i + rows)
+
+    def part(sl):
         values = []
         for r, (stacked, lam, g) in enumerate(rotations):
             Z = design_matmul(X[sl], stacked, adapter.fit_intercept).reshape(-1, K, q)
@@ -177,12 +193,13 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
                 # K = 1 (binary, single-output): a row sum, not a batch of 1 x 1 products.
                 M = ((Z * Z).sum(dim=2, keepdim=True) if K == 1
                      else Z @ Z.transpose(1, 2))
-                c, z, singular = leverage_corrected(problem, out_all[sl], y[sl],
-                                                    weights[sl], M)
-                n_singular += singular
+                c, z, n_singular = leverage_corrected(problem, out_all[sl], y[sl],
+                                                      weights[sl], M)
             linear = ((Z @ g) * z).sum(dim=1)
             Zz = Z[:, 0] * z if K == 1 else (Z * z[:, :, None]).sum(dim=1)  # z^T Z
             quadratic = (Zz * Zz) @ lam
             values.append(c[:, 0] * linear + 0.5 * c[:, 0] ** 2 * quadratic)
-        parts.append(torch.stack(values, dim=1))
-    return torch.cat(parts), n_singular
+        return torch.stack(values, dim=1), n_singular
+
+    parts = map_chunks(part, len(X), rows_per_chunk(K * q * 2), thread_safe=True)
+    return torch.cat([v for v, _ in parts]), sum(n for _, n in parts)

@@ -31,6 +31,7 @@ from ._influence import (
     self_influence,
 )
 from ._rows import row_mask
+from ._threads import using_n_jobs
 
 
 _CLASSIFIER_METHODS = ("predict_proba", "predict_log_proba", "decision_function",
@@ -136,7 +137,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Seeds the estimator when its own ``random_state`` is None (SGD models) and a
         compensation solver that takes one.
     n_jobs : int, default=None
-        Jobs for the chunked passes over samples (joblib threads).
+        Worker threads for the chunked passes over samples.  None: joblib's configured
+        ``n_jobs`` if one is set (``joblib.parallel_config``), else one per available
+        CPU for the closed-form passes of linear models (whose BLAS and torch kernels
+        are then held to one thread each, so that no two thread pools compete) and one
+        for autograd passes; -1: every CPU.  Under an external joblib backend
+        (``joblib.parallel_config("dask")``) the passes run on its workers.
     verbose : int, default=0
         Print progress when positive.
 
@@ -269,6 +275,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=False)
+    @using_n_jobs
     def fit(self, X, y, *, remove=None, eval_set=None, sample_weight=None, groups=None):
         """Fit the estimator (unless frozen), value every training point, and patch.
 
@@ -495,6 +502,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             )
 
     # ---------------------------------------------------------------------- patch
+    @using_n_jobs
     def patch(self, remove, *, upweight=None):
         """Patch the fitted model so that the points in ``remove`` lose their influence.
 
@@ -590,6 +598,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             print(f"[PumaPatcher] {message}")
 
     # --------------------------------------------------------------------- values
+    @using_n_jobs
     def value(self, X=None, y=None, *, method=None):
         """Values of labelled points: the predicted change of each criterion row if the
         point were removed from training. Positive = helpful, negative = harmful.
@@ -643,6 +652,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 problem.ones(len(X)))
 
     @available_if(_estimator_has("predict_proba"))
+    @using_n_jobs
     def loo_predict_proba(self, X=None, y=None):
         """Leave-one-out class probabilities of labelled training points, without refits.
 
@@ -663,6 +673,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         return _np(loo_log_proba(self._problem, *self._labelled(X, y, "loo_predict_proba"))
                    .exp())
 
+    @using_n_jobs
     def self_influence(self, X=None, y=None):
         """How much each labelled training point's own loss rises when it is left out.
 
@@ -685,6 +696,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self)
         return _np(self_influence(self._problem, *self._labelled(X, y, "self_influence")))
 
+    @using_n_jobs
     def transform(self, X):
         """Label-free values: for a classifier, the value of each point under each
         possible label (n, n_classes * n_rows); for a regressor, the value of a unit

@@ -1,0 +1,197 @@
+"""Chunked passes over samples, with one thread pool at a time.
+
+Measured on a 2-core machine (``benchmarks/bench_scale.py``): OpenBLAS's own threads
+make ``X^T X`` of a tall matrix *slower* than one thread (0.71 s against 0.38 s at
+10^6 x 100), and torch's OpenMP threads spinning beside them slow both further; the
+same product split into row chunks that run in two worker threads, each with
+single-threaded kernels, takes 0.22 s.  So a pass that is pure linear algebra runs its
+chunks in worker threads, one per available CPU, while the BLAS and torch kernels
+inside them are held to one thread each: never two pools fighting for the cores.
+
+Under an external joblib backend (``joblib.parallel_config("dask")``, Ray, Spark) the
+chunks go through ``joblib.Parallel`` instead, so that a cluster runs them unchanged.
+"""
+
+import contextvars
+import functools
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+# Below this many rows per chunk, handing chunks to threads costs more than it saves.
+_MIN_ROWS_PER_WORKER = 4096
+
+_lock = threading.Lock()
+_worker = threading.local()  # set in the pool's threads: a pass inside one runs serially
+_state = {"depth": 0, "restore": None, "controller": None, "executors": {}}
+
+
+# The ``n_jobs`` of the estimator whose method is running: passes deep in the numerics
+# read it here rather than through every signature.
+_n_jobs = contextvars.ContextVar("sklearn_puma_n_jobs", default=None)
+
+
+def using_n_jobs(method):
+    """Run an estimator's method with its ``n_jobs`` as the default of every pass."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        token = _n_jobs.set(getattr(self, "n_jobs", None))
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _n_jobs.reset(token)
+
+    return wrapper
+
+
+def available_cpus():
+    """CPUs this process may run on: its affinity mask, within a cgroup CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def _external_backend():
+    """The active joblib backend when it is not one of joblib's local defaults."""
+    from joblib import parallel
+
+    backend, n_jobs = parallel.get_active_backend()
+    local = (parallel.LokyBackend, parallel.ThreadingBackend,
+             parallel.MultiprocessingBackend, parallel.SequentialBackend)
+    return (None, n_jobs) if isinstance(backend, local) else (backend, n_jobs)
+
+
+def n_workers(n_jobs, thread_safe):
+    """Worker threads for a pass.
+
+    ``n_jobs`` as given (negative counts back from the CPUs, as in joblib).  Left None,
+    a ``thread_safe`` pass takes the running estimator's ``n_jobs``, else joblib's
+    configured one, else every available CPU; any other pass runs serially (torch's
+    forward-mode levels are process-global, so autograd transforms cannot share them).
+    """
+    if n_jobs is None and thread_safe:
+        n_jobs = _n_jobs.get()
+        if n_jobs is None:
+            n_jobs = _external_backend()[1]
+        if n_jobs is None:
+            return available_cpus()
+    if n_jobs is None:
+        return 1
+    if n_jobs < 0:
+        return max(1, available_cpus() + 1 + n_jobs)
+    return max(1, n_jobs)
+
+
+@contextmanager
+def single_threaded_kernels():
+    """Hold the BLAS libraries to one thread while worker threads share the CPUs.
+
+    Re-entrant and safe across threads: the first pass in saves and lowers the limits,
+    the last one out restores them (two passes in two threads must not leave the
+    process single-threaded).  torch's intra-op threads are per OS thread and are set
+    in each worker instead.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    with _lock:
+        if _state["depth"] == 0:
+            if _state["controller"] is None:
+                _state["controller"] = ThreadpoolController()
+            controller = _state["controller"].select(user_api="blas")
+            _state["restore"] = controller.limit(limits=1)
+        _state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["depth"] -= 1
+            if _state["depth"] == 0:
+                _state["restore"].restore_original_limits()
+                _state["restore"] = None
+
+
+def _start_worker():
+    import torch
+
+    _worker.active = True
+    torch.set_num_threads(1)
+
+
+def _executor(workers):
+    with _lock:
+        executor = _state["executors"].get(workers)
+        if executor is None:
+            executor = ThreadPoolExecutor(workers, thread_name_prefix="sklearn-puma",
+                                          initializer=_start_worker)
+            _state["executors"][workers] = executor
+    return executor
+
+
+def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
+    """``fn(slice)`` for each chunk of ``range(n)``, yielded in order.
+
+    ``size`` bounds the rows of a chunk (its memory).  ``thread_safe`` says that ``fn``
+    is plain linear algebra (no autograd transform: torch's forward-mode levels are
+    process-global), so that by default its chunks may run in one worker thread per
+    CPU; the chunks are then made small enough that every worker has one.  At most two
+    chunks per worker are in flight, so that a reduction over the results holds a few
+    of them, not all.
+    """
+    if getattr(_worker, "active", False):
+        # Already inside a worker: its siblings hold the CPUs (and waiting on the
+        # pool from inside it could deadlock).
+        yield from (fn(slice(start, min(start + size, n))) for start in range(0, n, size))
+        return
+    backend, _ = _external_backend()
+    # An external backend runs chunks in its own processes, where autograd is safe.
+    workers = n_workers(n_jobs, thread_safe or backend is not None)
+    if backend is None and workers > 1:
+        size = min(size, max(_MIN_ROWS_PER_WORKER, -(-n // workers)))
+    slices = [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    if len(slices) <= 1 or workers == 1:
+        yield from (fn(sl) for sl in slices)
+        return
+    if backend is not None:
+        from joblib import Parallel, delayed
+
+        yield from Parallel(return_as="generator")(delayed(fn)(sl) for sl in slices)
+        return
+    workers = min(workers, len(slices))
+    executor = _executor(workers)
+    with single_threaded_kernels():
+        pending = deque()
+        try:
+            for sl in slices:
+                pending.append(executor.submit(fn, sl))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def map_chunks(fn, n, size, n_jobs=None, thread_safe=False):
+    """``[fn(slice) for each chunk of range(n)]``, in order (see ``imap_chunks``)."""
+    return list(imap_chunks(fn, n, size, n_jobs, thread_safe))
+
+
+def sum_chunks(fn, n, size, n_jobs=None, thread_safe=False):
+    """``sum(fn(slice) for each chunk)``, added in chunk order as results arrive."""
+    total = None
+    for part in imap_chunks(fn, n, size, n_jobs, thread_safe):
+        total = part if total is None else total + part
+    return total
