@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
-from ._threads import map_chunks, sum_chunks
+from ._threads import sum_chunks
 
 with warnings.catch_warnings():
     # torch registers its forward-mode (jvp) decompositions through the deprecated
@@ -51,6 +51,24 @@ def objective(adapter, X, y, weights, n, tilt=None):
     return J
 
 
+def penalty_curvature(adapter, theta, n):
+    """The diagonal of the penalty's Hessian (p,).
+
+    Every adapter's penalty is a weighted sum of squares, ``sum_j c_j theta_j^2``: its
+    Hessian is ``diag(2 c)``, its gradient ``2 c theta``, and ``2 c`` is its gradient
+    at ones.  Plain autograd, not torch.func, whose first call costs a second of
+    imports that a linear model never otherwise needs.
+    """
+    cache = adapter.__dict__.setdefault("_penalty_curvature", {})
+    if n not in cache:  # it depends on n only: once per adapter, not per Newton step
+        ones = torch.ones_like(theta).requires_grad_()
+        with torch.enable_grad():
+            r = adapter.penalty(ones, n)
+        cache[n] = (torch.autograd.grad(r, ones)[0] if r.requires_grad  # else no penalty
+                    else torch.zeros_like(theta))
+    return cache[n]
+
+
 def objective_value(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
     """``J_w(theta)`` as a float, summed over chunks of samples (see objective())."""
     total = sum_chunks(
@@ -75,7 +93,7 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
         return grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
 
     total = sum_chunks(part, len(X), size, n_jobs, thread_safe=adapter.closed_form)
-    total = total + grad(lambda t: adapter.penalty(t, n))(theta)
+    total = total + penalty_curvature(adapter, theta, n) * theta
     return total if tilt is None else total - tilt
 
 
@@ -109,12 +127,7 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=T
         total = sum_chunks(part, len(X), size)
     if not with_penalty:
         return total
-    # Every adapter's penalty is a weighted sum of squares (separable): its Hessian is
-    # the diagonal that one Hessian-vector product with ones gives, where the dense
-    # torch.func.hessian would take p of them.
-    ones = torch.ones_like(theta)
-    diagonal = jvp(grad(lambda t: adapter.penalty(t, n)), (theta,), (ones,))[1]
-    return total + torch.diag(diagonal)
+    return total + torch.diag(penalty_curvature(adapter, theta, n))
 
 
 def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False):
@@ -140,12 +153,12 @@ def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False):
         return vjp(fwd, theta)[1](u)[0]
 
     part = gauss_newton_part if gauss_newton else exact_part
-    penalty_grad = grad(lambda t: adapter.penalty(t, n))
+    penalty = penalty_curvature(adapter, theta, n)
 
     def hvp(v):
         # Sequential: torch's forward mode (jvp) cannot run in joblib's worker threads.
         total = sum_chunks(lambda sl: part(v, sl), len(X), size)
-        return total + jvp(penalty_grad, (theta,), (v,))[1]
+        return total + penalty * v
 
     return hvp
 

@@ -21,6 +21,7 @@ from ._autodiff import (
     matrix_from_hvp,
     objective_value,
     output_loss_derivatives,
+    penalty_curvature,
     per_sample_grads,
     per_sample_grads_times,
     quadratic_forms,
@@ -93,9 +94,7 @@ class Problem:
         is a multiple of), else None."""
         if theta is not self.theta_hat or self._hessian_hat is None:
             return None
-        adapter = self.adapter
-        diagonal = torch.func.jvp(torch.func.grad(lambda t: adapter.penalty(t, self.n)),
-                                  (theta,), (torch.ones_like(theta),))[1]
+        diagonal = penalty_curvature(self.adapter, theta, self.n)
         return self.X, self.s / self.n, self._hessian_hat - torch.diag(diagonal)
 
     def grad(self, theta, weights):
@@ -569,21 +568,26 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
                                           max_weight=max_weight, solver=solver)
             weights = base_weights.clone()
             weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam_up).to(weights))
-        # Damping is settled afresh at each step: the curvature where a net's patch
-        # lands can be more indefinite than at the fitted model.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", NonConvexWarning)
-            # A convex linear model keeps the fitted Hessian, updated over the rows whose
-            # weight changed (no pass over the data), and polishes with chord steps on
-            # the exact gradient: each costs a gradient pass, a fresh Hessian n p^2.
-            inverse = problem.inverse(theta_hat if chord else theta, weights)
-        nonconvex += [w for w in caught if issubclass(w.category, NonConvexWarning)]
-        for w in caught:
-            if not issubclass(w.category, NonConvexWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        theta = _newton_step(problem, theta, weights, inverse)
-        if chord and step_index == n_steps - 1:
+        last = step_index == n_steps - 1
+        # A convex linear model keeps the fitted Hessian, updated over the rows whose
+        # weight changed (no pass over the data; once per set of weights, and the last
+        # step keeps them), and polishes with chord steps on the exact gradient: each
+        # costs a gradient pass, a fresh Hessian n p^2.
+        if not (chord and last and step_index > 0):
+            # Damping is settled afresh at each step: the curvature where a net's patch
+            # lands can be more indefinite than at the fitted model.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NonConvexWarning)
+                inverse = problem.inverse(theta_hat if chord else theta, weights)
+            nonconvex += [w for w in caught if issubclass(w.category, NonConvexWarning)]
+            for w in caught:
+                if not issubclass(w.category, NonConvexWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if chord and last:
+            # The polish's first chord step is this step's Newton step.
             theta = _chord_polish(problem, theta, weights, inverse)
+        else:
+            theta = _newton_step(problem, theta, weights, inverse)
     if nonconvex:
         # One warning for the patch, not one per Newton step: the last step's figure.
         warnings.warn(
@@ -627,16 +631,22 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
 
 
 def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100):
-    """Steps ``theta - t H~^-1 g`` until the Newton decrement ``g^T H~^-1 g`` falls to
+    """Steps ``theta - H~^-1 g`` until the Newton decrement ``g^T H~^-1 g`` falls to
     ``rtol^2`` of the largest seen (a relative gradient of about ``rtol``): a converged
-    optimum of ``J_w``.  ``H~`` starts as the fitted model's curvature updated over the
-    changed rows, so a step costs one gradient pass; its rate is linear,
-    ``||I - H~^-1 H_w||``, and where a step shrinks the decrement by less than 4x the
-    curvature is rebuilt at the current point (a Newton step, n p^2): a small patch
-    never pays for a Hessian, a large one (a weakly regularised model moving far) gets
-    Newton's rate.  A warning gives the figure if ``max_iter`` is reached."""
+    optimum of ``J_w``.
+
+    ``H~`` starts as the fitted model's curvature updated over the changed rows, so a
+    chord step costs one gradient pass (no line search: the decrement it must shrink
+    is measured at the next step anyway); its rate is linear, ``||I - H~^-1 H_w||``.
+    The curvature is rebuilt at the current point (n p^2, then a Newton step with a
+    line search) where a chord step shrank the decrement by less than 4x, or where the
+    chord steps still needed at the measured rate would cost more than the rebuild
+    (about p / 3 gradient passes): a small patch never pays for a Hessian, a large one
+    (a weakly regularised model moving far) gets Newton's rate.  A warning gives the
+    figure if ``max_iter`` is reached."""
     first = previous = None
     rebuilt = False
+    p = problem.adapter.n_params
     for _ in range(max_iter):
         g = problem.grad(theta, weights)
         decrement = float(g @ inverse.solve(g))
@@ -644,19 +654,22 @@ def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100):
         # Mean-form objectives are O(1): a decrement of 1e-24 is rounding noise.
         if decrement <= rtol**2 * first or decrement <= 1e-24:
             return theta
-        if previous is not None and decrement > 0.25 * previous:
-            if rebuilt and decrement <= 1e-12 * first:
-                # A step on the exact curvature did not contract a gradient already a
-                # millionth of the first: it is at the rounding floor of its sum over
-                # the rows, the optimum reached.
-                return theta
-            inverse = problem.inverse(theta, weights)
-            decrement = float(g @ inverse.solve(g))
-            rebuilt = True
-        else:
-            rebuilt = False
-        previous = decrement
-        theta = _newton_step(problem, theta, weights, inverse, gradient=g)
+        if previous is not None:
+            rate = decrement / previous
+            still_needed = (np.log(rtol**2 * first / decrement) / np.log(rate)
+                            if 0 < rate < 1 else np.inf)
+            if rate > 0.25 or still_needed > p / 3:
+                if rebuilt and rate > 0.25 and decrement <= 1e-12 * first:
+                    # A step on the exact curvature did not contract a gradient already
+                    # a millionth of the first: it is at the rounding floor of its sum
+                    # over the rows, the optimum reached.
+                    return theta
+                inverse = problem.inverse(theta, weights)
+                previous, rebuilt = float(g @ inverse.solve(g)), True
+                theta = _newton_step(problem, theta, weights, inverse, gradient=g)
+                continue
+        previous, rebuilt = decrement, False
+        theta = theta - inverse.solve(g)
     warnings.warn(
         f"The patch's polishing steps stopped after {max_iter} with a Newton decrement "
         f"of {decrement / first:.3g} of the first: the patch is close to, not at, the "

@@ -47,8 +47,10 @@ def using_n_jobs(method):
     return wrapper
 
 
+@functools.lru_cache(maxsize=1)
 def available_cpus():
-    """CPUs this process may run on: its affinity mask, within a cgroup CPU quota."""
+    """CPUs this process may run on: its affinity mask, within a cgroup CPU quota (read
+    once: a pass over a small table must not pay a file read)."""
     try:
         count = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -149,9 +151,9 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
     chunks per worker are in flight, so that a reduction over the results holds a few
     of them, not all.
     """
-    if getattr(_worker, "active", False):
-        # Already inside a worker: its siblings hold the CPUs (and waiting on the
-        # pool from inside it could deadlock).
+    if n <= size or getattr(_worker, "active", False):
+        # One chunk; or already inside a worker, whose siblings hold the CPUs (and
+        # waiting on the pool from inside it could deadlock).
         yield from (fn(slice(start, min(start + size, n))) for start in range(0, n, size))
         return
     backend, _ = _external_backend()

@@ -27,6 +27,7 @@ from sklearn_puma._autodiff import (
     gradient,
     hessian_matrix,
     objective,
+    penalty_curvature,
     per_sample_grads_times,
 )
 
@@ -173,6 +174,21 @@ def test_objective_is_stationary_at_fit(case):
     J_data = objective(adapter, Xt, yt, s, len(X))
     g_data = torch.func.grad(lambda t: J_data(t) - adapter.penalty(t, len(X)))(adapter.theta)
     assert g.norm() <= 1e-5 * max(g_data.norm(), 1e-3), (float(g.norm()), float(g_data.norm()))
+
+
+def test_penalty_is_the_weighted_sum_of_squares_the_closed_forms_assume(case):
+    """penalty_curvature's ``diag(2 c)`` against torch.func's full Hessian of the
+    penalty, at a point away from the fit (a penalty that is not a weighted sum of
+    squares has off-diagonal or theta-dependent curvature and fails here)."""
+    name, est, adapter, X, y, Xt, yt, s, _ = case
+    n = len(X)
+    theta = adapter.theta + torch.as_tensor(
+        np.random.default_rng(2).standard_normal(adapter.n_params))
+    H = torch.func.hessian(lambda t: adapter.penalty(t, n))(theta)
+    diagonal = penalty_curvature(adapter, theta, n)
+    torch.testing.assert_close(torch.diag(diagonal), H, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(adapter.penalty(theta, n), 0.5 * (diagonal * theta**2).sum(),
+                               rtol=1e-12, atol=1e-15)
 
 
 def test_gradient_and_hessian_match_finite_differences(case):
