@@ -1,6 +1,7 @@
 """Mislabelled rows: PUMA against cleanlab on cross-validated probabilities (Fig. 5).
 
-Run: python benchmarks/bench_mislabel.py [--seeds 30] [--first-seed 0]   (needs cleanlab)
+Run: python benchmarks/bench_mislabel.py [--seeds 30] [--first-seed 0] [--large-seeds 3]
+(needs cleanlab)
 
 10% of the labels of each data set are flipped (``flip_labels``, one flip per seed) and
 each method ranks the rows, most suspicious first. A column ``recall`` is the fraction
@@ -14,8 +15,8 @@ median over the seeds of the best of up to 3 runs:
 
 - PUMA: ``PumaPatcher(estimator).fit(X, y)`` (the model fit included), then
   ``rank_label_errors(puma)``: confident learning on the leave-one-out probabilities
-  that one fit gives. ``value_method="first_order"`` because the ranking does not read
-  ``values_``; the default accurate values would only add their cost.
+  that one fit gives.  ``values_`` is computed only when read, and the ranking never
+  reads it.
 - cleanlab: 5-fold ``cross_val_predict(..., method="predict_proba")`` (five refits),
   then ``cleanlab.filter.find_label_issues`` (its default ``prune_by_noise_rate``); the
   rows it flags come first, each part ordered by cleanlab's self-confidence
@@ -26,6 +27,9 @@ median over the seeds of the best of up to 3 runs:
 - in-sample self-confidence: the fitted model's probability of the given label.
 - PUMA self-influence: ``rank_label_errors(puma, method="self_influence")``, same fit.
 - random: inspecting 20% of the rows at random finds 20% of the flipped ones.
+
+Besides scikit-learn's tables, a generated 100,000-row, 4-class table (``--large-seeds``
+flip seeds) shows the cost where cleanlab's five refits are longest.
 
 Every pipeline runs on one thread (BLAS and torch): both get the same compute, and on
 a shared machine BLAS threads spinning against each other swamp timings this short.
@@ -41,7 +45,13 @@ import pandas as pd
 import torch
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
-from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_moons
+from sklearn.datasets import (
+    load_breast_cancer,
+    load_digits,
+    load_wine,
+    make_classification,
+    make_moons,
+)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
@@ -56,21 +66,29 @@ FLIP = 0.1
 INSPECTED = 0.2
 
 
-def datasets():
-    """(name, X, y, estimator, PumaPatcher settings per PUMA row)."""
+def datasets(large):
+    """(name, X, y, estimator, PumaPatcher settings per PUMA row, seeds to run on: None
+    for all)."""
     linear = LogisticRegression(max_iter=1000)
+    if large:
+        # 100,000 rows: where cleanlab's five refits cost most.
+        X, y = make_classification(n_samples=100_000, n_features=40, n_informative=20,
+                                   n_classes=4, n_clusters_per_class=1, random_state=0)
+        yield ("generated 100k", StandardScaler().fit_transform(X), y, linear,
+               {"all": {}}, large)
     for name, loader in [("breast cancer", load_breast_cancer), ("digits", load_digits),
                          ("wine", load_wine)]:
         X, y = loader(return_X_y=True)
-        yield name, StandardScaler().fit_transform(X), y, linear, {"all": {}}
+        yield name, StandardScaler().fit_transform(X), y, linear, {"all": {}}, None
     X, y = make_moons(1000, noise=0.2, random_state=0)
     mlp = MLPClassifier((32,), max_iter=3000, random_state=0)
     yield ("two moons", StandardScaler().fit_transform(X), y, mlp,
-           {"all": {"parameters": "all"}, "last layer": {"parameters": "last_layer"}})
+           {"all": {"parameters": "all"}, "last layer": {"parameters": "last_layer"}},
+           None)
 
 
 def puma_pipeline(estimator, settings, X, y):
-    puma = PumaPatcher(estimator, value_method="first_order", **settings).fit(X, y)
+    puma = PumaPatcher(estimator, **settings).fit(X, y)
     return puma, rank_label_errors(puma, return_scores=True)[1]
 
 
@@ -81,15 +99,15 @@ def cleanlab_pipeline(estimator, X, y):
     return quality - flagged, quality
 
 
-def run(seeds):
+def run(seeds, large_seeds):
     rows = []
-    for name, X, y, estimator, puma_rows in datasets():
+    for name, X, y, estimator, puma_rows, n_seeds in datasets(large_seeds):
         # One untimed run of each pipeline first: one-off costs (lazy imports, torch's
         # first calls) belong to neither method.
         puma_pipeline(estimator, next(iter(puma_rows.values())), X, y)
         cleanlab_pipeline(estimator, X, y)
         results = {label: [] for label in puma_rows}
-        for seed in seeds:
+        for seed in seeds[:n_seeds]:
             y_noisy, flipped = flip_labels(y, FLIP, random_state=seed)
             (cl_scores, cv_quality), cl_time = timed(
                 lambda: cleanlab_pipeline(estimator, X, y_noisy))
@@ -137,6 +155,9 @@ def main():
                         help="number of flip seeds (default: %(default)s)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first flip seed (default: %(default)s)")
+    parser.add_argument("--large-seeds", type=int, default=3,
+                        help="flip seeds on the generated 100,000-row table (0: skip "
+                             "it; default: %(default)s)")
     args = parser.parse_args()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     # PUMA's notes on the MLP (its optimality gap; with all parameters, the damping of
@@ -146,7 +167,7 @@ def main():
     warnings.simplefilter("ignore", ConvergenceWarning)
     torch.set_num_threads(1)
     with threadpool_limits(1):  # every BLAS loaded by now: numpy's, scipy's
-        table = run(seeds)
+        table = run(seeds, args.large_seeds)
     print(f"Recall of flipped rows ({FLIP:.0%} of the labels) after inspecting "
           f"{INSPECTED:.0%} of the rows, mean over flip seeds {seeds.start}-"
           f"{seeds.stop - 1}; PUMA - cleanlab: paired mean difference +- its standard "

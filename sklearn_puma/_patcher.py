@@ -31,7 +31,7 @@ from ._influence import (
     self_influence,
 )
 from ._rows import row_mask
-from ._threads import using_n_jobs
+from ._threads import n_jobs_of, using_n_jobs
 
 
 _CLASSIFIER_METHODS = ("predict_proba", "predict_log_proba", "decision_function",
@@ -152,7 +152,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         The patched model, of the same class as ``estimator``.
     values_ : ndarray of shape (n_samples,) or (n_samples, n_rows)
         Training values: the predicted change of each criterion row if the point were
-        left out. Positive = helpful, negative = harmful.
+        left out. Positive = helpful, negative = harmful. Computed on first access,
+        for the criterion as it was at fit, and kept.
     removed_ : ndarray of int
         Indices of the removed training points.
     lambda_ : ndarray of shape (n_samples,)
@@ -342,11 +343,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         problem = self._problem
         criterion = self._bind_criterion(keep=np.ones(n, dtype=bool))
         self.criterion_names_ = criterion.names
-        self.values_ = self._shape_values(
-            compute_values(problem, criterion, problem.X, problem.y, problem.s,
-                           self._value_method(adapter))
-        )
-        self._log(f"valued {n} training points on {len(criterion.names)} criterion row(s)")
+        # Valued on first access (a detector reading only leave-one-out probabilities,
+        # or an explicit removal, never pays for it), against the criterion bound now:
+        # a later set_params cannot change what values_ means.
+        self._training_values = None
+        self._values_of = (criterion, self._value_method(adapter))
 
         mask = self._removal_mask(self.remove if removal_spec is None else removal_spec)
         if mask.any():
@@ -452,6 +453,21 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             return "loo" if self._loo_exists() else "first_order"
         self._value_method_check(self.value_method)
         return self.value_method
+
+    @property
+    def values_(self):
+        if "_values_of" not in self.__dict__:
+            raise AttributeError(f"This {type(self).__name__} is not fitted: values_ "
+                                 "exists after fit.")
+        if self._training_values is None:
+            criterion, method = self._values_of
+            problem = self._problem
+            with n_jobs_of(self):
+                self._training_values = self._shape_values(compute_values(
+                    problem, criterion, problem.X, problem.y, problem.s, method))
+            self._log(f"valued {problem.n} training points on {len(criterion.names)} "
+                      "criterion row(s)")
+        return self._training_values
 
     def _shape_values(self, values):
         values = _np(values)

@@ -33,16 +33,23 @@ _state = {"depth": 0, "restore": None, "controller": None, "executors": {}}
 _n_jobs = contextvars.ContextVar("sklearn_puma_n_jobs", default=None)
 
 
+@contextmanager
+def n_jobs_of(estimator):
+    """The estimator's ``n_jobs`` as the default of every pass inside."""
+    token = _n_jobs.set(getattr(estimator, "n_jobs", None))
+    try:
+        yield
+    finally:
+        _n_jobs.reset(token)
+
+
 def using_n_jobs(method):
     """Run an estimator's method with its ``n_jobs`` as the default of every pass."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        token = _n_jobs.set(getattr(self, "n_jobs", None))
-        try:
+        with n_jobs_of(self):
             return method(self, *args, **kwargs)
-        finally:
-            _n_jobs.reset(token)
 
     return wrapper
 

@@ -303,3 +303,14 @@ def test_nothing_removable_within_delta(breast_cancer):
             X, y, remove=remove)
     assert puma.eta_ == 0.0
     np.testing.assert_allclose(puma.criterion_after_, puma.criterion_before_)
+
+
+def test_values_are_computed_on_first_access_for_the_criterion_at_fit(breast_cancer):
+    X, y = breast_cancer
+    X = (X - X.mean(0)) / X.std(0)
+    assert not hasattr(PumaPatcher(), "values_")  # unfitted: no attribute, no work
+    puma = PumaPatcher(criterion="loss").fit(X, y)
+    puma.set_params(criterion="brier")  # after fit: values_ keeps the fitted meaning
+    loss_values = PumaPatcher(criterion="loss").fit(X, y).values_
+    np.testing.assert_array_equal(puma.values_, loss_values)
+    assert puma.values_ is puma.values_  # computed once, then kept

@@ -142,8 +142,9 @@ def test_points_of_leverage_one_are_counted_and_left_in_place(n_targets, diabete
     alone[0] = 1.0
     X = np.column_stack([X, alone])
     Y = y if n_targets == 1 else np.column_stack([y, -2 * y])
+    puma = PumaPatcher(LinearRegression()).fit(X, Y)
     with pytest.warns(PumaWarning, match=r"^1 point\(s\) have leverage 1"):
-        puma = PumaPatcher(LinearRegression()).fit(X, Y)
+        puma.values_  # computed, and warned about, on first access
     with pytest.warns(PumaWarning, match=r"^1 point\(s\) have leverage 1"):
         scores = puma.self_influence()
     assert np.all(np.isfinite(puma.values_)) and np.all(np.isfinite(scores))
