@@ -31,7 +31,7 @@ from ._influence import (
     self_influence,
 )
 from ._rows import row_mask
-from ._threads import n_jobs_of, using_n_jobs
+from ._threads import claim_cores, n_jobs_of, using_n_jobs
 
 
 _CLASSIFIER_METHODS = ("predict_proba", "predict_log_proba", "decision_function",
@@ -313,6 +313,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self._groups = None if groups is None else self._check_groups(groups, n, "groups")
         fitted = self._fit_estimator(X, y, sample_weight)
         adapter = make_adapter(fitted, self.parameters, n_features=self.n_features_in_)
+        claim_cores(adapter)
         self._base_sample_weight = (
             np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
         )
@@ -463,6 +464,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             criterion, method = self._values_of
             problem = self._problem
             with n_jobs_of(self):
+                claim_cores(problem.adapter)
                 self._training_values = self._shape_values(compute_values(
                     problem, criterion, problem.X, problem.y, problem.s, method))
             self._log(f"valued {problem.n} training points on {len(criterion.names)} "
