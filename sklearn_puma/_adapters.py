@@ -223,6 +223,12 @@ class Adapter:
         loss = self.loss.func if isinstance(self.loss, functools.partial) else self.loss
         return self.linear_in_params and loss in _OUTPUT_DERIVATIVES
 
+    @property
+    def quadratic(self):
+        """Whether the objective is quadratic in theta (squared loss, linear model)."""
+        loss = self.loss.func if isinstance(self.loss, functools.partial) else self.loss
+        return self.linear_in_params and loss in (_squared_loss, _mean_squared_loss)
+
     def output_derivatives(self, out, y, curvature=True):
         """``(dl/df, d2l/df2)`` per sample in closed form (the second None without
         ``curvature``), or None where the loss has no closed form here."""

@@ -69,16 +69,20 @@ def penalty_curvature(adapter, theta, n):
     return cache[n]
 
 
-def objective_value(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
-    """``J_w(theta)`` as a float, summed over chunks of samples (see objective())."""
+def objective_value(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None,
+                    with_penalty=True):
+    """``J_w(theta)`` as a float, summed over chunks of samples (see objective());
+    without the penalty, the data term alone."""
     total = sum_chunks(
         lambda sl: _data_term(adapter, X[sl], y[sl], weights[sl], n)(theta),
         len(X), _SUM_ROWS, n_jobs, thread_safe=True)  # a forward pass, no transform
-    total = total + adapter.penalty(theta, n)
+    if with_penalty:
+        total = total + adapter.penalty(theta, n)
     return float(total if tilt is None else total - tilt @ theta)
 
 
-def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
+def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None, with_penalty=True):
+    """``grad J_w(theta)``; without the penalty, that of the data term alone."""
     size = _SUM_ROWS
 
     def part(sl):
@@ -93,7 +97,8 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None):
         return grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
 
     total = sum_chunks(part, len(X), size, n_jobs, thread_safe=adapter.closed_form)
-    total = total + penalty_curvature(adapter, theta, n) * theta
+    if with_penalty:
+        total = total + penalty_curvature(adapter, theta, n) * theta
     return total if tilt is None else total - tilt
 
 

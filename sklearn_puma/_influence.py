@@ -52,7 +52,7 @@ class Problem:
         self.tilt = gradient(adapter, self.theta_hat, X, y, sample_weight, self.n,
                              n_jobs=n_jobs)
         self.optimality_gap = self._optimality_gap()
-        self._hessian_hat = None
+        self._hessian_hat = self._objective_hat = None
         self._inverse_hat = self.inverse(self.theta_hat, sample_weight)
 
     def _optimality_gap(self):
@@ -97,11 +97,29 @@ class Problem:
         diagonal = penalty_curvature(self.adapter, theta, self.n)
         return self.X, self.s / self.n, self._hessian_hat - torch.diag(diagonal)
 
+    def _changed(self, weights):
+        """Rows whose weight differs from the fit's, and by how much."""
+        changed = torch.nonzero(weights != self.s).flatten()
+        return self.X[changed], self.y[changed], (weights - self.s)[changed]
+
     def grad(self, theta, weights):
+        if theta is self.theta_hat:
+            # The tilted objective's gradient vanishes at the fitted model: reweighted,
+            # only the rows whose weight changed contribute (no pass over all n).
+            return gradient(self.adapter, theta, *self._changed(weights), self.n,
+                            n_jobs=self.n_jobs, with_penalty=False)
         return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
                         tilt=self.tilt, n_jobs=self.n_jobs)
 
     def objective(self, theta, weights):
+        if theta is self.theta_hat:
+            if self._objective_hat is None:
+                self._objective_hat = objective_value(
+                    self.adapter, theta, self.X, self.y, self.s, self.n, tilt=self.tilt,
+                    n_jobs=self.n_jobs)
+            return self._objective_hat + objective_value(
+                self.adapter, theta, *self._changed(weights), self.n, n_jobs=self.n_jobs,
+                with_penalty=False)
         return objective_value(self.adapter, theta, self.X, self.y, weights, self.n,
                                tilt=self.tilt, n_jobs=self.n_jobs)
 
@@ -686,6 +704,11 @@ def _newton_step(problem, theta, weights, inverse, max_halvings=30, gradient=Non
     direction = inverse.solve(g)
     slope = float(g @ direction)
     if slope <= 0:  # not a descent direction (indefinite curvature): take it as it is
+        return theta - direction
+    if problem.adapter.quadratic:
+        # A quadratic objective with positive semi-definite curvature H and a step
+        # d = A^-1 g, A >= H (exact, damped or pseudo-inverted): J drops by at least
+        # g^T d / 2, so the full step passes Armijo's test without measuring J.
         return theta - direction
     current = problem.objective(theta, weights)
     t = 1.0

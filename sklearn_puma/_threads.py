@@ -182,7 +182,9 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
     if n <= size or getattr(_worker, "active", False):
         # One chunk; or already inside a worker, whose siblings hold the CPUs (and
         # waiting on the pool from inside it could deadlock).
-        yield from (fn(slice(start, min(start + size, n))) for start in range(0, n, size))
+        # (No rows: one empty chunk, so that a sum over it is a zero of the right shape.)
+        yield from (fn(slice(start, min(start + size, n)))
+                    for start in range(0, n, size) or [0])
         return
     backend, _ = _external_backend()
     # An external backend runs chunks in its own processes, where autograd is safe.
@@ -196,7 +198,13 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
     if backend is not None:
         from joblib import Parallel, delayed
 
-        yield from Parallel(return_as="generator")(delayed(fn)(sl) for sl in slices)
+        client = getattr(backend, "client", None)  # Dask's joblib backend has one
+        if client is not None:
+            # A chunk function closes over the whole X: scattered once, it travels to
+            # each worker once per pass, not with every chunk.
+            fn = client.scatter(fn, hash=False)
+        yield from Parallel(return_as="generator")(
+            delayed(_apply)(fn, sl) for sl in slices)
         return
     workers = min(workers, len(slices))
     executor = _executor(workers)
@@ -212,6 +220,10 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _apply(fn, sl):
+    return fn(sl)
 
 
 def map_chunks(fn, n, size, n_jobs=None, thread_safe=False):
