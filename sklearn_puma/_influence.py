@@ -168,21 +168,27 @@ def jacobian(criterion, theta):
     return jacrev(criterion)(theta)
 
 
-def first_order_values(problem, inverse, criterion, theta, X, y, weights):
-    """``v_i = (w_i / n) G_C H^{-1} g_i`` for labelled points, shape (len(X), m).
+def first_order_values(problem, inverse, criterion, theta, X, y, weights, *, rows=None,
+                       G_C=None):
+    """``v_i = (w_i / n) G_C H^{-1} g_i`` for labelled points, shape (len(X), m), or for
+    ``X[rows]`` (indexed chunk by chunk: no copy of those rows at once).
 
-    One inverse solve per criterion row, then one chunked pass over the points.
+    One inverse solve per criterion row (``G_C`` if the caller has it), then one
+    chunked pass over the points.
     """
     adapter = problem.adapter
-    S = inverse.solve(jacobian(criterion, theta).T)  # (p, m)
+    S = inverse.solve((jacobian(criterion, theta) if G_C is None else G_C).T)  # (p, m)
+    rows = None if rows is None else torch.as_tensor(rows, device=X.device)
 
     def part(sl):
-        return per_sample_grads_times(adapter, theta, X[sl], y[sl], S)
+        at = sl if rows is None else rows[sl]
+        return per_sample_grads_times(adapter, theta, X[at], y[at], S)
 
     size = chunk_size(adapter.n_params)
-    G_S = torch.cat(map_chunks(part, len(X), size, problem.n_jobs,
+    n = len(X) if rows is None else len(rows)
+    G_S = torch.cat(map_chunks(part, n, size, problem.n_jobs,
                                thread_safe=adapter.closed_form))
-    return G_S * (weights / problem.n)[:, None]
+    return G_S * ((weights if rows is None else weights[rows]) / problem.n)[:, None]
 
 
 def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
@@ -578,10 +584,11 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # still moved would miss).
         if step_index == 0 or step_index < n_steps - 1:
             G_C = jacobian(criterion, theta)
-            drift = criterion(theta).detach() - C0
+            at_fit = theta is theta_hat  # no drift yet: no pass to measure it
+            drift = torch.zeros_like(C0) if at_fit else criterion(theta).detach() - C0
             a = drift - G_C @ inverse.solve(problem.grad(theta, base_weights))
-            V = first_order_values(problem, inverse, criterion, theta, problem.X[up_idx],
-                                   problem.y[up_idx], s[up_idx])
+            V = first_order_values(problem, inverse, criterion, theta, problem.X,
+                                   problem.y, s, rows=up_idx, G_C=G_C)
             lam_up = compensation_weights(_np(V.T), _np(a), alpha=alpha,
                                           max_weight=max_weight, solver=solver)
             weights = base_weights.clone()
@@ -613,10 +620,14 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             f"{nonconvex[-1].message}", NonConvexWarning, stacklevel=3)
 
     step = theta - theta_hat
-    full_change = _np(criterion(theta) - C0)
+    at_patch = criterion(theta).detach()
+    full_change = _np(at_patch - C0)
     eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)
-    theta_mod = theta_hat + eta * step
-    after = criterion(theta_mod).detach()
+    if eta == 1.0:  # the full patch, as measured
+        theta_mod, after = theta, at_patch
+    else:
+        theta_mod = theta_hat + eta * step
+        after = criterion(theta_mod).detach()
     lam = np.zeros(problem.n)
     lam[up_idx] = lam_up
     s = _np(s)
