@@ -18,7 +18,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 # Below this many rows per chunk, handing chunks to threads costs more than it saves.
 _MIN_ROWS_PER_WORKER = 4096
@@ -31,6 +31,7 @@ _state = {"depth": 0, "restore": None, "controller": None, "executors": {}}
 # The ``n_jobs`` of the estimator whose method is running: passes deep in the numerics
 # read it here rather than through every signature.
 _n_jobs = contextvars.ContextVar("sklearn_puma_n_jobs", default=None)
+_claims = contextvars.ContextVar("sklearn_puma_claims", default=None)
 
 
 @contextmanager
@@ -41,24 +42,30 @@ def n_jobs_of(estimator):
 
     token = _n_jobs.set(getattr(estimator, "n_jobs", None))
     torch_threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        _n_jobs.reset(token)
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
+    with ExitStack() as claims:
+        stack_token = _claims.set(claims)
+        try:
+            yield
+        finally:
+            _claims.reset(stack_token)
+            _n_jobs.reset(token)
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
 
 
 def claim_cores(adapter):
     """Inside ``n_jobs_of``: for a model whose passes run in worker threads, the calling
-    thread's own torch work (a forward pass over all rows, criteria on the outputs)
-    runs single-threaded too.  torch's OpenMP threads spin for a while after each
-    operation and slowed the workers that came next: a multinomial LR's values at
-    10^5 x 50 took 1.29 s, 0.72 s so."""
+    thread's own work between passes (a forward pass over all rows, criteria on the
+    outputs, the p x p algebra) runs on single-threaded kernels too, until the method
+    returns.  torch's OpenMP threads and OpenBLAS's spin for a while after each
+    operation and slowed the workers that came next (the calling thread's Hessian and
+    inverse of a multinomial LR at 10^5 x 50: 1.29 s, 0.72 s single-threaded)."""
     import torch
 
-    if adapter.closed_form and n_workers(None, True) > 1:
+    claims = _claims.get()
+    if claims is not None and adapter.closed_form and n_workers(None, True) > 1:
         torch.set_num_threads(1)
+        claims.enter_context(single_threaded_kernels())
 
 
 def using_n_jobs(method):
