@@ -228,6 +228,7 @@ def run(args, stream):
         try:
             start = time.perf_counter()
             puma.fit(X_fit, y_fit, eval_set=eval_set)
+            puma.values_  # computed on first access: part of "fitted and valued"
             fit_time = time.perf_counter() - start
         except (ValueError, UnsupportedEstimatorError) as exc:
             raise CLIError(str(exc)) from None
