@@ -341,7 +341,6 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self._log(f"fitted {type(fitted).__name__}; {adapter.n_params} parameters; "
                   f"curvature solver {self.hessian_!r}, damping {self.damping_:.3g}")
 
-        problem = self._problem
         criterion = self._bind_criterion(keep=np.ones(n, dtype=bool))
         self.criterion_names_ = criterion.names
         # Valued on first access (a detector reading only leave-one-out probabilities,
