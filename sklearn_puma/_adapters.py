@@ -216,18 +216,22 @@ class Adapter:
         return self._log_proba(out)
 
     @property
+    def _loss_function(self):
+        """The pointwise loss without its bound keywords (``functools.partial``)."""
+        return self.loss.func if isinstance(self.loss, functools.partial) else self.loss
+
+    @property
     def closed_form(self):
         """Whether the per-sample derivatives are closed forms (a model linear in theta
         and a loss in ``_OUTPUT_DERIVATIVES``): passes over samples are then plain
         linear algebra, with no torch.func transform, and may run in worker threads."""
-        loss = self.loss.func if isinstance(self.loss, functools.partial) else self.loss
-        return self.linear_in_params and loss in _OUTPUT_DERIVATIVES
+        return self.linear_in_params and self._loss_function in _OUTPUT_DERIVATIVES
 
     @property
     def quadratic(self):
         """Whether the objective is quadratic in theta (squared loss, linear model)."""
-        loss = self.loss.func if isinstance(self.loss, functools.partial) else self.loss
-        return self.linear_in_params and loss in (_squared_loss, _mean_squared_loss)
+        return self.linear_in_params and self._loss_function in (_squared_loss,
+                                                                 _mean_squared_loss)
 
     def output_derivatives(self, out, y, curvature=True):
         """``(dl/df, d2l/df2)`` per sample in closed form (the second None without

@@ -584,8 +584,9 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # still moved would miss).
         if step_index == 0 or step_index < n_steps - 1:
             G_C = jacobian(criterion, theta)
-            at_fit = theta is theta_hat  # no drift yet: no pass to measure it
-            drift = torch.zeros_like(C0) if at_fit else criterion(theta).detach() - C0
+            # At the fitted model there is no drift yet: no pass to measure it.
+            drift = (torch.zeros_like(C0) if theta is theta_hat
+                     else criterion(theta).detach() - C0)
             a = drift - G_C @ inverse.solve(problem.grad(theta, base_weights))
             V = first_order_values(problem, inverse, criterion, theta, problem.X,
                                    problem.y, s, rows=up_idx, G_C=G_C)

@@ -31,7 +31,7 @@ from ._influence import (
     self_influence,
 )
 from ._rows import row_mask
-from ._threads import claim_cores, n_jobs_of, using_n_jobs
+from ._threads import claim_cores, on_fitted_model, using_n_jobs
 
 
 _CLASSIFIER_METHODS = ("predict_proba", "predict_log_proba", "decision_function",
@@ -460,15 +460,18 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             raise AttributeError(f"This {type(self).__name__} is not fitted: values_ "
                                  "exists after fit.")
         if self._training_values is None:
-            criterion, method = self._values_of
-            problem = self._problem
-            with n_jobs_of(self):
-                claim_cores(problem.adapter)
-                self._training_values = self._shape_values(compute_values(
-                    problem, criterion, problem.X, problem.y, problem.s, method))
-            self._log(f"valued {problem.n} training points on {len(criterion.names)} "
-                      "criterion row(s)")
+            self._training_values = self._value_training_points()
         return self._training_values
+
+    @on_fitted_model
+    def _value_training_points(self):
+        criterion, method = self._values_of
+        problem = self._problem
+        values = self._shape_values(compute_values(problem, criterion, problem.X,
+                                                   problem.y, problem.s, method))
+        self._log(f"valued {problem.n} training points on {len(criterion.names)} "
+                  "criterion row(s)")
+        return values
 
     def _shape_values(self, values):
         values = _np(values)
@@ -519,7 +522,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             )
 
     # ---------------------------------------------------------------------- patch
-    @using_n_jobs
+    @on_fitted_model
     def patch(self, remove, *, upweight=None):
         """Patch the fitted model so that the points in ``remove`` lose their influence.
 
@@ -615,7 +618,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             print(f"[PumaPatcher] {message}")
 
     # --------------------------------------------------------------------- values
-    @using_n_jobs
+    @on_fitted_model
     def value(self, X=None, y=None, *, method=None):
         """Values of labelled points: the predicted change of each criterion row if the
         point were removed from training. Positive = helpful, negative = harmful.
@@ -669,7 +672,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 problem.ones(len(X)))
 
     @available_if(_estimator_has("predict_proba"))
-    @using_n_jobs
+    @on_fitted_model
     def loo_predict_proba(self, X=None, y=None):
         """Leave-one-out class probabilities of labelled training points, without refits.
 
@@ -690,7 +693,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         return _np(loo_log_proba(self._problem, *self._labelled(X, y, "loo_predict_proba"))
                    .exp())
 
-    @using_n_jobs
+    @on_fitted_model
     def self_influence(self, X=None, y=None):
         """How much each labelled training point's own loss rises when it is left out.
 
@@ -713,7 +716,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self)
         return _np(self_influence(self._problem, *self._labelled(X, y, "self_influence")))
 
-    @using_n_jobs
+    @on_fitted_model
     def transform(self, X):
         """Label-free values: for a classifier, the value of each point under each
         possible label (n, n_classes * n_rows); for a regressor, the value of a unit

@@ -69,7 +69,20 @@ def claim_cores(adapter):
 
 
 def using_n_jobs(method):
-    """Run an estimator's method with its ``n_jobs`` as the default of every pass."""
+    """Run an estimator's method with its ``n_jobs`` as the default of every pass (a
+    method that fits claims the cores itself, once its model is known)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with n_jobs_of(self):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def on_fitted_model(method):
+    """``using_n_jobs`` for a method of a fitted estimator, with the cores claimed for
+    its fitted model's passes (``claim_cores``)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
