@@ -15,6 +15,7 @@ one-off import and first-call costs of torch are not a per-fit cost).
     python benchmarks/bench_scale.py                # 1e4, 1e5, 1e6 rows
     python benchmarks/bench_scale.py --max-rows 1e5 # quicker
     python benchmarks/bench_scale.py --threads 1    # everything single-threaded
+    python benchmarks/bench_scale.py --kernels      # X^T X: BLAS threads vs workers
 """
 
 import argparse
@@ -150,14 +151,40 @@ def run_case(name, n, p, n_classes, kind, repeats, threads, patch):
     return row
 
 
+def kernels(n=1_000_000, p=100, repeats=3):
+    """The measurement behind sklearn_puma._threads: ``X^T X`` of a tall X by
+    OpenBLAS with its default threads, with one thread, and by PUMA's design_gram
+    (row chunks on worker threads, one BLAS thread each), best of ``repeats``."""
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from sklearn_puma._linear import design_gram
+
+    X = np.random.default_rng(0).standard_normal((n, p))
+    ones = torch.ones(n, dtype=torch.float64)
+    default, _ = _best(lambda: X.T @ X, repeats)
+    with threadpool_limits(1, user_api="blas"):
+        single, _ = _best(lambda: X.T @ X, repeats)
+    chunked, _ = _best(lambda: design_gram(torch.from_numpy(X), ones, False), repeats)
+    print(f"X^T X at {n} x {p}: OpenBLAS default threads {default:.3f} s, one BLAS "
+          f"thread {single:.3f} s, design_gram's worker threads {chunked:.3f} s")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-rows", type=float, default=1e6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0,
                         help="limit torch and BLAS to this many threads (0: defaults)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="only time X^T X under each thread setting")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.kernels:
+        _limit_threads(args.threads)
+        kernels()
+        return
     if args.memory_child:
         data_path, path, threads = args.memory_child
         _memory_child(data_path, path, int(threads))

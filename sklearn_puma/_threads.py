@@ -1,10 +1,10 @@
 """Chunked passes over samples, with one thread pool at a time.
 
-Measured on a 2-core machine (``benchmarks/bench_scale.py``): OpenBLAS's own threads
-make ``X^T X`` of a tall matrix *slower* than one thread (0.71 s against 0.38 s at
-10^6 x 100), and torch's OpenMP threads spinning beside them slow both further; the
-same product split into row chunks that run in two worker threads, each with
-single-threaded kernels, takes 0.22 s.  So a pass that is pure linear algebra runs its
+Measured on a 2-core machine (``benchmarks/bench_scale.py --kernels``): OpenBLAS's own
+threads compute ``X^T X`` of a tall matrix no faster than one thread (0.43 s against
+0.39 s at 10^6 x 100; 0.71 s against 0.38 s in another run), and torch's OpenMP
+threads spinning beside them slow both further; the same product split into row chunks
+that run in two worker threads, each with single-threaded kernels, takes 0.25 s.  So a pass that is pure linear algebra runs its
 chunks in worker threads, one per available CPU, while the BLAS and torch kernels
 inside them are held to one thread each: never two pools fighting for the cores.
 
