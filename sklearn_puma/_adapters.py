@@ -28,6 +28,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import has_fit_parameter
 
+from ._sparse import SparseRows, as_design, is_sparse, with_ones
+
 SUPPORTED_ESTIMATORS = (
     "LogisticRegression (penalty 'l2' or None, solver other than 'liblinear')",
     "LinearRegression",
@@ -188,6 +190,7 @@ class Adapter:
     """What every adapter shares: data encoding on the model's device and dtype."""
 
     linear_in_params = False
+    sparse_design = False  # whether sparse X stays sparse (see _sparse)
     dtype, device = torch.float64, torch.device("cpu")
     multilabel = False
 
@@ -243,6 +246,13 @@ class Adapter:
         return None if closed_form is None else closed_form(out, y, curvature, **keywords)
 
     def encode_X(self, X):
+        if is_sparse(X):
+            # Models linear in theta read sparse rows through their products (the
+            # passes only ever multiply X); the rest take them dense, a bounded copy.
+            X = X.matrix if isinstance(X, SparseRows) else X
+            if self.sparse_design:
+                return as_design(X, self.dtype, self.device)
+            X = SparseRows(X).to_dense().numpy()
         X = np.asarray(X, dtype=np.float64)
         if (self.dtype == torch.float64 and self.device.type == "cpu"
                 and X.flags.c_contiguous and X.flags.writeable):
@@ -301,6 +311,7 @@ class LinearAdapter(Adapter):
     """
 
     linear_in_params = True
+    sparse_design = True
 
     def __init__(self, estimator, *, loss, log_proba=None, penalty_coef=0.0,
                  penalty_scales_with_n=True, classes=None, balance_by_weight=False):
@@ -363,6 +374,8 @@ class LinearAdapter(Adapter):
         """``[X, 1]``: outputs are ``design(X) @ W.T``."""
         if not self.fit_intercept:
             return X
+        if isinstance(X, SparseRows):
+            return with_ones(X)
         return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype, device=X.device)], dim=1)
 
     def penalty(self, theta, n):
@@ -549,6 +562,8 @@ class SkorchLastLayerAdapter(LinearAdapter):
     and folded into the loss: NLL of softmax(z) becomes cross-entropy on z (skorch's
     ``log(p + eps)`` differs by at most eps / p).
     """
+
+    sparse_design = False  # the frozen layers take dense tensors
 
     def __init__(self, adapter, n_features):
         net = adapter.estimator

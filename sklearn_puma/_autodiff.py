@@ -11,6 +11,7 @@ import warnings
 import torch
 from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
+from ._sparse import dense_rows
 from ._threads import sum_chunks
 
 with warnings.catch_warnings():
@@ -159,12 +160,45 @@ def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False):
 
     part = gauss_newton_part if gauss_newton else exact_part
     penalty = penalty_curvature(adapter, theta, n)
+    if adapter.closed_form:
+        return _linear_hvp(adapter, theta, X, y, weights, n, penalty)
 
     def hvp(v):
         # Sequential: torch's forward mode (jvp) cannot run in joblib's worker threads.
         total = sum_chunks(lambda sl: part(v, sl), len(X), size)
         return total + penalty * v
 
+    return hvp
+
+
+def _linear_hvp(adapter, theta, X, y, weights, n, penalty):
+    """``V -> H V`` in closed form for a model linear in theta, V of shape (p,) or (p, m):
+    ``sum_i (w_i/n) J_i^T D_i J_i V`` is two products with the design per chunk
+    (``[X, 1] V_K``, then its transpose), for any number of columns at once; no
+    autograd, so it runs in worker threads and on sparse X.  (Gauss-Newton is the same
+    matrix here: the outputs are linear in theta.)"""
+    from ._linear import design_matmul, design_rmatmul
+
+    K, intercept = adapter.n_outputs, adapter.fit_intercept
+    d1 = adapter.n_params // K
+
+    def part(V, sl):
+        m = V.shape[1]
+        _, D = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl])
+        JV = design_matmul(X[sl], V.reshape(K, d1, m).transpose(0, 1).reshape(d1, K * m),
+                           intercept).reshape(-1, K, m)
+        U = (weights[sl] / n)[:, None, None] * (D @ JV)
+        back = design_rmatmul(X[sl], U.reshape(-1, K * m), intercept)  # (d1, K m)
+        return back.reshape(d1, K, m).transpose(0, 1).reshape(K * d1, m)
+
+    def hvp(V):
+        vector = V.ndim == 1
+        V = V[:, None] if vector else V
+        total = sum_chunks(lambda sl: part(V, sl), len(X), _SUM_ROWS, thread_safe=True)
+        total = total + penalty[:, None] * V
+        return total[:, 0] if vector else total
+
+    hvp.batched = True  # takes (p, m) blocks itself: CG needs no vmap over it
     return hvp
 
 
@@ -213,7 +247,7 @@ def weighted_grams(Xd, W):
     m = W.shape[1]
     if _products_pay(d, m):
         rows = max(1, _OPERAND_FLOATS // (d * (d + 1) // 2))
-        upper = sum(W[i:i + rows].T @ _upper_products(Xd[i:i + rows])
+        upper = sum(W[i:i + rows].T @ _upper_products(dense_rows(Xd[i:i + rows]))
                     for i in range(0, b, rows))
         a, c = torch.triu_indices(d, d, device=Xd.device)
         G = upper.new_empty(m, d, d)
@@ -222,10 +256,13 @@ def weighted_grams(Xd, W):
         return G
     # Every G_j in one GEMM: X^T [W_1 * X, ..., W_m * X].
     rows = max(1, _OPERAND_FLOATS // (m * d))
-    return sum(
-        (Xd[i:i + rows].T @ (W[i:i + rows, :, None] * Xd[i:i + rows, None, :])
-         .reshape(-1, m * d)).reshape(d, m, d).transpose(0, 1)
-        for i in range(0, b, rows))
+
+    def block(i):
+        Xi = dense_rows(Xd[i:i + rows])
+        return (Xi.T @ (W[i:i + rows, :, None] * Xi[:, None, :]).reshape(-1, m * d)
+                ).reshape(d, m, d).transpose(0, 1)
+
+    return sum(block(i) for i in range(0, b, rows))
 
 
 def quadratic_forms(Xd, B):
@@ -239,12 +276,13 @@ def quadratic_forms(Xd, B):
         coefficients = (B + B.transpose(1, 2))[:, a, c]
         coefficients[:, a == c] /= 2
         rows = max(1, _OPERAND_FLOATS // (d * (d + 1) // 2))
-        return torch.cat([_upper_products(Xd[i:i + rows]) @ coefficients.T
+        return torch.cat([_upper_products(dense_rows(Xd[i:i + rows])) @ coefficients.T
                           for i in range(0, b, rows)])
     flat = B.permute(1, 0, 2).reshape(d, m * d)
     rows = max(1, _CACHED_FLOATS // (m * d))
     return torch.cat([
-        torch.bmm((Xd[i:i + rows] @ flat).reshape(-1, m, d), Xd[i:i + rows, :, None])[:, :, 0]
+        torch.bmm((Xd[i:i + rows] @ flat).reshape(-1, m, d),
+                  dense_rows(Xd[i:i + rows])[:, :, None])[:, :, 0]
         for i in range(0, b, rows)])
 
 
@@ -273,7 +311,8 @@ def per_sample_grads(adapter, theta, X, y):
         # g_i = dl/df_i (x) x_i: no per-sample backward pass needed.
         r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X), y,
                                        curvature=False)
-        return (r[:, :, None] * adapter.design(X)[:, None, :]).reshape(len(X), -1)
+        design = dense_rows(adapter.design(X))  # (b, p) gradients: the chunk is bounded
+        return (r[:, :, None] * design[:, None, :]).reshape(len(X), -1)
 
     def loss_one(t, x, target):
         return adapter.sample_loss(adapter.forward(t, x[None]), target[None])[0]

@@ -148,16 +148,18 @@ def lanczos(hvp, p, k, *, dtype, device, generator=None):
     k = min(k, p)
     q = torch.randn(p, dtype=dtype, device=device, generator=generator)
     q = q / q.norm()
-    Q = torch.zeros(p, k, dtype=dtype, device=device)
+    # The Lanczos vectors as rows: each re-orthogonalisation reads contiguous memory
+    # (as columns of a (p, k) matrix, a large p made it most of the run).
+    Q = torch.zeros(k, p, dtype=dtype, device=device)
     alpha = torch.zeros(k, dtype=dtype, device=device)
     beta = torch.zeros(k, dtype=dtype, device=device)
     steps = k
     for j in range(k):
-        Q[:, j] = q
+        Q[j] = q
         w = hvp(q)
         alpha[j] = q @ w
-        w = w - Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)
-        w = w - Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
         b = w.norm()
         if j + 1 < k:
             if b <= 1e-10 * alpha[: j + 1].abs().max().clamp_min(1e-300):
@@ -168,7 +170,7 @@ def lanczos(hvp, p, k, *, dtype, device, generator=None):
     T = torch.diag(alpha[:steps]) + torch.diag(beta[: steps - 1], 1) + torch.diag(
         beta[: steps - 1], -1)
     values, vectors = torch.linalg.eigh(T)
-    return values, Q[:, :steps] @ vectors
+    return values, Q[:steps].T @ vectors
 
 
 class _OperatorInverse:
@@ -201,7 +203,7 @@ class _OperatorInverse:
 
     def _damped(self, V):
         """``(H + damping I) V`` for a vector or, column by column, a (p, m) matrix."""
-        if V.ndim == 1:
+        if V.ndim == 1 or getattr(self._hvp, "batched", False):
             return self._hvp(V) + self.damping * V
         return torch.func.vmap(self._hvp, in_dims=1, out_dims=1)(V) + self.damping * V
 

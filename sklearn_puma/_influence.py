@@ -27,13 +27,32 @@ from ._autodiff import (
     quadratic_forms,
 )
 from ._curvature import make_inverse, resolve_kind
-from ._linear import criterion_derivatives, criterion_jacobian, loo_second_order
+from ._linear import (
+    DUAL_MAX_ROWS,
+    DualInverse,
+    criterion_derivatives,
+    criterion_jacobian,
+    design_matmul,
+    dual_applies,
+    loo_second_order,
+)
+from ._sparse import SparseRows, dense_rows
 from ._threads import map_chunks
 from ._warnings import NonConvexWarning, PartialRemovalWarning, PumaWarning, SolverWarning
 
 
 def _np(tensor):
     return tensor.detach().cpu().numpy().astype(np.float64)
+
+
+def _squared_grad_norms(adapter, theta, X, y):
+    """``||g_i||^2`` per sample; for a model linear in theta ``||dl/df_i||^2 ||[x_i,
+    1]||^2`` (g_i is their outer product), with no (b, p) gradient matrix."""
+    if not adapter.linear_in_params:
+        return (per_sample_grads(adapter, theta, X, y) ** 2).sum(dim=1)
+    r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X), y, curvature=False)
+    norms = X.squared_row_norms() if isinstance(X, SparseRows) else (X * X).sum(dim=1)
+    return (r * r).sum(dim=1) * (norms + adapter.fit_intercept)
 
 
 class Problem:
@@ -46,6 +65,20 @@ class Problem:
         self.X, self.y, self.s = X, y, sample_weight
         self.n = len(X)
         self.hessian_kind = resolve_kind(hessian, adapter.n_params)
+        if hessian == "auto" and self.hessian_kind == "cg" and not gauss_newton and \
+                dual_applies(adapter, self.n, penalty_curvature(adapter, adapter.theta,
+                                                                self.n)):
+            # Too many parameters for the explicit Hessian, few enough rows for the
+            # kernel form: exact solves and leverages instead of iterations.
+            self.hessian_kind = "dual"
+        elif hessian == "dual" and not dual_applies(
+                adapter, self.n, penalty_curvature(adapter, adapter.theta, self.n)):
+            raise ValueError(
+                "hessian='dual' needs a model linear in its parameters with one output "
+                f"(binary or single-output), at most {DUAL_MAX_ROWS} rows, fewer rows "
+                f"than parameters and every weight penalised; this one has "
+                f"{adapter.n_outputs} output(s), {self.n} rows and {adapter.n_params} "
+                "parameters. Use 'cg' or 'auto'.")
         self.damping, self.gauss_newton = damping, gauss_newton
         self.random_state, self.n_jobs = random_state, n_jobs
         # The fitted model is the exact optimum of the tilted objective (see objective()).
@@ -60,8 +93,8 @@ class Problem:
         one weighted per-sample gradient (estimated on up to 512 rows): about zero at an
         optimum, well above 1e-2 for a net stopped after a few epochs."""
         rows = slice(0, min(self.n, 512))
-        G = per_sample_grads(self.adapter, self.theta_hat, self.X[rows], self.y[rows])
-        typical = float(((self.s[rows, None] * G) ** 2).sum(dim=1).mean().sqrt())
+        typical = float((self.s[rows] ** 2 * _squared_grad_norms(
+            self.adapter, self.theta_hat, self.X[rows], self.y[rows])).mean().sqrt())
         gap = float(self.tilt.norm()) / max(typical, 1e-300)
         if gap > 1e-2:
             warnings.warn(
@@ -129,6 +162,8 @@ class Problem:
     def inverse(self, theta, weights):
         """The inverse curvature of ``J_w`` at theta, by the configured solver."""
         adapter = self.adapter
+        if self.hessian_kind == "dual":
+            return self._dual_inverse(theta, weights)
         hvp = hvp_function(adapter, theta, self.X, self.y, weights, self.n,
                            gauss_newton=self.gauss_newton)
 
@@ -156,6 +191,15 @@ class Problem:
                             device=adapter.device, hessian=explicit, hvp=hvp,
                             damping=self.damping, random_state=self.random_state,
                             flat=adapter.flat_directions())
+
+
+    def _dual_inverse(self, theta, weights):
+        adapter = self.adapter
+        _, D = output_loss_derivatives(adapter, adapter.forward(theta, self.X), self.y)
+        # A linear model's loss is convex in its outputs: damping="auto" needs none.
+        damping = 0.0 if self.damping == "auto" else float(self.damping)
+        return DualInverse(adapter, self.X, weights / self.n * D[:, 0, 0],
+                           penalty_curvature(adapter, theta, self.n), damping)
 
 
 # --------------------------------------------------------------------------- values
@@ -209,7 +253,7 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
     H_inv = inverse.matrix().reshape(p, K, -1)
 
     def part(sl):
-        Xd = adapter.design(X[sl])
+        Xd = dense_rows(adapter.design(X[sl]))  # (b, p) per chunk, bounded by size
         b = len(Xd)
         HinvJt = torch.einsum("pkd,bd->bkp", H_inv, Xd)  # (b, K, p)
         M = torch.einsum("bkld,bd->bkl", HinvJt.reshape(b, K, K, -1), Xd)  # J H^-1 J^T
@@ -290,6 +334,8 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights, closed_form=Tr
     """
     adapter = problem.adapter
     p, K = adapter.n_params, adapter.n_outputs
+    if isinstance(inverse, DualInverse):
+        return _dual_loo_values(problem, inverse, criterion, theta, X, y, weights)
     cost = len(X) * criterion.X.shape[0] * p
     if cost <= _EXACT_CRITERION_BUDGET:
         C_hat = criterion(theta)
@@ -315,6 +361,24 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights, closed_form=Tr
     return torch.cat([change(dtheta) for _, dtheta in changes])
 
 
+def _dual_loo_values(problem, inverse, criterion, theta, X, y, weights):
+    """Leave-one-out values of the training rows through the kernel form: the
+    leverage-corrected step ``dtheta_i = c_i z_i H^{-1} [x_i, 1]`` (``z_i = dl_i/df /
+    (1 - h_i)``), with the criterion to first order along it, ``G_C dtheta_i``: one
+    solve for ``H^{-1} G_C^T`` and the leverages from the same factor (p is too large
+    for a parameter-sized vector per row, or the criterion's p x p curvature)."""
+    if X is not problem.X:
+        raise ValueError("Leave-one-out values through hessian='dual' exist for the "
+                         "training rows; value other points with method='first_order'.")
+    adapter = problem.adapter
+    S = inverse.solve(jacobian(criterion, theta).T)  # (p, m)
+    out = adapter.forward(theta, X)
+    M = inverse.quadratic_forms()[:, None, None]
+    c, z, n_singular = _leverage_corrected(problem, out, y, weights, M)
+    _warn_leverage_one([(n_singular,)])
+    return c * z * design_matmul(X, S, adapter.fit_intercept)
+
+
 def loo_own_outputs(problem, X, y, weights):
     """Each labelled point's model output under the model refit without it, (len(X), K).
 
@@ -335,7 +399,7 @@ def loo_own_outputs(problem, X, y, weights):
         def part(sl):
             Xd = adapter.design(X[sl])
             pairs = quadratic_forms(Xd, blocks)
-            M = Xd.new_empty(len(Xd), K, K)
+            M = pairs.new_empty(len(pairs), K, K)
             M[:, k_idx, l_idx] = M[:, l_idx, k_idx] = pairs
             out = adapter.forward(theta, X[sl])
             c, z, n_singular = _leverage_corrected(problem, out, y[sl], weights[sl], M)
@@ -352,6 +416,11 @@ def loo_own_outputs(problem, X, y, weights):
     def first_order(sl):
         G = per_sample_grads(adapter, theta, X[sl], y[sl])
         dtheta = (weights[sl] / problem.n)[:, None] * inverse.solve(G.T).T
+        if adapter.linear_in_params:
+            # Outputs move by J_i dtheta_i: no forward pass per point (and sparse rows).
+            Xd = dense_rows(adapter.design(X[sl]))
+            return adapter.forward(theta, X[sl]) + torch.einsum(
+                "bkd,bd->bk", dtheta.reshape(len(Xd), K, -1), Xd)
         return vmap(lambda d, x: adapter.forward(theta + d, x[None])[0])(dtheta, X[sl])
 
     return torch.cat(map_chunks(first_order, len(X), chunk_size(p * K)))

@@ -12,6 +12,7 @@ ground truth the tests hold these to, and the route for models that are not line
 import numpy as np
 import torch
 
+from ._sparse import SparseRows
 from ._threads import map_chunks, sum_chunks
 
 # Floats one chunk's intermediate (b x width) may hold: 2 MB in float64.  Enough rows
@@ -77,7 +78,9 @@ def design_gram(X, w, intercept):
     On the CPU through numpy, whose BLAS takes ``A^T A`` as a symmetric rank-k update
     (half a GEMM's work); the weights' signs are split so that each part is ``A^T A``.
     """
-    if X.device.type != "cpu":
+    if isinstance(X, SparseRows):
+        G = X.gram(w.numpy())  # one sparse product: its cost is the non-zeros'
+    elif X.device.type != "cpu":
         G = X.T @ (w[:, None] * X)
     else:
         Xn, wn = X.numpy(), w.numpy()
@@ -208,3 +211,109 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
 
     parts = map_chunks(part, len(X), rows_per_chunk(K * q * 2), thread_safe=True)
     return torch.cat([v for v, _ in parts]), sum(n for _, n in parts)
+
+
+# Rows up to which the kernel (dual) form is used when p is too large for the explicit
+# Hessian: its Cholesky factorisation costs n^3/3 and its factor n^2 floats (at 5000
+# rows, 4e10 flops and 200 MB, about a fit of a sparse LogisticRegression on them).
+DUAL_MAX_ROWS = 5000
+
+
+def dual_applies(adapter, n, penalty):
+    """Whether the kernel form fits: one output, more parameters than rows, and every
+    weight penalised (the intercept alone may be free: it is eliminated exactly)."""
+    if not adapter.closed_form or adapter.n_outputs != 1 or n > DUAL_MAX_ROWS:
+        return False
+    d = adapter.n_features
+    return n < adapter.n_params and bool((penalty[:d] > 0).all())
+
+
+class DualInverse:
+    """``H^{-1}`` in the kernel (dual) form for a model linear in theta with one output,
+    exact, for p far above n (a bag-of-words table).
+
+    ``H = Lambda + X^T W X`` on the weights, with ``Lambda`` the penalty's (positive)
+    diagonal and ``W = diag(w_i D_i / n)``, bordered by the unpenalised intercept.  The
+    weight block is inverted by Woodbury around ``M = I + W^1/2 X Lambda^-1 X^T W^1/2``
+    (n x n, eigenvalues >= 1, so its Cholesky factor is well conditioned whatever the
+    curvature), the intercept by its Schur complement.  ``quadratic_forms`` gives every
+    training row's ``z_i^T H^{-1} z_i`` (the leverages) from the same factor, which a
+    Hessian-vector-product solver could only get by one solve per row.
+    """
+
+    name = "dual"
+    min_eigenvalue = None
+
+    def __init__(self, adapter, X, W, penalty, damping=0.0):
+        d = adapter.n_features
+        self.damping = float(damping)
+        self._X, self._intercept = X, adapter.fit_intercept
+        self._lam = penalty[:d] + self.damping
+        self._sw = W.clamp_min(0).sqrt()
+        M = self._kernel()
+        M *= self._sw[:, None]
+        M *= self._sw[None, :]  # W^1/2 X Lambda^-1 X^T W^1/2, in place: n^2 floats once
+        M.diagonal().add_(1.0)
+        self._L = torch.linalg.cholesky(M)
+        del M
+        self._W = W
+        if self._intercept:
+            a = design_rmatmul(X, W[:, None], False)[:, 0]
+            self._u = self._solve_weights(a[:, None])[:, 0]
+            self._schur = float(W.sum() + penalty[d] + self.damping - a @ self._u)
+            if not self._schur > 0:
+                raise FloatingPointError(
+                    f"The intercept's Schur complement is {self._schur:.3g}: the "
+                    "Hessian is singular along the intercept (no row carries weight).")
+
+    def _kernel(self):
+        """``X Lambda^-1 X^T`` (n, n), dense."""
+        X, lam = self._X, self._lam
+        if isinstance(X, SparseRows):
+            import scipy.sparse as sp
+
+            K = X.matrix @ sp.diags(1.0 / lam.numpy()) @ X.matrix.T
+            return torch.from_numpy(np.ascontiguousarray(K.toarray()))
+        return (X / lam) @ X.T
+
+    def _solve_weights(self, B):
+        """``A^{-1} B`` for the weight block ``A = Lambda + X^T W X``, B (d, m)."""
+        T = B / self._lam[:, None]
+        Y = self._sw[:, None] * (self._X @ T)
+        Z = torch.cholesky_solve(Y, self._L)
+        return T - design_rmatmul(self._X, self._sw[:, None] * Z, False) / self._lam[:, None]
+
+    def solve(self, B):
+        vector = B.ndim == 1
+        B = B[:, None] if vector else B
+        if self._intercept:
+            Bw, b0 = B[:-1], B[-1]
+            x0 = (b0 - self._u @ Bw) / self._schur
+            out = torch.cat([self._solve_weights(Bw) - self._u[:, None] * x0, x0[None]])
+        else:
+            out = self._solve_weights(B)
+        return out[:, 0] if vector else out
+
+    def leverages(self):
+        """``h_i = W_i z_i^T H^{-1} z_i`` for every training row (n,), ``z_i = [x_i,
+        1]``: on the weights ``1 - (M^{-1})_ii`` (the hat matrix of the kernel form,
+        from the triangular inverse of the factor: n^3/3), plus ``W_i (1 - x_i . u)^2
+        / s`` for the intercept, ``u = A^{-1} a`` and ``s`` its Schur complement.  As a
+        difference from 1 it is exact to rounding in absolute terms, which is what the
+        correction ``1 / (1 - h_i)`` needs."""
+        from scipy.linalg.lapack import dtrtri
+
+        L_inv, info = dtrtri(self._L.numpy(), lower=1)
+        if info != 0:
+            raise FloatingPointError(f"Inverting the kernel factor failed (LAPACK {info}).")
+        h = 1.0 - torch.from_numpy((L_inv * L_inv).sum(axis=0))
+        if self._intercept:
+            h = h + self._W * (1 - self._X @ self._u) ** 2 / self._schur
+        return h
+
+    def quadratic_forms(self):
+        """``z_i^T H^{-1} z_i`` as ``h_i / W_i`` (0 where a row has no weight, whose
+        leverage is 0 whatever it is): multiplied back by ``W_i`` it is the leverage."""
+        W = self._W
+        safe = torch.where(W > 0, W, torch.ones_like(W))
+        return torch.where(W > 0, self.leverages() / safe, torch.zeros_like(W))

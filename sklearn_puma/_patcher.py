@@ -103,13 +103,17 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         (0, 1) for that fraction of the kept points with the highest values (summed
         over criterion rows), a mask or indices, or a callable
         ``values -> mask or indices``.
-    hessian : {"auto", "exact", "cg", "lissa", "lowrank"}, default="auto"
+    hessian : {"auto", "exact", "dual", "cg", "lissa", "lowrank"}, default="auto"
         Inverse-curvature solver: "exact" builds the Hessian and inverts it (Cholesky
         when certified well-conditioned, a softmax's flat directions set aside; else an
-        eigen-decomposition, pseudo-inverting flat directions); "cg" (conjugate gradients), "lissa" (Neumann series) and
-        "lowrank" (top eigenpairs by Lanczos, the rest damped) use Hessian-vector
-        products only;
-        "auto" is "exact" up to 3000 parameters, else "cg" (``hessian_`` says which).
+        eigen-decomposition, pseudo-inverting flat directions); "dual" inverts it
+        exactly through the n x n kernel of the rows (a linear model with one output
+        and more parameters than rows, e.g. sparse text: leave-one-out values with
+        their leverage correction); "cg" (conjugate gradients), "lissa" (Neumann
+        series) and "lowrank" (top eigenpairs by Lanczos, the rest damped) use
+        Hessian-vector products only. "auto" is "exact" up to 3000 parameters, else
+        "dual" where it applies (at most 5000 rows), else "cg" (``hessian_`` says
+        which).
     damping : "auto" or float, default="auto"
         Added to the curvature's diagonal. "auto" adds nothing to a positive
         semi-definite curvature and shifts an indefinite one by twice its (estimated)
@@ -210,7 +214,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         "solver": [StrOptions({"lasso"}), HasMethods(["fit"])],
         "max_weight": [Interval(Real, 0, None, closed="neither")],
         "upweight": [None, Interval(Real, 0, 1, closed="neither"), "array-like", callable],
-        "hessian": [StrOptions({"auto", "exact", "cg", "lissa", "lowrank"})],
+        "hessian": [StrOptions({"auto", "exact", "dual", "cg", "lissa", "lowrank"})],
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
         "parameters": [StrOptions({"all", "last_layer"})],
         "damping": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
@@ -270,9 +274,17 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         tags.classifier_tags = inner.classifier_tags
         tags.regressor_tags = inner.regressor_tags
         tags.target_tags = inner.target_tags
-        tags.input_tags.sparse = False
+        # Sparse X where the wrapped model takes it (its products then stay sparse).
+        tags.input_tags.sparse = inner.input_tags.sparse
         tags.input_tags.allow_nan = False
         return tags
+
+    def _check_X(self, X, **kwargs):
+        return validate_data(self, X, accept_sparse=self._sparse_formats(), **kwargs)
+
+    def _sparse_formats(self):
+        # CSR is what the row chunks read; other formats are converted to it.
+        return "csr" if get_tags(self._get_estimator()).input_tags.sparse else False
 
     # ------------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=False)
@@ -304,7 +316,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         """
         resolve_criteria(self.criterion)
         X_checked, y_checked = validate_data(
-            self, X, y, multi_output=True, dtype=np.float64, y_numeric=False
+            self, X, y, multi_output=True, dtype=np.float64, y_numeric=False,
+            accept_sparse=self._sparse_formats(),
         )
         n = X_checked.shape[0]
         if sample_weight is not None:
@@ -409,17 +422,19 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                    else ".")
             )
         X_eval, y_eval = eval_set[:2]
-        X_eval = validate_data(self, X_eval, reset=False, dtype=np.float64)
+        X_eval = self._check_X(X_eval, reset=False, dtype=np.float64)
         y_eval = np.asarray(y_eval)
-        if len(y_eval) != len(X_eval):
+        if len(y_eval) != X_eval.shape[0]:
             raise ValueError(
-                f"eval_set has {len(X_eval)} rows in X_eval but {len(y_eval)} in y_eval."
+                f"eval_set has {X_eval.shape[0]} rows in X_eval but {len(y_eval)} in "
+                "y_eval."
             )
         if y_eval.dtype.kind in "fc" and not np.all(np.isfinite(y_eval)):
             raise ValueError("eval_set's y_eval contains NaN or infinity.")
         groups_eval = None
         if len(eval_set) == 3:
-            groups_eval = self._check_groups(eval_set[2], len(X_eval), "eval_set's groups")
+            groups_eval = self._check_groups(eval_set[2], X_eval.shape[0],
+                                             "eval_set's groups")
         adapter = self._problem.adapter
         return (adapter.encode_X(X_eval), adapter.encode_y(self._io.encode_y(y_eval)),
                 groups_eval)
@@ -438,7 +453,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         # The leave-one-out correction is exact for models linear in their parameters
         # and needs the explicit inverse Hessian.
         adapter = self._problem.adapter
-        return adapter.linear_in_params and self._problem.hessian_kind == "exact"
+        return adapter.linear_in_params and self._problem.hessian_kind in ("exact",
+                                                                           "dual")
 
     def _value_method_check(self, method):
         if method == "loo" and not self._loo_exists():
@@ -663,13 +679,13 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             return problem.X, problem.y, problem.s
         if y is None:
             raise ValueError(f"{method}(X, y) needs the labels y of the points in X.")
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = self._check_X(X, reset=False, dtype=np.float64)
         y = np.asarray(y)
-        if len(y) != len(X):
-            raise ValueError(f"X has {len(X)} rows but y has {len(y)}.")
+        if len(y) != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)}.")
         adapter = problem.adapter
         return (adapter.encode_X(X), adapter.encode_y(self._io.encode_y(y)),
-                problem.ones(len(X)))
+                problem.ones(X.shape[0]))
 
     @available_if(_estimator_has("predict_proba"))
     @on_fitted_model
@@ -723,7 +739,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         residual on each output (n, n_outputs * n_rows). First-order, unit weight.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = self._check_X(X, reset=False, dtype=np.float64)
         problem = self._problem
         criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
         return _np(label_free_values(problem, criterion, problem.adapter.encode_X(X)))
@@ -743,28 +759,28 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     def predict(self, X):
         """Predict with the patched estimator."""
         check_is_fitted(self)
-        X_checked = validate_data(self, X, reset=False)
+        X_checked = self._check_X(X, reset=False)
         return self._io.decode(self.estimator_.predict(self._io.X(X, X_checked)))
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
         """Class probabilities of the patched estimator."""
         check_is_fitted(self)
-        X_checked = validate_data(self, X, reset=False)
+        X_checked = self._check_X(X, reset=False)
         return self.estimator_.predict_proba(self._io.X(X, X_checked))
 
     @available_if(_estimator_has("predict_log_proba"))
     def predict_log_proba(self, X):
         """Log class probabilities of the patched estimator."""
         check_is_fitted(self)
-        X_checked = validate_data(self, X, reset=False)
+        X_checked = self._check_X(X, reset=False)
         return self.estimator_.predict_log_proba(self._io.X(X, X_checked))
 
     @available_if(_estimator_has("decision_function"))
     def decision_function(self, X):
         """Decision function of the patched estimator."""
         check_is_fitted(self)
-        X_checked = validate_data(self, X, reset=False)
+        X_checked = self._check_X(X, reset=False)
         return self.estimator_.decision_function(self._io.X(X, X_checked))
 
     @available_if(_estimator_has("score"))
