@@ -24,6 +24,7 @@ _LAZY = {
     "SUPPORTED_ESTIMATORS": "._adapters",
     "UnsupportedEstimatorError": "._adapters",
     "flip_labels": "._datasets",
+    "make_bag_of_words": "._datasets",
     "make_radial": "._datasets",
     "rank_label_errors": "._label_errors",
     "PumaPatcher": "._patcher",
@@ -39,6 +40,7 @@ __all__ = [
     "SolverWarning",
     "UnsupportedEstimatorError",
     "flip_labels",
+    "make_bag_of_words",
     "make_radial",
     "rank_label_errors",
 ]

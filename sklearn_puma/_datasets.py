@@ -160,3 +160,85 @@ def make_radial(n_samples=600, *, n_clusters=6, noise=0.15, radius=3.0, random_s
     if return_clusters:
         return X, y, clusters.astype(np.int64)
     return X, y
+
+
+@validate_params(
+    {
+        "n_samples": [Interval(Integral, 2, None, closed="left")],
+        "n_features": [Interval(Integral, 2, None, closed="left")],
+        "words_per_document": [Interval(Real, 1, None, closed="left")],
+        "n_informative": [Interval(Integral, 2, None, closed="left")],
+        "label_noise": [Interval(Real, 0, 1, closed="both")],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
+def make_bag_of_words(n_samples=2000, n_features=100_000, *, words_per_document=60,
+                      n_informative=2000, label_noise=0.1, random_state=None):
+    """A two-class text table as TF-IDF rows: sparse, with a vocabulary of any size.
+
+    Words are drawn from a Zipf law over the vocabulary (word ``j`` with probability
+    proportional to ``1 / (j + 1)^1.05``, as in natural text), and each document also
+    draws about a sixth as many words from ``n_informative`` class-marked words, half
+    of them marking each class.  Counts become ``log(1 + count) * idf`` with the
+    smoothed idf of scikit-learn's ``TfidfTransformer``, and rows are L2-normalised:
+    what ``TfidfVectorizer(sublinear_tf=True)`` gives on real text.  A ``label_noise``
+    fraction of the labels is then flipped.
+
+    Parameters
+    ----------
+    n_samples : int, default=2000
+    n_features : int, default=100000
+        The vocabulary size (columns); most never occur in a small corpus.
+    words_per_document : float, default=60
+        Mean number of common words per document (Poisson).
+    n_informative : int, default=2000
+        Class-marked words; must not exceed ``n_features``.
+    label_noise : float in [0, 1], default=0.1
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    X : scipy.sparse.csr_matrix of shape (n_samples, n_features)
+    y : ndarray of int of shape (n_samples,)
+
+    Examples
+    --------
+    >>> from sklearn_puma import make_bag_of_words
+    >>> X, y = make_bag_of_words(100, 5000, random_state=0)
+    >>> X.shape, X.format, bool(X.nnz < 100 * 100)
+    ((100, 5000), 'csr', True)
+    """
+    import scipy.sparse as sp
+
+    if n_informative > n_features:
+        raise ValueError(f"n_informative={n_informative} exceeds n_features={n_features}.")
+    rng = check_random_state(random_state)
+    frequency = 1.0 / np.arange(1, n_features + 1) ** 1.05
+    frequency /= frequency.sum()
+    informative = rng.choice(n_features, n_informative, replace=False)
+    marks = informative.reshape(2, -1) if n_informative % 2 == 0 else np.array_split(
+        informative, 2)
+    y = rng.randint(0, 2, n_samples)
+    common = rng.poisson(words_per_document, n_samples) + 1
+    marked = rng.poisson(words_per_document / 6, n_samples) + 1
+    # All draws at once (one cumulative table), then each document's marked words.
+    words = np.searchsorted(np.cumsum(frequency), rng.random_sample(common.sum()))
+    words = np.minimum(words, n_features - 1)
+    owner = np.repeat(np.arange(n_samples), marked)
+    marked_words = np.empty(len(owner), dtype=np.int64)
+    for label, vocabulary in enumerate(marks):
+        mine = y[owner] == label
+        marked_words[mine] = vocabulary[rng.randint(0, len(vocabulary), mine.sum())]
+    rows = np.concatenate([np.repeat(np.arange(n_samples), common), owner])
+    X = sp.csr_matrix((np.ones(len(rows)), (rows, np.concatenate([words, marked_words]))),
+                      shape=(n_samples, n_features))
+    X.sum_duplicates()
+    X.data = np.log1p(X.data)
+    document_frequency = np.bincount(X.indices, minlength=n_features)
+    idf = np.log((1 + n_samples) / (1 + document_frequency)) + 1
+    X = X @ sp.diags(idf)
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X = sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-300)) @ X)
+    flip = rng.random_sample(n_samples) < label_noise
+    return X, np.where(flip, 1 - y, y).astype(np.int64)
