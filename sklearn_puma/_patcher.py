@@ -148,7 +148,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         for autograd passes; -1: every CPU.  Under an external joblib backend
         (``joblib.parallel_config("dask")``) the passes run on its workers.
     verbose : int, default=0
-        Print progress when positive.
+        Print progress when positive: a line per stage, and a progress bar (tqdm) over
+        each pass of 200,000 rows or more. In a Jupyter notebook the bars show
+        whatever ``verbose`` is.
 
     Attributes
     ----------

@@ -32,6 +32,20 @@ _state = {"depth": 0, "restore": None, "controller": None, "executors": {}}
 # read it here rather than through every signature.
 _n_jobs = contextvars.ContextVar("sklearn_puma_n_jobs", default=None)
 _claims = contextvars.ContextVar("sklearn_puma_claims", default=None)
+# Whether long passes show a progress bar: the running estimator's ``verbose``, or a
+# notebook.
+_progress = contextvars.ContextVar("sklearn_puma_progress", default=False)
+
+# Rows from which a pass is long enough for a progress bar (about a second or more).
+PROGRESS_MIN_ROWS = 200_000
+
+
+def _in_notebook():
+    import sys
+
+    shell = sys.modules.get("IPython")
+    shell = shell and getattr(shell, "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 @contextmanager
@@ -41,6 +55,8 @@ def n_jobs_of(estimator):
     import torch
 
     token = _n_jobs.set(getattr(estimator, "n_jobs", None))
+    progress_token = _progress.set(bool(getattr(estimator, "verbose", 0))
+                                   or _in_notebook())
     torch_threads = torch.get_num_threads()
     with ExitStack() as claims:
         stack_token = _claims.set(claims)
@@ -48,6 +64,7 @@ def n_jobs_of(estimator):
             yield
         finally:
             _claims.reset(stack_token)
+            _progress.reset(progress_token)
             _n_jobs.reset(token)
             if torch.get_num_threads() != torch_threads:
                 torch.set_num_threads(torch_threads)
@@ -190,7 +207,8 @@ def _executor(workers):
 
 
 def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
-    """``fn(slice)`` for each chunk of ``range(n)``, yielded in order.
+    """``fn(slice)`` for each chunk of ``range(n)``, yielded in order; with a progress
+    bar over the rows (tqdm) for a long pass under a verbose estimator or in a notebook.
 
     ``size`` bounds the rows of a chunk (its memory).  ``thread_safe`` says that ``fn``
     is plain linear algebra (no autograd transform: torch's forward-mode levels are
@@ -199,12 +217,30 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
     chunks per worker are in flight, so that a reduction over the results holds a few
     of them, not all.
     """
+    chunks = _imap_chunks(fn, n, size, n_jobs, thread_safe)
+    if n < PROGRESS_MIN_ROWS or n <= size or not _progress.get() \
+            or getattr(_worker, "active", False):
+        yield from (result for _, result in chunks)
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # an optional nicety: the pass runs without it
+        yield from (result for _, result in chunks)
+        return
+    name = getattr(fn, "__qualname__", "pass").split(".<locals>")[0]
+    with tqdm(total=n, unit="rows", desc=f"sklearn-puma {name}", leave=False) as bar:
+        for sl, result in chunks:
+            bar.update(sl.stop - sl.start)
+            yield result
+
+
+def _imap_chunks(fn, n, size, n_jobs, thread_safe):
     if n <= size or getattr(_worker, "active", False):
         # One chunk; or already inside a worker, whose siblings hold the CPUs (and
         # waiting on the pool from inside it could deadlock).
         # (No rows: one empty chunk, so that a sum over it is a zero of the right shape.)
-        yield from (fn(slice(start, min(start + size, n)))
-                    for start in range(0, n, size) or [0])
+        yield from ((sl, fn(sl)) for sl in (slice(start, min(start + size, n))
+                                            for start in range(0, n, size) or [0]))
         return
     backend, _ = _external_backend()
     # An external backend runs chunks in its own processes, where autograd is safe.
@@ -213,7 +249,7 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
         size = min(size, max(_MIN_ROWS_PER_WORKER, -(-n // workers)))
     slices = [slice(start, min(start + size, n)) for start in range(0, n, size)]
     if len(slices) <= 1 or workers == 1:
-        yield from (fn(sl) for sl in slices)
+        yield from ((sl, fn(sl)) for sl in slices)
         return
     if backend is not None:
         from joblib import Parallel, delayed
@@ -223,8 +259,8 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
             # A chunk function closes over the whole X: scattered once, it travels to
             # each worker once per pass, not with every chunk.
             fn = client.scatter(fn, hash=False)
-        yield from Parallel(return_as="generator")(
-            delayed(_apply)(fn, sl) for sl in slices)
+        yield from zip(slices, Parallel(return_as="generator")(
+            delayed(_apply)(fn, sl) for sl in slices))
         return
     workers = min(workers, len(slices))
     executor = _executor(workers)
@@ -232,13 +268,15 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
         pending = deque()
         try:
             for sl in slices:
-                pending.append(executor.submit(fn, sl))
+                pending.append((sl, executor.submit(fn, sl)))
                 if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
+                    done, future = pending.popleft()
+                    yield done, future.result()
             while pending:
-                yield pending.popleft().result()
+                done, future = pending.popleft()
+                yield done, future.result()
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
 
 

@@ -314,3 +314,19 @@ def test_values_are_computed_on_first_access_for_the_criterion_at_fit(breast_can
     loss_values = PumaPatcher(criterion="loss").fit(X, y).values_
     np.testing.assert_array_equal(puma.values_, loss_values)
     assert puma.values_ is puma.values_  # computed once, then kept
+
+
+def test_verbose_shows_a_progress_bar_over_long_passes(capsys, monkeypatch):
+    """Passes of PROGRESS_MIN_ROWS rows or more draw a tqdm bar under verbose (on
+    stderr), counting every row; without verbose nothing is drawn."""
+    import sklearn_puma._threads as threads
+
+    monkeypatch.setattr(threads, "PROGRESS_MIN_ROWS", 2000)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12000, 5))
+    y = (X[:, 0] + rng.normal(size=12000) > 0).astype(int)
+    PumaPatcher(LogisticRegression(), n_jobs=1).fit(X, y).values_
+    assert "rows" not in capsys.readouterr().err
+    PumaPatcher(LogisticRegression(), n_jobs=1, verbose=1).fit(X, y).values_
+    err = capsys.readouterr().err
+    assert "sklearn-puma" in err and "/12000" in err and "rows" in err
