@@ -65,20 +65,23 @@ class Problem:
         self.X, self.y, self.s = X, y, sample_weight
         self.n = len(X)
         self.hessian_kind = resolve_kind(hessian, adapter.n_params)
-        if hessian == "auto" and self.hessian_kind == "cg" and not gauss_newton and \
-                dual_applies(adapter, self.n, penalty_curvature(adapter, adapter.theta,
-                                                                self.n)):
-            # Too many parameters for the explicit Hessian, few enough rows for the
-            # kernel form: exact solves and leverages instead of iterations.
-            self.hessian_kind = "dual"
-        elif hessian == "dual" and not dual_applies(
-                adapter, self.n, penalty_curvature(adapter, adapter.theta, self.n)):
-            raise ValueError(
-                "hessian='dual' needs a model linear in its parameters with one output "
-                f"(binary or single-output), at most {DUAL_MAX_ROWS} rows, fewer rows "
-                f"than parameters and every weight penalised; this one has "
-                f"{adapter.n_outputs} output(s), {self.n} rows and {adapter.n_params} "
-                "parameters. Use 'cg' or 'auto'.")
+        if hessian in ("auto", "dual"):
+            fits = dual_applies(adapter, self.n,
+                                penalty_curvature(adapter, adapter.theta, self.n),
+                                sample_weight,
+                                0.0 if damping == "auto" else float(damping))
+            if hessian == "auto" and self.hessian_kind == "cg" and fits:
+                # Too many parameters for the explicit Hessian, few enough rows for the
+                # kernel form: exact solves and leverages instead of iterations.
+                self.hessian_kind = "dual"
+            elif hessian == "dual" and not fits:
+                raise ValueError(
+                    "hessian='dual' needs a model linear in its parameters with one "
+                    f"output (binary or single-output) on the CPU, at most "
+                    f"{DUAL_MAX_ROWS} rows, fewer rows than parameters, every weight "
+                    "penalised and no negative sample weight; this one has "
+                    f"{adapter.n_outputs} output(s), {self.n} rows and "
+                    f"{adapter.n_params} parameters. Use 'cg' or 'auto'.")
         self.damping, self.gauss_newton = damping, gauss_newton
         self.random_state, self.n_jobs = random_state, n_jobs
         # The fitted model is the exact optimum of the tilted objective (see objective()).
@@ -362,21 +365,32 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights, closed_form=Tr
 
 
 def _dual_loo_values(problem, inverse, criterion, theta, X, y, weights):
-    """Leave-one-out values of the training rows through the kernel form: the
+    """Leave-one-out values of the training rows through the kernel form, along the
     leverage-corrected step ``dtheta_i = c_i z_i H^{-1} [x_i, 1]`` (``z_i = dl_i/df /
-    (1 - h_i)``), with the criterion to first order along it, ``G_C dtheta_i``: one
-    solve for ``H^{-1} G_C^T`` and the leverages from the same factor (p is too large
-    for a parameter-sized vector per row, or the criterion's p x p curvature)."""
+    (1 - h_i)``): ``G_C dtheta_i`` from one solve for ``H^{-1} G_C^T``, plus, for a
+    criterion row that is the training loss (the default), its curvature term
+    ``1/2 dtheta_i^T H_C dtheta_i`` from the same factor (``H_C`` is then a multiple
+    of the data term's Hessian).  Other rows (a held-out criterion) are taken to first
+    order along the step: their p x p curvature is not formed at this p."""
     if X is not problem.X:
-        raise ValueError("Leave-one-out values through hessian='dual' exist for the "
-                         "training rows; value other points with method='first_order'.")
+        raise ValueError("Leave-one-out values through hessian='dual' are computed for "
+                         "the training set as fitted (value() with no X, or values_); "
+                         "value other points with method='first_order'.")
     adapter = problem.adapter
     S = inverse.solve(jacobian(criterion, theta).T)  # (p, m)
     out = adapter.forward(theta, X)
     M = inverse.quadratic_forms()[:, None, None]
     c, z, n_singular = _leverage_corrected(problem, out, y, weights, M)
     _warn_leverage_one([(n_singular,)])
-    return c * z * design_matmul(X, S, adapter.fit_intercept)
+    values = c * z * design_matmul(X, S, adapter.fit_intercept)
+    scales = (criterion.training_loss_scales(problem.X, problem.s / problem.n)
+              if criterion.separable else [None])
+    if any(scale is not None for scale in scales):
+        curvature = 0.5 * (c[:, 0] * z[:, 0]) ** 2 * inverse.data_curvature_forms()
+        for r, scale in enumerate(scales):
+            if scale is not None:
+                values[:, r] = values[:, r] + scale * curvature
+    return values
 
 
 def loo_own_outputs(problem, X, y, weights):
@@ -391,6 +405,13 @@ def loo_own_outputs(problem, X, y, weights):
     """
     adapter, theta, inverse = problem.adapter, problem.theta_hat, problem.inverse_hat
     p, K = adapter.n_params, adapter.n_outputs
+    if isinstance(inverse, DualInverse) and X is problem.X and weights is problem.s:
+        # The kernel form's leverages: the same correction, for the training rows.
+        out = adapter.forward(theta, X)
+        M = inverse.quadratic_forms()[:, None, None]
+        c, z, n_singular = _leverage_corrected(problem, out, y, weights, M)
+        _warn_leverage_one([(n_singular,)])
+        return out + c * M[:, :, 0] * z
     if adapter.linear_in_params and hasattr(inverse, "matrix"):
         d = p // K
         k_idx, l_idx = torch.triu_indices(K, K)

@@ -219,13 +219,15 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
 DUAL_MAX_ROWS = 5000
 
 
-def dual_applies(adapter, n, penalty):
-    """Whether the kernel form fits: one output, more parameters than rows, and every
-    weight penalised (the intercept alone may be free: it is eliminated exactly)."""
-    if not adapter.closed_form or adapter.n_outputs != 1 or n > DUAL_MAX_ROWS:
+def dual_applies(adapter, n, penalty, weights, damping=0.0):
+    """Whether the kernel form fits: one output, on the CPU, more parameters than rows,
+    every weight penalised or damped (the intercept alone may be free: it is eliminated
+    exactly), and no negative sample weight (the factor needs ``W^1/2``)."""
+    if not adapter.closed_form or adapter.n_outputs != 1 or n > DUAL_MAX_ROWS \
+            or adapter.device.type != "cpu" or bool((weights < 0).any()):
         return False
     d = adapter.n_features
-    return n < adapter.n_params and bool((penalty[:d] > 0).all())
+    return n < adapter.n_params and bool((penalty[:d] + damping > 0).all())
 
 
 class DualInverse:
@@ -249,7 +251,9 @@ class DualInverse:
         self.damping = float(damping)
         self._X, self._intercept = X, adapter.fit_intercept
         self._lam = penalty[:d] + self.damping
-        self._sw = W.clamp_min(0).sqrt()
+        if bool((W < 0).any()):
+            raise ValueError("The kernel form needs non-negative sample weights.")
+        self._sw = W.sqrt()
         M = self._kernel()
         M *= self._sw[:, None]
         M *= self._sw[None, :]  # W^1/2 X Lambda^-1 X^T W^1/2, in place: n^2 floats once
@@ -294,22 +298,56 @@ class DualInverse:
             out = self._solve_weights(B)
         return out[:, 0] if vector else out
 
-    def leverages(self):
-        """``h_i = W_i z_i^T H^{-1} z_i`` for every training row (n,), ``z_i = [x_i,
-        1]``: on the weights ``1 - (M^{-1})_ii`` (the hat matrix of the kernel form,
-        from the triangular inverse of the factor: n^3/3), plus ``W_i (1 - x_i . u)^2
-        / s`` for the intercept, ``u = A^{-1} a`` and ``s`` its Schur complement.  As a
-        difference from 1 it is exact to rounding in absolute terms, which is what the
-        correction ``1 / (1 - h_i)`` needs."""
-        from scipy.linalg.lapack import dtrtri
+    def _inverse_M(self):
+        # Leverages and curvature forms both read M^-1: one factorisation's inverse
+        # (n^2 floats, like the factor), kept for the second reader.
+        if getattr(self, "_M_inv", None) is None:
+            self._M_inv = self._compute_inverse_M()
+        return self._M_inv
 
-        L_inv, info = dtrtri(self._L.numpy(), lower=1)
+    def _compute_inverse_M(self):
+        from scipy.linalg.lapack import dpotri
+
+        # The lower triangle of M^-1; the upper stays the factor's zeros.
+        M_inv, info = dpotri(self._L.numpy(), lower=1)
         if info != 0:
             raise FloatingPointError(f"Inverting the kernel factor failed (LAPACK {info}).")
-        h = 1.0 - torch.from_numpy((L_inv * L_inv).sum(axis=0))
+        return torch.from_numpy(M_inv)
+
+    def leverages(self):
+        """``h_i = W_i z_i^T H^{-1} z_i`` for every training row (n,), ``z_i = [x_i,
+        1]``: on the weights ``1 - (M^{-1})_ii`` (the hat matrix of the kernel form),
+        plus ``W_i (1 - x_i . u)^2 / s`` for the intercept, ``u = A^{-1} a`` and ``s``
+        its Schur complement.  As a difference from 1 it is exact to rounding in
+        absolute terms, which is what the correction ``1 / (1 - h_i)`` needs."""
+        h = 1.0 - self._inverse_M().diagonal()
         if self._intercept:
             h = h + self._W * (1 - self._X @ self._u) ** 2 / self._schur
         return h
+
+    def data_curvature_forms(self):
+        """``z_i^T H^{-1} H_data H^{-1} z_i`` for every training row (n,), with
+        ``H_data = Z^T W Z`` the data term's Hessian: ``diag(G W G)`` for ``G = Z H^{-1}
+        Z^T``.  On the weights ``W^1/2 G W^1/2 = I - M^{-1}`` (Woodbury), so that part
+        is ``||(I - M^{-1}) e_i||^2 / W_i``; the intercept adds the rank-one
+        ``t t^T / s`` (``t = 1 - X u``) to G, and its cross terms."""
+        E = -self._inverse_M()  # the lower triangle of I - M^-1 (a new tensor)
+        E.diagonal().add_(1.0)
+        E.square_()
+        # Column norms of the symmetric matrix from its lower triangle: column and row
+        # sums, the diagonal counted once.
+        norms = E.sum(dim=0) + E.sum(dim=1) - E.diagonal()
+        del E
+        W = self._W
+        safe = torch.where(W > 0, W, torch.ones_like(W))
+        forms = torch.where(W > 0, norms / safe, torch.zeros_like(W))
+        if self._intercept:
+            t = 1 - self._X @ self._u
+            G_w_Wt = self._X @ self._solve_weights(
+                design_rmatmul(self._X, (W * t)[:, None], False))[:, 0]
+            forms = forms + 2 * t * G_w_Wt / self._schur \
+                + t**2 * float(t @ (W * t)) / self._schur**2
+        return forms
 
     def quadratic_forms(self):
         """``z_i^T H^{-1} z_i`` as ``h_i / W_i`` (0 where a row has no weight, whose

@@ -462,8 +462,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if method == "loo" and not self._loo_exists():
             raise ValueError(
                 "Leave-one-out values need a model linear in its parameters (or "
-                "parameters='last_layer') and hessian='exact' (or 'auto'); use "
-                "'first_order' or 'auto'."
+                "parameters='last_layer') and hessian='exact' or 'dual' (or 'auto' "
+                "resolving to one of them); use 'first_order' or 'auto'."
             )
 
     def _value_method(self, adapter):

@@ -37,7 +37,11 @@ class SparseRows:
 
     def __init__(self, matrix):
         matrix = sp.csr_matrix(matrix, dtype=np.float64)
-        matrix.sum_duplicates()  # canonical: sorted indices, no duplicate entries
+        if not matrix.has_canonical_format:
+            # Sorted indices without duplicates, on a copy: the user's matrix (whose
+            # arrays csr_matrix shares) is never rewritten.
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
         self.matrix = matrix
 
     @property
@@ -76,9 +80,11 @@ class SparseRows:
         if n * d > _DENSE_LIMIT:
             raise MemoryError(
                 f"This step needs {n} sparse rows as a dense ({n} x {d}) array "
-                f"({n * d * 8 / 2**30:.1f} GiB). On sparse data with many features use "
-                "a separable criterion (the built-in losses and per-class losses are) "
-                "and hessian='cg' or 'auto'."
+                f"({n * d * 8 / 2**30:.1f} GiB). Networks read sparse X as dense rows: "
+                "reduce the features first (TruncatedSVD, feature selection). Linear "
+                "models keep it sparse except for a criterion that needs autodiff "
+                "through the data (the fairness criteria, a callable): use a built-in "
+                "loss criterion there."
             )
         return torch.from_numpy(self.matrix.toarray())
 
