@@ -22,13 +22,14 @@ import functools
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import has_fit_parameter
 
-from ._sparse import SparseRows, as_design, is_sparse, with_ones
+from ._sparse import SparseRows, as_design, with_ones
 
 SUPPORTED_ESTIMATORS = (
     "LogisticRegression (penalty 'l2' or None, solver other than 'liblinear')",
@@ -246,10 +247,9 @@ class Adapter:
         return None if closed_form is None else closed_form(out, y, curvature, **keywords)
 
     def encode_X(self, X):
-        if is_sparse(X):
+        if sp.issparse(X):
             # Models linear in theta read sparse rows through their products (the
             # passes only ever multiply X); the rest take them dense, a bounded copy.
-            X = X.matrix if isinstance(X, SparseRows) else X
             if self.sparse_design:
                 return as_design(X, self.dtype, self.device)
             X = SparseRows(X).to_dense().numpy()

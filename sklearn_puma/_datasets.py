@@ -180,10 +180,10 @@ def make_bag_of_words(n_samples=2000, n_features=100_000, *, words_per_document=
     Words are drawn from a Zipf law over the vocabulary (word ``j`` with probability
     proportional to ``1 / (j + 1)^1.05``, as in natural text), and each document also
     draws about a sixth as many words from ``n_informative`` class-marked words, half
-    of them marking each class.  Counts become ``log(1 + count) * idf`` with the
-    smoothed idf of scikit-learn's ``TfidfTransformer``, and rows are L2-normalised:
-    what ``TfidfVectorizer(sublinear_tf=True)`` gives on real text.  A ``label_noise``
-    fraction of the labels is then flipped.
+    of them marking each class.  The counts go through scikit-learn's
+    ``TfidfTransformer(sublinear_tf=True)`` (``(1 + log count) * idf``, smoothed idf,
+    rows L2-normalised): what ``TfidfVectorizer(sublinear_tf=True)`` gives on real
+    text.  A ``label_noise`` fraction of the labels is then flipped.
 
     Parameters
     ----------
@@ -210,6 +210,7 @@ def make_bag_of_words(n_samples=2000, n_features=100_000, *, words_per_document=
     ((100, 5000), 'csr', True)
     """
     import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfTransformer
 
     if n_informative > n_features:
         raise ValueError(f"n_informative={n_informative} exceeds n_features={n_features}.")
@@ -217,8 +218,7 @@ def make_bag_of_words(n_samples=2000, n_features=100_000, *, words_per_document=
     frequency = 1.0 / np.arange(1, n_features + 1) ** 1.05
     frequency /= frequency.sum()
     informative = rng.choice(n_features, n_informative, replace=False)
-    marks = informative.reshape(2, -1) if n_informative % 2 == 0 else np.array_split(
-        informative, 2)
+    marks = np.array_split(informative, 2)
     y = rng.randint(0, 2, n_samples)
     common = rng.poisson(words_per_document, n_samples) + 1
     marked = rng.poisson(words_per_document / 6, n_samples) + 1
@@ -231,14 +231,10 @@ def make_bag_of_words(n_samples=2000, n_features=100_000, *, words_per_document=
         mine = y[owner] == label
         marked_words[mine] = vocabulary[rng.randint(0, len(vocabulary), mine.sum())]
     rows = np.concatenate([np.repeat(np.arange(n_samples), common), owner])
-    X = sp.csr_matrix((np.ones(len(rows)), (rows, np.concatenate([words, marked_words]))),
-                      shape=(n_samples, n_features))
-    X.sum_duplicates()
-    X.data = np.log1p(X.data)
-    document_frequency = np.bincount(X.indices, minlength=n_features)
-    idf = np.log((1 + n_samples) / (1 + document_frequency)) + 1
-    X = X @ sp.diags(idf)
-    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
-    X = sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-300)) @ X)
+    columns = np.concatenate([words, marked_words])
+    # Repeated (row, word) pairs are summed into counts on conversion to CSR.
+    counts = sp.csr_matrix((np.ones(len(rows)), (rows, columns)),
+                           shape=(n_samples, n_features))
+    X = TfidfTransformer(sublinear_tf=True).fit_transform(counts).tocsr()
     flip = rng.random_sample(n_samples) < label_noise
     return X, np.where(flip, 1 - y, y).astype(np.int64)

@@ -65,16 +65,16 @@ class Problem:
         self.X, self.y, self.s = X, y, sample_weight
         self.n = len(X)
         self.hessian_kind = resolve_kind(hessian, adapter.n_params)
-        if hessian in ("auto", "dual"):
+        if hessian == "dual" or (hessian == "auto" and self.hessian_kind == "cg"):
             fits = dual_applies(adapter, self.n,
                                 penalty_curvature(adapter, adapter.theta, self.n),
                                 sample_weight,
                                 0.0 if damping == "auto" else float(damping))
-            if hessian == "auto" and self.hessian_kind == "cg" and fits:
+            if fits:
                 # Too many parameters for the explicit Hessian, few enough rows for the
                 # kernel form: exact solves and leverages instead of iterations.
                 self.hessian_kind = "dual"
-            elif hessian == "dual" and not fits:
+            elif hessian == "dual":
                 raise ValueError(
                     "hessian='dual' needs a model linear in its parameters with one "
                     f"output (binary or single-output) on the CPU, at most "
@@ -378,10 +378,7 @@ def _dual_loo_values(problem, inverse, criterion, theta, X, y, weights):
                          "value other points with method='first_order'.")
     adapter = problem.adapter
     S = inverse.solve(jacobian(criterion, theta).T)  # (p, m)
-    out = adapter.forward(theta, X)
-    M = inverse.quadratic_forms()[:, None, None]
-    c, z, n_singular = _leverage_corrected(problem, out, y, weights, M)
-    _warn_leverage_one([(n_singular,)])
+    _, _, c, z = _dual_corrected(problem, inverse, y, weights)
     values = c * z * design_matmul(X, S, adapter.fit_intercept)
     scales = (criterion.training_loss_scales(problem.X, problem.s / problem.n)
               if criterion.separable else [None])
@@ -391,6 +388,16 @@ def _dual_loo_values(problem, inverse, criterion, theta, X, y, weights):
             if scale is not None:
                 values[:, r] = values[:, r] + scale * curvature
     return values
+
+
+def _dual_corrected(problem, inverse, y, weights):
+    """``(out, M, c, z)`` of the push-through identity (``_leverage_corrected``) for
+    the training rows, with ``M_i = z_i^T H^{-1} z_i`` from the kernel form."""
+    out = problem.adapter.forward(problem.theta_hat, problem.X)
+    M = inverse.quadratic_forms()[:, None, None]
+    c, z, n_singular = _leverage_corrected(problem, out, y, weights, M)
+    _warn_leverage_one([(n_singular,)])
+    return out, M[:, :, 0], c, z
 
 
 def loo_own_outputs(problem, X, y, weights):
@@ -407,11 +414,8 @@ def loo_own_outputs(problem, X, y, weights):
     p, K = adapter.n_params, adapter.n_outputs
     if isinstance(inverse, DualInverse) and X is problem.X and weights is problem.s:
         # The kernel form's leverages: the same correction, for the training rows.
-        out = adapter.forward(theta, X)
-        M = inverse.quadratic_forms()[:, None, None]
-        c, z, n_singular = _leverage_corrected(problem, out, y, weights, M)
-        _warn_leverage_one([(n_singular,)])
-        return out + c * M[:, :, 0] * z
+        out, M, c, z = _dual_corrected(problem, inverse, y, weights)
+        return out + c * M * z
     if adapter.linear_in_params and hasattr(inverse, "matrix"):
         d = p // K
         k_idx, l_idx = torch.triu_indices(K, K)

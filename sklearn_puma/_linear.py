@@ -298,21 +298,38 @@ class DualInverse:
             out = self._solve_weights(B)
         return out[:, 0] if vector else out
 
-    def _inverse_M(self):
-        # Leverages and curvature forms both read M^-1: one factorisation's inverse
-        # (n^2 floats, like the factor), kept for the second reader.
-        if getattr(self, "_M_inv", None) is None:
-            self._M_inv = self._compute_inverse_M()
-        return self._M_inv
+    def _hat_forms(self):
+        """``(h, forms)``: ``leverages`` and ``data_curvature_forms`` together, from one
+        inverse of M (n^3/3), kept as two n-vectors for later readers (the n x n
+        inverse itself is dropped)."""
+        if getattr(self, "_forms", None) is None:
+            from scipy.linalg.lapack import dpotri
 
-    def _compute_inverse_M(self):
-        from scipy.linalg.lapack import dpotri
-
-        # The lower triangle of M^-1; the upper stays the factor's zeros.
-        M_inv, info = dpotri(self._L.numpy(), lower=1)
-        if info != 0:
-            raise FloatingPointError(f"Inverting the kernel factor failed (LAPACK {info}).")
-        return torch.from_numpy(M_inv)
+            # The lower triangle of M^-1; the upper stays the factor's zeros.
+            M_inv, info = dpotri(self._L.numpy(), lower=1)
+            if info != 0:
+                raise FloatingPointError(
+                    f"Inverting the kernel factor failed (LAPACK {info}).")
+            E = -torch.from_numpy(M_inv)  # the lower triangle of I - M^-1
+            E.diagonal().add_(1.0)
+            h = E.diagonal().clone()  # 1 - (M^-1)_ii
+            E.square_()
+            # Column norms of the symmetric matrix from its lower triangle: column and
+            # row sums, the diagonal counted once.
+            norms = E.sum(dim=0) + E.sum(dim=1) - E.diagonal()
+            del E, M_inv
+            W = self._W
+            safe = torch.where(W > 0, W, torch.ones_like(W))
+            forms = torch.where(W > 0, norms / safe, torch.zeros_like(W))
+            if self._intercept:
+                t = 1 - self._X @ self._u
+                h = h + W * t**2 / self._schur
+                G_w_Wt = self._X @ self._solve_weights(
+                    design_rmatmul(self._X, (W * t)[:, None], False))[:, 0]
+                forms = forms + 2 * t * G_w_Wt / self._schur \
+                    + t**2 * float(t @ (W * t)) / self._schur**2
+            self._forms = h, forms
+        return self._forms
 
     def leverages(self):
         """``h_i = W_i z_i^T H^{-1} z_i`` for every training row (n,), ``z_i = [x_i,
@@ -320,10 +337,7 @@ class DualInverse:
         plus ``W_i (1 - x_i . u)^2 / s`` for the intercept, ``u = A^{-1} a`` and ``s``
         its Schur complement.  As a difference from 1 it is exact to rounding in
         absolute terms, which is what the correction ``1 / (1 - h_i)`` needs."""
-        h = 1.0 - self._inverse_M().diagonal()
-        if self._intercept:
-            h = h + self._W * (1 - self._X @ self._u) ** 2 / self._schur
-        return h
+        return self._hat_forms()[0]
 
     def data_curvature_forms(self):
         """``z_i^T H^{-1} H_data H^{-1} z_i`` for every training row (n,), with
@@ -331,23 +345,7 @@ class DualInverse:
         Z^T``.  On the weights ``W^1/2 G W^1/2 = I - M^{-1}`` (Woodbury), so that part
         is ``||(I - M^{-1}) e_i||^2 / W_i``; the intercept adds the rank-one
         ``t t^T / s`` (``t = 1 - X u``) to G, and its cross terms."""
-        E = -self._inverse_M()  # the lower triangle of I - M^-1 (a new tensor)
-        E.diagonal().add_(1.0)
-        E.square_()
-        # Column norms of the symmetric matrix from its lower triangle: column and row
-        # sums, the diagonal counted once.
-        norms = E.sum(dim=0) + E.sum(dim=1) - E.diagonal()
-        del E
-        W = self._W
-        safe = torch.where(W > 0, W, torch.ones_like(W))
-        forms = torch.where(W > 0, norms / safe, torch.zeros_like(W))
-        if self._intercept:
-            t = 1 - self._X @ self._u
-            G_w_Wt = self._X @ self._solve_weights(
-                design_rmatmul(self._X, (W * t)[:, None], False))[:, 0]
-            forms = forms + 2 * t * G_w_Wt / self._schur \
-                + t**2 * float(t @ (W * t)) / self._schur**2
-        return forms
+        return self._hat_forms()[1]
 
     def quadratic_forms(self):
         """``z_i^T H^{-1} z_i`` as ``h_i / W_i`` (0 where a row has no weight, whose

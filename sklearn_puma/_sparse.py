@@ -19,10 +19,6 @@ import torch
 _DENSE_LIMIT = 2**27
 
 
-def is_sparse(X):
-    return sp.issparse(X) or isinstance(X, SparseRows)
-
-
 def _is_plain(B):
     # A tensor scipy can read without breaking autograd or a torch.func transform.
     return (isinstance(B, torch.Tensor) and type(B) is torch.Tensor
@@ -70,10 +66,6 @@ class SparseRows:
     @property
     def T(self):
         return _Transposed(self.matrix)
-
-    @property
-    def nnz(self):
-        return self.matrix.nnz
 
     def to_dense(self):
         n, d = self.matrix.shape

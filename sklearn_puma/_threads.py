@@ -18,7 +18,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 
 # Below this many rows per chunk, handing chunks to threads costs more than it saves.
 _MIN_ROWS_PER_WORKER = 4096
@@ -217,7 +217,13 @@ def imap_chunks(fn, n, size, n_jobs=None, thread_safe=False):
     chunks per worker are in flight, so that a reduction over the results holds a few
     of them, not all.
     """
-    chunks = _imap_chunks(fn, n, size, n_jobs, thread_safe)
+    with closing(_imap_chunks(fn, n, size, n_jobs, thread_safe)) as chunks:
+        yield from _with_progress(chunks, fn, n, size)
+
+
+def _with_progress(chunks, fn, n, size):
+    """The results of ``chunks`` ((slice, result) pairs), counted by a progress bar for
+    a long pass under a verbose estimator or in a notebook."""
     if n < PROGRESS_MIN_ROWS or n <= size or not _progress.get() \
             or getattr(_worker, "active", False):
         yield from (result for _, result in chunks)
