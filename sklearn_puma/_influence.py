@@ -88,6 +88,13 @@ class Problem:
         self.tilt = gradient(adapter, self.theta_hat, X, y, sample_weight, self.n,
                              n_jobs=n_jobs)
         self.optimality_gap = self._optimality_gap()
+        # A convex model fitted to near its optimum (scikit-learn's default tol) is
+        # patched on its own objective: the patch then finishes the fit's convergence
+        # and lands exactly on the refit with sample_weight_.  A model far from an
+        # optimum (a net, SGD stopped early) keeps the tilt, so that a patch moves it
+        # by the removal only.
+        self.tilted = not (adapter.linear_in_params and self.optimality_gap <= 1e-2)
+        self._patch_tilt = self.tilt if self.tilted else None
         self._hessian_hat = self._objective_hat = None
         self._inverse_hat = self.inverse(self.theta_hat, sample_weight)
 
@@ -140,24 +147,26 @@ class Problem:
 
     def grad(self, theta, weights):
         if theta is self.theta_hat:
-            # The tilted objective's gradient vanishes at the fitted model: reweighted,
-            # only the rows whose weight changed contribute (no pass over all n).
-            return gradient(self.adapter, theta, *self._changed(weights), self.n,
-                            n_jobs=self.n_jobs, with_penalty=False)
+            # The tilted objective's gradient vanishes at the fitted model (the untilted
+            # one's is the tilt): reweighted, only the rows whose weight changed add to
+            # it (no pass over all n).
+            changed = gradient(self.adapter, theta, *self._changed(weights), self.n,
+                               n_jobs=self.n_jobs, with_penalty=False)
+            return changed if self.tilted else changed + self.tilt
         return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
-                        tilt=self.tilt, n_jobs=self.n_jobs)
+                        tilt=self._patch_tilt, n_jobs=self.n_jobs)
 
     def objective(self, theta, weights):
         if theta is self.theta_hat:
             if self._objective_hat is None:
                 self._objective_hat = objective_value(
-                    self.adapter, theta, self.X, self.y, self.s, self.n, tilt=self.tilt,
-                    n_jobs=self.n_jobs)
+                    self.adapter, theta, self.X, self.y, self.s, self.n,
+                    tilt=self._patch_tilt, n_jobs=self.n_jobs)
             return self._objective_hat + objective_value(
                 self.adapter, theta, *self._changed(weights), self.n, n_jobs=self.n_jobs,
                 with_penalty=False)
         return objective_value(self.adapter, theta, self.X, self.y, weights, self.n,
-                               tilt=self.tilt, n_jobs=self.n_jobs)
+                               tilt=self._patch_tilt, n_jobs=self.n_jobs)
 
     def ones(self, n):
         return torch.ones(n, dtype=self.adapter.dtype, device=self.adapter.device)
@@ -492,7 +501,7 @@ def label_free_values(problem, criterion, X):
 # -------------------------------------------------------------- compensation weights
 
 
-def compensation_weights(V, change, *, alpha, max_weight, solver="lasso"):
+def compensation_weights(V, change, *, alpha, max_weight, solver="lasso", penalty=None):
     """Compensation weights for a predicted criterion change ``change`` (m,).
 
     ``V`` is (m, u): the first-order values of the up-weightable points; weights ``lam``
@@ -507,8 +516,14 @@ def compensation_weights(V, change, *, alpha, max_weight, solver="lasso"):
     a fraction of ``alpha_max = max(V^T max(change, 0)) / m``, the smallest penalty whose
     solution is zero.  ``solver`` is "lasso" (the problem above, bounded L-BFGS-B) or a
     scikit-learn linear regressor exposing ``coef_``, fitted to the two-sided target.
+    ``max_weight`` is a scalar or one bound per point (the measured rounds of a patch
+    bound each point's increment by what is left of its box and by a trust radius).
+    ``penalty``, where given, is ``alpha_abs`` itself (in the units of ``V`` and
+    ``change``): the measured rounds keep the first solve's, so that they solve one
+    problem instead of cancelling a fixed share of each round's residual.
     """
     m, u = V.shape
+    max_weight = np.broadcast_to(np.asarray(max_weight, dtype=np.float64), (u,))
     target = np.maximum(change, 0.0)
     scale = np.linalg.norm(target)
     if u == 0 or scale == 0:
@@ -517,12 +532,20 @@ def compensation_weights(V, change, *, alpha, max_weight, solver="lasso"):
     # scales along) and keeps the solver's absolute tolerances meaningful.
     V, change, target = V / scale, change / scale, target / scale
     alpha_max = float(np.max(V.T @ target)) / m
-    if alpha_max <= 0 or alpha >= 1:
+    if alpha_max <= 0 or alpha >= 1 or not np.any(max_weight > 0):
         return np.zeros(u)
-    alpha_abs = alpha * alpha_max
+    alpha_abs = alpha * alpha_max if penalty is None else penalty / scale**2
+    if alpha_abs >= alpha_max:
+        return np.zeros(u)
     if isinstance(solver, str):
         return _bounded_lasso(V, change, alpha_abs, max_weight)
     return _sklearn_solver(solver, V, target, alpha_abs, max_weight)
+
+
+def compensation_penalty(V, change, alpha):
+    """``alpha_abs`` of ``compensation_weights`` in the units of ``V`` and ``change``."""
+    m = V.shape[0]
+    return alpha * float(np.max(V.T @ np.maximum(change, 0.0), initial=0.0)) / m
 
 
 def _bounded_lasso(V, change, alpha_abs, max_weight):
@@ -542,19 +565,22 @@ def _bounded_lasso(V, change, alpha_abs, max_weight):
     def dual(mu):
         excess = V.T @ mu - alpha_abs
         active = excess > 0
-        value = mu @ change - 0.5 * m * mu @ mu - max_weight * excess[active].sum()
-        return -value, -(change - m * mu - max_weight * V[:, active].sum(axis=1))
+        value = mu @ change - 0.5 * m * mu @ mu - max_weight[active] @ excess[active]
+        return -value, -(change - m * mu - V[:, active] @ max_weight[active])
 
     mu = minimize(dual, np.zeros(m), jac=True, method="L-BFGS-B",
                   bounds=[(0, None)] * m).x
-    working = np.flatnonzero(V.T @ mu >= 0.5 * alpha_abs)
+    open_box = max_weight > 0
+    working = np.flatnonzero((V.T @ mu >= 0.5 * alpha_abs) & open_box)
     lam = np.zeros(u)
     for _ in range(50):
         lam[:] = 0
-        lam[working] = _bounded_lasso_on(V[:, working], change, alpha_abs, max_weight)
+        lam[working] = _bounded_lasso_on(V[:, working], change, alpha_abs,
+                                         max_weight[working])
         shortfall = np.maximum(change - V @ lam, 0.0)
         gradient = -V.T @ shortfall / m + alpha_abs
-        entering = np.flatnonzero((gradient < -1e-9 * max(alpha_abs, 1e-12)) & (lam == 0))
+        entering = np.flatnonzero((gradient < -1e-9 * max(alpha_abs, 1e-12)) & (lam == 0)
+                                  & open_box)
         entering = np.setdiff1d(entering, working)
         if entering.size == 0:
             return lam
@@ -576,9 +602,9 @@ def _bounded_lasso_one_row(v, change, alpha_abs, max_weight):
         if v[j] <= 0 or shortfall * v[j] <= alpha_abs:
             break  # this point (and every later one) costs more than it recovers
         # The weight that brings the shortfall down to alpha / v_j, within the box.
-        lam[j] = min(max_weight, (shortfall - alpha_abs / v[j]) / v[j])
+        lam[j] = min(max_weight[j], (shortfall - alpha_abs / v[j]) / v[j])
         shortfall -= lam[j] * v[j]
-        if lam[j] < max_weight:
+        if lam[j] < max_weight[j]:
             break
     return lam
 
@@ -595,7 +621,7 @@ def _bounded_lasso_on(V, change, alpha_abs, max_weight):
 
     res = minimize(
         fun, np.zeros(u), jac=True, method="L-BFGS-B",
-        bounds=Bounds(np.zeros(u), np.full(u, max_weight)),
+        bounds=Bounds(np.zeros(u), max_weight),
         options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-12},
     )
     lam = np.clip(res.x, 0.0, max_weight)
@@ -627,7 +653,7 @@ def _sklearn_solver(solver, V, target, alpha_abs, max_weight):
     if clipped:
         warnings.warn(
             f"{type(est).__name__} gave {clipped} weight(s) outside [0, max_weight="
-            f"{max_weight}]; they were clipped.",
+            f"{float(max_weight.max()):g}]; they were clipped.",
             SolverWarning,
             stacklevel=4,
         )
@@ -649,15 +675,19 @@ class PatchResult:
 
 
 def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, solver,
-          n_steps, delta):
+          n_steps, delta, max_rounds=20):
     """Remove the points in ``remove_mask`` (DESIGN section 3).
 
     Each step re-linearises at the current parameters: the measured criterion change so
     far plus the predicted change of a Newton step with the marked points removed is the
     target the up-weights must cancel (only on rows that worsen); the weights come from
-    the bounded Lasso solve; then one Newton step on the reweighted objective.
-    Finally the step is shortened (eta) until every criterion row, measured, worsens by
-    at most ``delta``.
+    the bounded Lasso solve; then one Newton step on the reweighted objective.  The last
+    set of weights is converged on (``_converge``).
+
+    Where the converged patch, measured, still worsens a row by more than ``delta`` (the
+    first-order prediction of the weights' effect fails: a few heavy up-weights saturate),
+    measured rounds follow (``_hold_delta``).  Only if they too fail is the step
+    shortened (eta) until every row, measured, worsens by at most ``delta``.
     """
     s = problem.s
     device = problem.adapter.device
@@ -672,86 +702,170 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     chord = problem.adapter.linear_in_params and problem.hessian_kind == "exact" \
         and not problem.gauss_newton
 
-    for step_index in range(n_steps):
-        # The last of several steps keeps the weights: a pure Newton step on J_w polishes
-        # the patch towards the model retrained with sample_weight_ (which a weight that
-        # still moved would miss).
-        if step_index == 0 or step_index < n_steps - 1:
-            G_C = jacobian(criterion, theta)
-            # At the fitted model there is no drift yet: no pass to measure it.
-            drift = (torch.zeros_like(C0) if theta is theta_hat
-                     else criterion(theta).detach() - C0)
-            a = drift - G_C @ inverse.solve(problem.grad(theta, base_weights))
-            V = first_order_values(problem, inverse, criterion, theta, problem.X,
-                                   problem.y, s, rows=up_idx, G_C=G_C)
-            lam_up = compensation_weights(_np(V.T), _np(a), alpha=alpha,
-                                          max_weight=max_weight, solver=solver)
-            weights = base_weights.clone()
-            weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam_up).to(weights))
-        last = step_index == n_steps - 1
+    def weighted(lam):
+        weights = base_weights.clone()
+        weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam).to(weights))
+        return weights
+
+    def curvature(theta, weights):
         # A convex linear model keeps the fitted Hessian, updated over the rows whose
-        # weight changed (no pass over the data; once per set of weights, and the last
-        # step keeps them), and polishes with chord steps on the exact gradient: each
-        # costs a gradient pass, a fresh Hessian n p^2.
-        if not (chord and last and step_index > 0):
-            # Damping is settled afresh at each step: the curvature where a net's patch
-            # lands can be more indefinite than at the fitted model.
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", NonConvexWarning)
-                inverse = problem.inverse(theta_hat if chord else theta, weights)
-            nonconvex += [w for w in caught if issubclass(w.category, NonConvexWarning)]
-            for w in caught:
-                if not issubclass(w.category, NonConvexWarning):
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if chord and last:
-            # The polish's first chord step is this step's Newton step.
-            theta = _chord_polish(problem, theta, weights, inverse)
-        else:
+        # weight changed (no pass over the data).  Damping is settled afresh each time:
+        # the curvature where a net's patch lands can be more indefinite than at the fit.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonConvexWarning)
+            inverse = problem.inverse(theta_hat if chord else theta, weights)
+        nonconvex.extend(w for w in caught if issubclass(w.category, NonConvexWarning))
+        for w in caught:
+            if not issubclass(w.category, NonConvexWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return inverse
+
+    def converge(theta, weights, steps=n_steps):
+        """The optimum of ``J_w`` from ``theta``: chord steps polished to a negligible
+        gradient for a convex linear model, ``steps`` Newton steps otherwise."""
+        inverse = curvature(theta, weights)
+        if chord:
+            return _chord_polish(problem, theta, weights, inverse), inverse
+        for step_index in range(steps):
             theta = _newton_step(problem, theta, weights, inverse)
+            if step_index < steps - 1:
+                inverse = curvature(theta, weights)
+        return theta, inverse
+
+    for step_index in range(max(n_steps - 1, 1)):
+        G_C = jacobian(criterion, theta)
+        # At the fitted model there is no drift yet: no pass to measure it.
+        drift = (torch.zeros_like(C0) if theta is theta_hat
+                 else criterion(theta).detach() - C0)
+        a = drift - G_C @ inverse.solve(problem.grad(theta, base_weights))
+        V = first_order_values(problem, inverse, criterion, theta, problem.X,
+                               problem.y, s, rows=up_idx, G_C=G_C)
+        lam_up = compensation_weights(_np(V.T), _np(a), alpha=alpha,
+                                      max_weight=max_weight, solver=solver)
+        if step_index == 0:
+            penalty = compensation_penalty(_np(V.T), _np(a), alpha)
+        weights = weighted(lam_up)
+        if step_index < n_steps - 2:
+            inverse = curvature(theta, weights)
+            theta = _newton_step(problem, theta, weights, inverse)
+    # The last weights are kept while the patch converges on them: the patch is then the
+    # model retrained with sample_weight_ (which a weight that still moved would miss).
+    theta, inverse = converge(theta, weights, steps=1)
+    full_change = _np(criterion(theta).detach() - C0)
+    rounds = None
+    if full_change.max() > 0 and len(up_idx) and alpha < 1:
+        theta, lam_up, full_change, rounds = _compensate_measured(
+            problem, criterion, C0, theta, lam_up, full_change, inverse, up_idx,
+            weighted=weighted, converge=converge, alpha=alpha, penalty=penalty,
+            max_weight=max_weight, solver=solver, delta=delta, max_rounds=max_rounds)
     if nonconvex:
         # One warning for the patch, not one per Newton step: the last step's figure.
         warnings.warn(
-            f"During the patch ({len(nonconvex)} of {n_steps} Newton steps): "
+            f"During the patch ({len(nonconvex)} curvature solves): "
             f"{nonconvex[-1].message}", NonConvexWarning, stacklevel=3)
 
     step = theta - theta_hat
-    at_patch = criterion(theta).detach()
-    full_change = _np(at_patch - C0)
     eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)
-    if eta == 1.0:  # the full patch, as measured
-        theta_mod, after = theta, at_patch
-    else:
-        theta_mod = theta_hat + eta * step
-        after = criterion(theta_mod).detach()
+    theta_mod = theta if eta == 1.0 else theta_hat + eta * step
+    after = criterion(theta_mod).detach()
     lam = np.zeros(problem.n)
     lam[up_idx] = lam_up
     s = _np(s)
     final_weights = (s * ~remove_mask) * (1.0 + lam)
     # A shortened step is (to first order) the optimum of the interpolated weights.
     sample_weight = s + eta * (final_weights - s)
-    if eta == 0.0:
-        worst = int(np.argmax(full_change))
-        warnings.warn(
-            f"Nothing could be removed: any step of the patch worsens criterion "
-            f"{criterion.names[worst]!r} by more than delta={delta:g} (the full patch by "
-            f"{full_change[worst]:.4g}). The model is unchanged (eta_=0). Raise delta, "
-            "lower alpha, raise max_weight or add criterion rows to compensate better.",
-            PartialRemovalWarning,
-            stacklevel=3,
-        )
-    elif eta < 1.0:
-        worst = int(np.argmax(full_change))
-        names = criterion.names
-        warnings.warn(
-            f"The full patch would worsen criterion {names[worst]!r} by "
-            f"{full_change[worst]:.4g} > delta={delta:g}; the step was shortened to "
-            f"eta={eta:.3f}, so the marked points are only partly removed. Raise delta, "
-            "lower alpha, raise max_weight or add criterion rows to compensate better.",
-            PartialRemovalWarning,
-            stacklevel=3,
-        )
+    if eta < 1.0:
+        _warn_partial(criterion.names, full_change, eta, delta, rounds, lam_up, max_weight)
     return PatchResult(theta_mod.detach(), lam, sample_weight, eta, _np(C0), _np(after),
                        full_change)
+
+
+def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up_idx, *,
+                         weighted, converge, alpha, penalty, max_weight, solver, delta,
+                         max_rounds):
+    """Measured rounds of compensation around the converged patch: a trust region on
+    the weights for the compensation problem with the *measured* criteria,
+
+        min_{0 <= lam <= max_weight}  1/(2m) ||max(0, C(theta(lam)) - C0)||^2
+                                      + alpha_abs sum(lam),
+
+    ``theta(lam)`` the converged patch for the weights and ``alpha_abs`` the first
+    solve's.  The first solve predicts the weights' effect to first order; a few heavy
+    up-weights saturate (a point up-weighted is fitted better and pulls less), so the
+    measured worsening can stay far above the predicted.  Each round linearises at the
+    current patch (values re-computed there), solves for an increment of the weights
+    with each point's increment bounded by what is left of its box and by a trust
+    radius, converges the patch on the new weights and measures again.  The increment
+    is kept only if it lowers the measured objective; the radius shrinks where the
+    prediction failed, which spreads the weight over more points, and grows where it
+    held at the radius.  Stops when no increment is worth its penalty (the optimum),
+    when a kept round left every row within ``delta`` and the objective barely moved,
+    when the radius collapses, or after ``max_rounds``.  A round costs one values pass,
+    one compensation solve and one converged patch.
+    """
+    m = len(change)
+
+    def objective(c, lam):
+        return 0.5 * float(np.sum(np.maximum(c, 0.0) ** 2)) / m + penalty * lam.sum()
+
+    radius, rounds = float(max_weight), 0
+    current = objective(change, lam)
+    for rounds in range(1, max_rounds + 1):
+        G_C = jacobian(criterion, theta)
+        V = _np(first_order_values(problem, inverse, criterion, theta, problem.X,
+                                   problem.y, problem.s, rows=up_idx, G_C=G_C).T)
+        room = np.minimum(max_weight - lam, radius)
+        step = compensation_weights(V, change, alpha=alpha, max_weight=room,
+                                    solver=solver, penalty=penalty)
+        predicted = current - objective(change - V @ step, lam + step)
+        if not step.any() or predicted <= 1e-12 * max(current, 1e-300):
+            break  # no up-weight is worth its penalty any more, or the boxes are full
+        trial_theta, trial_inverse = converge(theta, weighted(lam + step))
+        trial_change = _np(criterion(trial_theta).detach() - C0)
+        trial = objective(trial_change, lam + step)
+        ratio = (current - trial) / predicted
+        if trial < current:
+            settled = change.max() <= delta and current - trial < 0.1 * predicted
+            theta, lam, change, inverse = trial_theta, lam + step, trial_change, \
+                trial_inverse
+            current = trial
+            if settled or change.max() <= 0:
+                break
+        if ratio < 0.25:
+            radius = float(step.max()) / 4
+        elif ratio > 0.75 and step.max() >= 0.99 * radius:
+            radius = min(2 * radius, float(max_weight))
+        if radius < 1e-3 * max_weight:
+            break
+    return theta, lam, change, rounds
+
+
+def _warn_partial(names, full_change, eta, delta, rounds, lam, max_weight):
+    worst = int(np.argmax(full_change))
+    if rounds is None:
+        reason = ("Raise delta, lower alpha, raise max_weight or add criterion rows to "
+                  "compensate better.")
+    else:
+        at_bound = int(np.sum(lam >= max_weight * (1 - 1e-9)))
+        binds = (f"{at_bound} of {len(lam)} up-weightable points are at "
+                 f"max_weight={max_weight:g}: that bound binds; raise it, or"
+                 if at_bound else
+                 "no point is at max_weight: the first-order model of the weights "
+                 "stopped improving the measured criteria;")
+        reason = (f"No reweighting found in {rounds} measured rounds of compensation "
+                  f"holds every row within delta; {binds} raise delta or let more "
+                  "points be up-weighted.")
+    if eta == 0.0:
+        head = (f"Nothing could be removed: any step of the patch worsens criterion "
+                f"{names[worst]!r} by more than delta={delta:g} (the best full patch "
+                f"worsens it by {full_change[worst]:.4g}). The model is unchanged "
+                "(eta_=0).")
+    else:
+        head = (f"The full patch would worsen criterion {names[worst]!r} by "
+                f"{full_change[worst]:.4g} > delta={delta:g} (the best reached); the step "
+                f"was shortened to eta={eta:.3f}, so the marked points are only partly "
+                "removed.")
+    warnings.warn(f"{head} {reason}", PartialRemovalWarning, stacklevel=4)
 
 
 def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100):

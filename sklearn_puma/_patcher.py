@@ -95,9 +95,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         ``"lasso"`` solves the bounded Lasso problem exactly; any scikit-learn linear
         regressor with ``coef_`` (Lasso, ElasticNet, LassoLars, ...) is accepted, its
         ``alpha`` set from ``alpha`` and its weights clipped to ``[0, max_weight]``.
-    max_weight : float, default=1.0
+    max_weight : float, default=3.0
         Upper bound on each compensation weight ``lambda_j`` (a point's weight becomes at
-        most ``1 + max_weight`` times its own): keeps the linearisation honest.
+        most ``1 + max_weight`` times its own). Replacing a removed share ``r`` of a
+        class by its remaining members takes ``r / (1 - r)`` (1.5 for 60%); the default
+        admits shares up to 75%. Where no reweighting within the bound holds ``delta``
+        the removal is partial and the warning says the bound binds.
     upweight : None, float, array-like or callable, default=None
         The points that may be up-weighted: ``None`` for every kept point, a float in
         (0, 1) for that fraction of the kept points with the highest values (summed
@@ -236,7 +239,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         delta=0.05,
         alpha=0.01,
         solver="lasso",
-        max_weight=1.0,
+        max_weight=3.0,
         upweight=None,
         hessian="auto",
         damping="auto",
