@@ -4,6 +4,7 @@ Everything here works on flat parameter vectors and an adapter's pure functions
 (DESIGN sections 2 and 3); the scikit-learn surface lives in ``_patcher.py``.
 """
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -745,7 +746,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         if step_index == 0:
             penalty = compensation_penalty(_np(V.T), _np(a), alpha)
         weights = weighted(lam_up)
-        if step_index < n_steps - 2:
+        if n_steps > 1:
             inverse = curvature(theta, weights)
             theta = _newton_step(problem, theta, weights, inverse)
     # The last weights are kept while the patch converges on them: the patch is then the
@@ -753,11 +754,17 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     theta, inverse = converge(theta, weights, steps=1)
     full_change = _np(criterion(theta).detach() - C0)
     rounds = None
-    if full_change.max() > 0 and len(up_idx) and alpha < 1:
+    # A linear model's round is cheap (a values pass and chord steps on the fitted
+    # Hessian): it runs wherever a row still worsens.  A net's costs a fresh curvature
+    # per Newton step: it runs only where the patch would otherwise be partial, with one
+    # step per round.
+    if (full_change.max() > (0 if chord else delta) and len(up_idx) and alpha < 1):
         theta, lam_up, full_change, rounds = _compensate_measured(
             problem, criterion, C0, theta, lam_up, full_change, inverse, up_idx,
-            weighted=weighted, converge=converge, alpha=alpha, penalty=penalty,
-            max_weight=max_weight, solver=solver, delta=delta, max_rounds=max_rounds)
+            weighted=weighted,
+            converge=converge if chord else functools.partial(converge, steps=1),
+            alpha=alpha, penalty=penalty, max_weight=max_weight, solver=solver,
+            delta=delta, max_rounds=max_rounds if chord else min(max_rounds, 5))
     if nonconvex:
         # One warning for the patch, not one per Newton step: the last step's figure.
         warnings.warn(
@@ -848,13 +855,13 @@ def _warn_partial(names, full_change, eta, delta, rounds, lam, max_weight):
     else:
         at_bound = int(np.sum(lam >= max_weight * (1 - 1e-9)))
         binds = (f"{at_bound} of {len(lam)} up-weightable points are at "
-                 f"max_weight={max_weight:g}: that bound binds; raise it, or"
+                 f"max_weight={max_weight:g}: that bound binds. Raise it, raise delta"
                  if at_bound else
                  "no point is at max_weight: the first-order model of the weights "
-                 "stopped improving the measured criteria;")
+                 "stopped improving the measured criteria. Raise delta, lower alpha")
         reason = (f"No reweighting found in {rounds} measured rounds of compensation "
-                  f"holds every row within delta; {binds} raise delta or let more "
-                  "points be up-weighted.")
+                  f"holds every row within delta; {binds} or let more points be "
+                  "up-weighted.")
     if eta == 0.0:
         head = (f"Nothing could be removed: any step of the patch worsens criterion "
                 f"{names[worst]!r} by more than delta={delta:g} (the best full patch "

@@ -287,3 +287,48 @@ def test_default_patch_is_the_refit_on_its_weights(name):
     r = _run(name)
     print(f"{name}: relative parameter error against the refit {r['relative_error']:.2e}")
     assert r["relative_error"] <= 1e-3
+
+
+def test_partial_removal_when_the_bound_binds_reports_the_best_reached():
+    """60% of a class and weights capped at 1.05x: no reweighting holds a tight delta.
+    The removal is partial, and the warning gives the best worsening the measured
+    rounds reached (between delta and plain removal's) and says the bound binds."""
+    case = CASES["binary_60pct_class1"]
+    delta = 0.005
+    plain = PumaPatcher(case.estimator, criterion="per_class_loss", alpha=1.0,
+                        delta=np.inf).fit(case.X, case.y, remove=case.mask)
+    plain_worst = (plain.criterion_after_ - plain.criterion_before_).max()
+    puma = PumaPatcher(case.estimator, criterion="per_class_loss", delta=delta,
+                       max_weight=0.05)
+    with pytest.warns(PartialRemovalWarning) as record:
+        puma.fit(case.X, case.y, remove=case.mask)
+    message = str(record[0].message)
+    print(message)
+    assert 0 < puma.eta_ < 1
+    best = float(message.split(" by ")[1].split(" ")[0])
+    assert delta < best < plain_worst
+    assert "max_weight=0.05: that bound binds" in message
+    # What is reported after the shortened step is what the model does.
+    change = case.measured_rows(puma.estimator_) - case.measured_rows(puma._base_estimator)
+    assert change.max() <= delta + 1e-9
+
+
+@pytest.mark.parametrize("table", ["breast_cancer", "wine", "diabetes"])
+def test_patch_is_the_refit_after_removing_the_lowest_valued(table):
+    """The lowest-valued 5% removed from a model fitted at scikit-learn's default tol:
+    the patch is the tight refit on sample_weight_ (the fit's own convergence error
+    included, which the patch finishes)."""
+    loader = {"breast_cancer": load_breast_cancer, "wine": load_wine,
+              "diabetes": load_diabetes}[table]
+    X, y = _scaled(loader)
+    est = Ridge() if table == "diabetes" else LogisticRegression()
+    puma = PumaPatcher(est, remove=0.05).fit(X, y)
+    assert puma.eta_ == 1.0 and len(puma.removed_) > 0
+    tight = clone(est).set_params(**({} if table == "diabetes"
+                                      else {"tol": 1e-12, "max_iter": 100_000}))
+    refit = tight.fit(X, y, sample_weight=puma.sample_weight_)
+    t_hat, t_patch, t_refit = (_theta(puma._base_estimator), _theta(puma.estimator_),
+                               _theta(refit))
+    error = np.linalg.norm(t_patch - t_refit) / np.linalg.norm(t_refit - t_hat)
+    print(f"{table}: relative parameter error {error:.2e}")
+    assert error <= 1e-3
