@@ -271,18 +271,42 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
         HinvJt = torch.einsum("pkd,bd->bkp", H_inv, Xd)  # (b, K, p)
         M = torch.einsum("bkld,bd->bkl", HinvJt.reshape(b, K, K, -1), Xd)  # J H^-1 J^T
         out = adapter.forward(theta, X[sl])
-        c, z, n_singular = _leverage_corrected(problem, out, y[sl], weights[sl], M)
-        return sl, c * (HinvJt.transpose(1, 2) @ z[:, :, None])[:, :, 0], n_singular
+        c, z, flags = _leverage_corrected(problem, out, y[sl], weights[sl], M)
+        return sl, c * (HinvJt.transpose(1, 2) @ z[:, :, None])[:, :, 0], flags
 
     return _warn_leverage_one(map_chunks(part, len(X), size, problem.n_jobs,
-                                         thread_safe=adapter.closed_form))
+                                         thread_safe=adapter.closed_form), problem)
+
+
+class LooFlags:
+    """What the leave-one-out steps of a chunk found, summed over chunks: points of
+    leverage 1, and points whose step moves their own output by more than
+    ``_FAR_SHIFT`` (where the loss's quadratic model, behind every leave-one-out value,
+    fails), with the largest such move."""
+
+    def __init__(self, n_singular=0, n_far=0, max_shift=0.0):
+        self.n_singular, self.n_far, self.max_shift = n_singular, n_far, max_shift
+
+    def __add__(self, other):
+        if isinstance(other, int) and other == 0:  # sum()'s start
+            return self
+        return LooFlags(self.n_singular + other.n_singular, self.n_far + other.n_far,
+                        max(self.max_shift, other.max_shift))
+
+    __radd__ = __add__
+
+
+# A leave-one-out step that moves the point's own logit by more than this many units
+# leaves the region where a logistic or softmax loss is near its quadratic model (its
+# curvature changes by a factor of e and more over such a move).
+_FAR_SHIFT = 2.0
 
 
 def _leverage_corrected(problem, out, y, weights, M):
-    """``(c, z, n_singular)`` of the push-through identity for a chunk of outputs
-    ``out``: ``c_i = w_i/n`` (b, 1) and ``z_i = (I - c_i D_i M_i)^{-1} dl_i/df`` (b, K),
-    given the chunk's ``M_i = J_i H^{-1} J_i^T`` (b, K, K); ``n_singular`` counts the
-    points of leverage 1.
+    """``(c, z, flags)`` of the push-through identity for a chunk of outputs ``out``:
+    ``c_i = w_i/n`` (b, 1) and ``z_i = (I - c_i D_i M_i)^{-1} dl_i/df`` (b, K), given
+    the chunk's ``M_i = J_i H^{-1} J_i^T`` (b, K, K); ``flags`` (``LooFlags``) counts
+    the points of leverage 1 and those whose step moves their own output far.
     """
     r, D = output_loss_derivatives(problem.adapter, out, y)
     b, K = r.shape
@@ -302,7 +326,7 @@ def _leverage_corrected(problem, out, y, weights, M):
         singular = a.abs() <= flat
         z = torch.where(singular, torch.zeros_like(r[:, 0]), r[:, 0] / torch.where(
             singular, torch.ones_like(a), a))[:, None]
-        return c, z, int(singular.sum())
+        return c, z, _flags(problem, c, M, z, int(singular.sum()))
     LU, pivots, _ = torch.linalg.lu_factor_ex(A)
     suspect = LU.diagonal(dim1=1, dim2=2).abs().min(dim=1).values <= 100 * flat
     z = torch.linalg.lu_solve(LU, pivots, r[:, :, None])[:, :, 0]
@@ -313,22 +337,61 @@ def _leverage_corrected(problem, out, y, weights, M):
         z[suspect] = (Vh.transpose(1, 2) @ (inv_S[:, :, None] * (
             U.transpose(1, 2) @ r[suspect][:, :, None])))[:, :, 0]
         n_singular = int((S[:, -1] <= flat).sum())
-    return c, z, n_singular
+    return c, z, _flags(problem, c, M, z, n_singular)
 
 
-def _warn_leverage_one(parts):
-    """Drop the per-chunk counts of leverage-1 points from ``parts``, with one warning
-    for all of them."""
-    n_singular = sum(part[-1] for part in parts)
-    if n_singular:
+def _flags(problem, c, M, z, n_singular):
+    if problem.adapter.quadratic:  # a squared loss is its quadratic model: exact steps
+        return LooFlags(n_singular)
+    # The step's move of the point's own outputs, c_i M_i z_i; a softmax's shared
+    # offset does not change its probabilities, so the spread of the moves counts.
+    shift = c * (M @ z[:, :, None])[:, :, 0]
+    if shift.shape[1] > 1:
+        shift = shift - shift.mean(dim=1, keepdim=True)
+    largest = shift.abs().max(dim=1).values
+    far = largest > _FAR_SHIFT
+    return LooFlags(n_singular, int(far.sum()), float(largest.max()) if len(largest) else 0.0)
+
+
+def _warn_leverage_one(parts, problem=None):
+    """Drop the per-chunk flags from ``parts``, with one warning for each kind of
+    point flagged in any of them."""
+    flags = sum(part[-1] for part in parts)
+    if flags.n_singular:
         warnings.warn(
-            f"{n_singular} point(s) have leverage 1: removing one leaves the model "
+            f"{flags.n_singular} point(s) have leverage 1: removing one leaves the model "
             "unidentified along some direction, which their leave-one-out values ignore "
             "(use value_method='first_order' to see their first-order influence).",
             PumaWarning,
             stacklevel=5,
         )
+    if flags.n_far:
+        condition = ("" if problem is None else
+                     f" (curvature condition number {_condition(problem):.3g})")
+        warnings.warn(
+            f"{flags.n_far} point(s) have leave-one-out steps that move their own output "
+            f"by up to {flags.max_shift:.3g} logits{condition}: far beyond the region "
+            "where the loss is near its quadratic model, so their values (and patches "
+            "removing them) are unreliable. The data are nearly separable for this "
+            "model, or it is too weakly penalised: penalise it more (a smaller C).",
+            PumaWarning,
+            stacklevel=5,
+        )
     return [part[:-1] for part in parts]
+
+
+def _condition(problem):
+    """The fitted curvature's condition number (largest over smallest eigenvalue,
+    flat directions the adapter knows of set aside), from the inverse at hand."""
+    if not hasattr(problem.inverse_hat, "matrix"):
+        return float("nan")
+    H_inv = problem.inverse_hat.matrix()
+    eig = torch.linalg.eigvalsh((H_inv + H_inv.T) / 2)
+    flat = problem.adapter.flat_directions()
+    if flat is not None and flat.shape[1]:
+        eig = eig[eig.abs() > 1e-10 * eig.abs().max()]
+    eig = eig[eig > 0]
+    return float(eig.max() / eig.min()) if len(eig) else float("inf")
 
 
 # Multiply-adds up to which the criterion is evaluated at every moved model exactly.
@@ -358,9 +421,9 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights, closed_form=Tr
             return vmap(criterion)(theta + dtheta) - C_hat
     elif closed_form and criterion.separable:
         G_C, H_C = criterion_derivatives(criterion, theta, problem.data_hessian(theta))
-        values, n_singular = loo_second_order(problem, inverse.matrix(), G_C, H_C, X, y,
-                                              weights, _leverage_corrected)
-        _warn_leverage_one([(n_singular,)])
+        values, flags = loo_second_order(problem, inverse.matrix(), G_C, H_C, X, y,
+                                         weights, _leverage_corrected)
+        _warn_leverage_one([(flags,)], problem)
         return values
     else:
         G_C = criterion_jacobian(criterion, theta) if closed_form else jacrev(criterion)(theta)
@@ -405,8 +468,8 @@ def _dual_corrected(problem, inverse, y, weights):
     the training rows, with ``M_i = z_i^T H^{-1} z_i`` from the kernel form."""
     out = problem.adapter.forward(problem.theta_hat, problem.X)
     M = inverse.quadratic_forms()[:, None, None]
-    c, z, n_singular = _leverage_corrected(problem, out, y, weights, M)
-    _warn_leverage_one([(n_singular,)])
+    c, z, flags = _leverage_corrected(problem, out, y, weights, M)
+    _warn_leverage_one([(flags,)])
     return out, M[:, :, 0], c, z
 
 
@@ -437,15 +500,15 @@ def loo_own_outputs(problem, X, y, weights):
             M = pairs.new_empty(len(pairs), K, K)
             M[:, k_idx, l_idx] = M[:, l_idx, k_idx] = pairs
             out = adapter.forward(theta, X[sl])
-            c, z, n_singular = _leverage_corrected(problem, out, y[sl], weights[sl], M)
+            c, z, flags = _leverage_corrected(problem, out, y[sl], weights[sl], M)
             own = out + c * (M @ z[:, :, None])[:, :, 0]
-            return own, n_singular
+            return own, flags
 
         # quadratic_forms bounds its own operands; a chunk holds the (b, K, K) systems,
         # so that the coefficients it derives from H^-1 are derived once per chunk.
         parts = _warn_leverage_one(map_chunks(part, len(X), chunk_size(K, K),
                                               problem.n_jobs,
-                                              thread_safe=adapter.closed_form))
+                                              thread_safe=adapter.closed_form), problem)
         return torch.cat([own for own, in parts])
 
     def first_order(sl):
@@ -524,7 +587,7 @@ def compensation_weights(V, change, *, alpha, max_weight, solver="lasso", penalt
     problem instead of cancelling a fixed share of each round's residual.
     """
     m, u = V.shape
-    max_weight = np.broadcast_to(np.asarray(max_weight, dtype=np.float64), (u,))
+    max_weight = _per_point(max_weight, u)
     target = np.maximum(change, 0.0)
     scale = np.linalg.norm(target)
     if u == 0 or scale == 0:
@@ -541,6 +604,11 @@ def compensation_weights(V, change, *, alpha, max_weight, solver="lasso", penalt
     if isinstance(solver, str):
         return _bounded_lasso(V, change, alpha_abs, max_weight)
     return _sklearn_solver(solver, V, target, alpha_abs, max_weight)
+
+
+def _per_point(bound, u):
+    """A scalar bound or one per point, as one per point."""
+    return np.broadcast_to(np.asarray(bound, dtype=np.float64), (u,))
 
 
 def compensation_penalty(V, change, alpha):
@@ -560,6 +628,7 @@ def _bounded_lasso(V, change, alpha_abs, max_weight):
     full problem's).
     """
     m, u = V.shape
+    max_weight = _per_point(max_weight, u)
     if m == 1:
         return _bounded_lasso_one_row(V[0], float(change[0]), alpha_abs, max_weight)
 
@@ -598,6 +667,7 @@ def _bounded_lasso_one_row(v, change, alpha_abs, max_weight):
     fill up in decreasing order of ``v_j`` and at most one, where ``s = alpha / v_j``,
     is weighted partly: a sort and a scan, no iterative solver."""
     lam = np.zeros(len(v))
+    max_weight = _per_point(max_weight, len(v))
     shortfall = change
     for j in np.argsort(-v, kind="stable"):
         if v[j] <= 0 or shortfall * v[j] <= alpha_abs:

@@ -201,13 +201,13 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
                 # K = 1 (binary, single-output): a row sum, not a batch of 1 x 1 products.
                 M = ((Z * Z).sum(dim=2, keepdim=True) if K == 1
                      else Z @ Z.transpose(1, 2))
-                c, z, n_singular = leverage_corrected(problem, out_all[sl], y[sl],
+                c, z, flags = leverage_corrected(problem, out_all[sl], y[sl],
                                                       weights[sl], M)
             linear = ((Z @ g) * z).sum(dim=1)
             Zz = Z[:, 0] * z if K == 1 else (Z * z[:, :, None]).sum(dim=1)  # z^T Z
             quadratic = (Zz * Zz) @ lam
             values.append(c[:, 0] * linear + 0.5 * c[:, 0] ** 2 * quadratic)
-        return torch.stack(values, dim=1), n_singular
+        return torch.stack(values, dim=1), flags
 
     parts = map_chunks(part, len(X), rows_per_chunk(K * q * 2), thread_safe=True)
     return torch.cat([v for v, _ in parts]), sum(n for _, n in parts)

@@ -5,6 +5,8 @@ from scratch without the point, and the criterion is measured on the eval_set.  
 values must predict that change: Pearson correlation and least-squares slope.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import pearsonr
@@ -197,3 +199,42 @@ def test_second_order_values_match_leave_one_out(monkeypatch):
         r, slope = _loo_experiment(X, y, LR, _log_loss, "log_loss", 200, seed)
         assert r >= 0.98
         assert 0.85 <= slope <= 1.15
+
+
+@pytest.mark.parametrize("class_sep", [2.0, 4.0, 5.0])
+def test_unpenalised_near_separable_values_agree_with_refits_or_warn(class_sep):
+    """An unpenalised LogisticRegression as the classes separate: its leave-one-out
+    values either agree with real leave-one-out refits or a warning says they cannot,
+    with the figures (how far the steps move, the curvature's condition number)."""
+    from sklearn.datasets import make_classification
+
+    # 1% of labels flipped: nearly separable, never exactly (whose optimum is at
+    # infinity: there is no model to value).
+    X, y = make_classification(300, 5, n_informative=3, n_redundant=0,
+                               class_sep=class_sep, flip_y=0.01, random_state=0)
+    est = LogisticRegression(C=np.inf, tol=1e-12, max_iter=100_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        puma = PumaPatcher(est).fit(X, y)
+        values = puma.values_
+    unreliable = [w for w in caught if "leave-one-out steps that move" in str(w.message)]
+    base = puma._base_estimator
+    points = np.unique(np.r_[np.argsort(values)[:10], np.argsort(values)[-10:],
+                             np.random.default_rng(0).choice(len(y), 20, replace=False)])
+    actual = []
+    for i in points:
+        keep = np.arange(len(y)) != i
+        refit = clone(est).fit(X[keep], y[keep])
+        actual.append(_log_loss(refit, X, y) - _log_loss(base, X, y))
+    r = pearsonr(values[points], actual)[0]
+    print(f"class_sep={class_sep}: Pearson {r:.3f} against leave-one-out refits; "
+          f"largest value {np.abs(values).max():.3g}, largest refit change "
+          f"{np.abs(actual).max():.3g}; warnings: {[str(w.message) for w in unreliable]}")
+    if not r >= 0.95:  # a refit that separates the classes has an infinite loss: nan
+        assert unreliable
+    if unreliable:
+        assert "condition number" in str(unreliable[0].message)
+    else:
+        assert r >= 0.95
+    if class_sep == 2.0:  # well inside the classes' overlap: nothing to warn about
+        assert not unreliable and r >= 0.95
