@@ -1,6 +1,7 @@
 """PumaPatcher: the scikit-learn face of PUMA (validation, delegation, set_output)."""
 
 import copy
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -32,7 +33,11 @@ from ._influence import (
 )
 from ._rows import row_mask
 from ._threads import claim_cores, on_fitted_model, using_n_jobs
+from ._warnings import PumaWarning
 
+# The largest share of any class (or group) a remove= policy takes; more is cut back
+# to the lowest-valued, with a warning.
+MAX_POLICY_SHARE = 0.25
 
 _CLASSIFIER_METHODS = ("predict_proba", "predict_log_proba", "decision_function",
                        "loo_predict_proba")
@@ -84,7 +89,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Which points ``fit`` patches out: ``None`` (none), an int count or a float
         fraction of the lowest-valued points, ``"auto"`` (points whose value is negative
         and below the lower Tukey fence ``Q1 - 1.5 IQR`` of all values), or a callable
-        ``values -> mask or indices``. A ``remove`` passed to ``fit`` overrides it.
+        ``values -> mask or indices``. The count, fraction and ``"auto"`` policies take
+        at most a quarter of any class (and of any group given to ``fit``): beyond
+        that, only the lowest-valued quarter is removed, with a warning. A ``remove``
+        passed to ``fit`` (a mask or indices) overrides the policy and is not capped.
     delta : float, default=0.05
         The largest allowed worsening of any criterion row, measured after the patch.
         The step is shortened (``eta_ < 1``, with a warning) to respect it.
@@ -514,17 +522,51 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if isinstance(spec, np.ndarray) and spec.dtype == bool:
             return spec
         total = self.values_ if self.values_.ndim == 1 else self.values_.sum(axis=1)
-        if isinstance(spec, str):  # "auto"
-            q1, q3 = np.percentile(total, [25, 75])
-            return (total < 0) & (total < q1 - 1.5 * (q3 - q1))
         if callable(spec):
             return self._as_mask(spec(self.values_), n, "the remove callable's result")
-        if isinstance(spec, Integral):
-            count = min(int(spec), n)
+        if isinstance(spec, str):  # "auto"
+            q1, q3 = np.percentile(total, [25, 75])
+            mask = (total < 0) & (total < q1 - 1.5 * (q3 - q1))
         else:
-            count = int(round(float(spec) * n))
-        mask = np.zeros(n, dtype=bool)
-        mask[np.argsort(total, kind="stable")[:count]] = True
+            count = min(int(spec), n) if isinstance(spec, Integral) else \
+                int(round(float(spec) * n))
+            mask = np.zeros(n, dtype=bool)
+            mask[np.argsort(total, kind="stable")[:count]] = True
+        return self._capped(mask, total)
+
+    def _capped(self, mask, total):
+        """A policy's removal with at most ``MAX_POLICY_SHARE`` of any class (and of any
+        group given to ``fit``) taken: a policy ranks points by value, and a minority
+        class's points each weigh more in the values, so "the lowest-valued" can
+        empty it (and the model then stops predicting it, which the criteria on the
+        kept points cannot see).  The lowest-valued of each are kept; a warning says
+        where the cap cut the removal."""
+        partitions = []
+        adapter = self._problem.adapter
+        if adapter.is_classifier and not adapter.multilabel:
+            partitions.append(("class", self.classes_,
+                               self.classes_[_np(self._problem.y).astype(int)]))
+        if self._groups is not None:
+            partitions.append(("group", np.unique(self._groups), self._groups))
+        cut = []
+        for kind, labels, of_point in partitions:
+            for label in labels:
+                members = np.flatnonzero(of_point == label)
+                chosen = members[mask[members]]
+                limit = int(MAX_POLICY_SHARE * len(members))
+                if len(chosen) > limit:
+                    spared = chosen[np.argsort(total[chosen], kind="stable")[limit:]]
+                    mask[spared] = False
+                    cut.append(f"{kind} {label.item() if hasattr(label, 'item') else label!r}"
+                               f": {len(chosen)} of {len(members)} marked, {limit} removed")
+        if cut:
+            warnings.warn(
+                f"The remove={self.remove!r} policy would take more than "
+                f"{MAX_POLICY_SHARE:.0%} of some classes or groups ({'; '.join(cut)}); "
+                "only their lowest-valued are removed. Removing most of a class changes "
+                "what the model predicts for it, which criteria on the kept points do "
+                "not measure. Pass a mask or indices to remove more.",
+                PumaWarning, stacklevel=4)
         return mask
 
     def _check_classes_survive(self, mask):

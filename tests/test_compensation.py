@@ -332,3 +332,97 @@ def test_patch_is_the_refit_after_removing_the_lowest_valued(table):
     error = np.linalg.norm(t_patch - t_refit) / np.linalg.norm(t_refit - t_hat)
     print(f"{table}: relative parameter error {error:.2e}")
     assert error <= 1e-3
+
+
+def _rare_positives(seed=1):
+    """A table with 3% positives, each a shift of two features: scored on a
+    validation split, "auto" marks more than half of the training positives."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(3000) < 0.03).astype(int)
+    X = rng.standard_normal((3000, 8))
+    X[y == 1, :2] += 1.5
+    X_rest, X_test, y_rest, y_test = train_test_split(X, y, test_size=0.33, stratify=y,
+                                                      random_state=seed)
+    X_tr, X_val, y_tr, y_val = train_test_split(X_rest, y_rest, test_size=0.25,
+                                                stratify=y_rest, random_state=seed)
+    return X_tr, y_tr, X_val, y_val, X_test, y_test
+
+
+def test_auto_removal_never_empties_a_rare_class_silently():
+    from sklearn.metrics import log_loss
+
+    from sklearn_puma import PumaWarning
+    from sklearn_puma._patcher import MAX_POLICY_SHARE
+
+    X_tr, y_tr, X_val, y_val, X_test, y_test = _rare_positives()
+    est = LogisticRegression(max_iter=1000)
+    values = PumaPatcher(est).fit(X_tr, y_tr, eval_set=(X_val, y_val)).values_
+    q1, q3 = np.percentile(values, [25, 75])
+    fence = (values < 0) & (values < q1 - 1.5 * (q3 - q1))
+    assert fence[y_tr == 1].mean() > 0.5  # the uncapped rule takes most positives
+
+    with pytest.warns(PumaWarning, match=r"class 1: \d+ of \d+ marked, \d+ removed"):
+        puma = PumaPatcher(est, remove="auto").fit(X_tr, y_tr, eval_set=(X_val, y_val))
+    for k in (0, 1):
+        assert (y_tr[puma.removed_] == k).sum() <= MAX_POLICY_SHARE * (y_tr == k).sum()
+    # The lowest-valued positives are the ones removed.
+    positives = np.flatnonzero(y_tr == 1)
+    lowest = positives[np.argsort(values[positives])[: int(0.25 * len(positives))]]
+    assert set(lowest) <= set(puma.removed_)
+    assert puma.eta_ == 1.0
+    # Held out, as on the validation rows, the criterion stays within delta.
+    held = {name: log_loss(y, puma.predict_proba(X)) - log_loss(
+                y, puma._base_estimator.predict_proba(X))
+            for name, X, y in [("validation", X_val, y_val), ("test", X_test, y_test)]}
+    print(f"removed {len(puma.removed_)} ({(y_tr[puma.removed_] == 1).sum()} of "
+          f"{(y_tr == 1).sum()} positives); log loss change {held}")
+    assert max(held.values()) <= puma.delta
+
+
+def test_grid_search_over_delta_and_alpha_trades_removal_for_score():
+    """The README's tuning example: an unlearning request (100 of 212 malignant rows
+    to forget) where the compensation matters.  The cells differ: plain removal
+    (alpha=1) under a tight delta stops part-way and keeps part of what was to be
+    forgotten, which scores best on held-out rows like them; the search's refit picks
+    the best cell among those that remove everything."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+
+    X, y = load_breast_cancer(return_X_y=True)
+    forget = np.zeros(len(y), dtype=bool)
+    forget[np.random.default_rng(0).choice(np.flatnonzero(y == 0), 100,
+                                           replace=False)] = True
+    pipe = make_pipeline(StandardScaler(), PumaPatcher(
+        LogisticRegression(max_iter=1000), criterion="per_class_loss"))
+    grid = {"pumapatcher__delta": [0.002, 0.01, 0.05],
+            "pumapatcher__alpha": [0.001, 0.1, 1.0]}
+
+    def removed(est, X, y):
+        return est[-1].eta_
+
+    def best_complete(cv_results):
+        complete = cv_results["mean_test_removed"] == 1
+        return int(np.argmax(np.where(complete, cv_results["mean_test_log_loss"],
+                                      -np.inf)))
+
+    search = GridSearchCV(pipe, grid, cv=StratifiedKFold(3, shuffle=True, random_state=0),
+                          scoring={"log_loss": "neg_log_loss", "removed": removed},
+                          refit=best_complete)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PartialRemovalWarning)
+        search.fit(X, y, pumapatcher__remove=forget)
+    r = search.cv_results_
+    for params, score, eta in zip(r["params"], r["mean_test_log_loss"],
+                                  r["mean_test_removed"]):
+        print(params, f"log loss {-score:.4f}, eta {eta:.3f}")
+    scores, etas = r["mean_test_log_loss"], r["mean_test_removed"]
+    assert len(np.unique(np.round(scores, 6))) >= 4
+    # Partial removals exist and would win on raw score; the refit does not pick one.
+    assert etas.min() < 1 and etas[np.argmax(scores)] < 1
+    assert etas[search.best_index_] == 1
+    complete = etas == 1
+    assert len(np.unique(np.round(scores[complete], 6))) > 1  # alpha changes the model
+    assert search.best_estimator_[-1].eta_ == 1.0
+    assert np.all(search.best_estimator_[-1].sample_weight_[forget] == 0)
