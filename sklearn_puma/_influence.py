@@ -792,10 +792,12 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         return inverse
 
     def converge(theta, weights, steps=n_steps):
-        """The optimum of ``J_w`` from ``theta``: chord steps polished to a negligible
-        gradient for a convex linear model, ``steps`` Newton steps otherwise."""
+        """The optimum of ``J_w`` from ``theta``: for a (convex) model linear in its
+        parameters, steps until the gradient is negligible (chord steps on the fitted
+        Hessian where it is explicit, Newton steps on the configured solver else);
+        ``steps`` Newton steps for a net."""
         inverse = curvature(theta, weights)
-        if chord:
+        if problem.adapter.linear_in_params:
             return _chord_polish(problem, theta, weights, inverse), inverse
         for step_index in range(steps):
             theta = _newton_step(problem, theta, weights, inverse)
@@ -824,17 +826,18 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     theta, inverse = converge(theta, weights, steps=1)
     full_change = _np(criterion(theta).detach() - C0)
     rounds = None
-    # A linear model's round is cheap (a values pass and chord steps on the fitted
-    # Hessian): it runs wherever a row still worsens.  A net's costs a fresh curvature
+    # A linear model's round is cheap (a values pass and a few gradient passes): it
+    # runs wherever a row still worsens.  A net's costs a fresh curvature
     # per Newton step: it runs only where the patch would otherwise be partial, with one
     # step per round.
-    if (full_change.max() > (0 if chord else delta) and len(up_idx) and alpha < 1):
+    linear = problem.adapter.linear_in_params
+    if (full_change.max() > (0 if linear else delta) and len(up_idx) and alpha < 1):
         theta, lam_up, full_change, rounds = _compensate_measured(
             problem, criterion, C0, theta, lam_up, full_change, inverse, up_idx,
             weighted=weighted,
-            converge=converge if chord else functools.partial(converge, steps=1),
+            converge=converge if linear else functools.partial(converge, steps=1),
             alpha=alpha, penalty=penalty, max_weight=max_weight, solver=solver,
-            delta=delta, max_rounds=max_rounds if chord else min(max_rounds, 5))
+            delta=delta, max_rounds=max_rounds if linear else min(max_rounds, 5))
     if nonconvex:
         # One warning for the patch, not one per Newton step: the last step's figure.
         warnings.warn(

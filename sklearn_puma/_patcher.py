@@ -94,8 +94,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         that, only the lowest-valued quarter is removed, with a warning. A ``remove``
         passed to ``fit`` (a mask or indices) overrides the policy and is not capped.
     delta : float, default=0.05
-        The largest allowed worsening of any criterion row, measured after the patch.
-        The step is shortened (``eta_ < 1``, with a warning) to respect it.
+        The largest allowed worsening of any criterion row (absolute, in the
+        criterion's units), measured after the patch. Measured rounds of compensation
+        hold it where a reweighting within ``max_weight`` can; elsewhere the step is
+        shortened (``eta_ < 1``, with a warning giving the best worsening reached).
     alpha : float in [0, 1], default=0.01
         Sparsity of the compensation weights, as a fraction of the smallest penalty that
         gives no compensation: ``1`` is plain influence removal, ``0`` least squares.
@@ -138,12 +140,13 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         values get the exact leave-one-out correction and the curvature is small, so
         large nets patch fast. Linear models have one layer.
     n_steps : int, default=3
-        Newton steps of the patch, each re-linearising values and weights; more steps
-        converge to the model retrained on ``sample_weight_``. For a model linear in
-        its parameters the steps keep the fitted Hessian (updated over the changed
-        rows) and the last one is polished until the reweighted objective's gradient is
-        negligible, so the patch is the refit on ``sample_weight_`` at a fraction of
-        its cost.
+        Newton steps of the patch, each re-linearising values and weights before the
+        last. For a model linear in its parameters the last set of weights is then
+        converged on until the reweighted objective's gradient is negligible (chord
+        steps on the fitted Hessian, updated over the changed rows, where it is
+        explicit), so the patch is the refit on ``sample_weight_`` at a fraction of
+        its cost; a warning gives the figure if that is not reached. A network takes
+        ``n_steps`` Newton steps.
     value_method : {"auto", "loo", "first_order"}, default="auto"
         "loo": leverage-corrected leave-one-out values with the criterion's curvature;
         "first_order": the seed's influence values; "auto": "loo" where it is exact

@@ -426,3 +426,21 @@ def test_grid_search_over_delta_and_alpha_trades_removal_for_score():
     assert len(np.unique(np.round(scores[complete], 6))) > 1  # alpha changes the model
     assert search.best_estimator_[-1].eta_ == 1.0
     assert np.all(search.best_estimator_[-1].sample_weight_[forget] == 0)
+
+
+@pytest.mark.parametrize("hessian", ["cg", "lowrank"])
+def test_patch_on_an_iterative_solver_is_the_refit(hessian):
+    """Without the explicit Hessian (chord steps need it) the patch still converges:
+    Newton steps on the configured solver until the gradient is negligible."""
+    case = CASES["binary_40pct_class1"]
+    puma = PumaPatcher(case.estimator, criterion="per_class_loss", hessian=hessian)
+    puma.fit(case.X, case.y, remove=case.mask)
+    refit = clone(case.estimator).fit(case.X, case.y, sample_weight=puma.sample_weight_)
+    t_hat, t_patch, t_refit = (_theta(puma._base_estimator), _theta(puma.estimator_),
+                               _theta(refit))
+    error = np.linalg.norm(t_patch - t_refit) / np.linalg.norm(t_refit - t_hat)
+    change = case.measured_rows(puma.estimator_) - case.measured_rows(puma._base_estimator)
+    print(f"hessian={hessian}: relative parameter error {error:.2e}, worsening "
+          f"{np.round(change, 4)}, eta {puma.eta_}")
+    assert error <= 1e-3
+    assert puma.eta_ == 1.0 and change.max() <= DELTA
