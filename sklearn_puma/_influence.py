@@ -645,8 +645,11 @@ def _bounded_lasso(V, change, alpha_abs, max_weight):
     lam = np.zeros(u)
     for _ in range(50):
         lam[:] = 0
+        # Started where the dual puts the weight (full on points whose V^T mu
+        # exceeds alpha): the primal then only settles the few partial ones.
+        start = np.where(V[:, working].T @ mu > alpha_abs, max_weight[working], 0.0)
         lam[working] = _bounded_lasso_on(V[:, working], change, alpha_abs,
-                                         max_weight[working])
+                                         max_weight[working], start)
         shortfall = np.maximum(change - V @ lam, 0.0)
         gradient = -V.T @ shortfall / m + alpha_abs
         entering = np.flatnonzero((gradient < -1e-9 * max(alpha_abs, 1e-12)) & (lam == 0)
@@ -680,7 +683,7 @@ def _bounded_lasso_one_row(v, change, alpha_abs, max_weight):
     return lam
 
 
-def _bounded_lasso_on(V, change, alpha_abs, max_weight):
+def _bounded_lasso_on(V, change, alpha_abs, max_weight, start=None):
     m, u = V.shape
     if u == 0:
         return np.zeros(0)
@@ -691,7 +694,7 @@ def _bounded_lasso_on(V, change, alpha_abs, max_weight):
                 -V.T @ shortfall / m + alpha_abs)
 
     res = minimize(
-        fun, np.zeros(u), jac=True, method="L-BFGS-B",
+        fun, np.zeros(u) if start is None else start, jac=True, method="L-BFGS-B",
         bounds=Bounds(np.zeros(u), max_weight),
         options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-12},
     )
@@ -879,7 +882,8 @@ def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up
     is kept only if it lowers the measured objective; the radius shrinks where the
     prediction failed, which spreads the weight over more points, and grows where it
     held at the radius.  Stops when no increment is worth its penalty (the optimum),
-    when a kept round left every row within ``delta`` and the objective barely moved,
+    when a kept round left every row within ``delta`` and gained less than a quarter of
+    the objective,
     when the radius collapses, or after ``max_rounds``.  A round costs one values pass,
     one compensation solve and one converged patch.
     """
@@ -905,7 +909,9 @@ def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up
         trial = objective(trial_change, lam + step)
         ratio = (current - trial) / predicted
         if trial < current:
-            settled = change.max() <= delta and current - trial < 0.1 * predicted
+            # Within delta, a round that gains less than a quarter of the objective
+            # is not worth another: the patch holds the limit and is near the optimum.
+            settled = trial_change.max() <= delta and current - trial < 0.25 * current
             theta, lam, change, inverse = trial_theta, lam + step, trial_change, \
                 trial_inverse
             current = trial
