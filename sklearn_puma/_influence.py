@@ -248,7 +248,7 @@ def first_order_values(problem, inverse, criterion, theta, X, y, weights, *, row
     return G_S * ((weights if rows is None else weights[rows]) / problem.n)[:, None]
 
 
-def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
+def loo_parameter_changes(problem, inverse, theta, X, y, weights, size, _verify=True):
     """Leave-one-out parameter changes ``dtheta_i``, chunk by chunk as [(slice, (b, p))].
 
     ``dtheta_i`` is the Newton step on the objective without point i, whose Hessian
@@ -275,31 +275,35 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size):
         return sl, c * (HinvJt.transpose(1, 2) @ z[:, :, None])[:, :, 0], flags
 
     return _warn_leverage_one(map_chunks(part, len(X), size, problem.n_jobs,
-                                         thread_safe=adapter.closed_form), problem)
+                                         thread_safe=adapter.closed_form),
+                              problem if _verify else None)
 
 
 class LooFlags:
     """What the leave-one-out steps of a chunk found, summed over chunks: points of
-    leverage 1, and points whose step moves their own output by more than
-    ``_FAR_SHIFT`` (where the loss's quadratic model, behind every leave-one-out value,
-    fails), with the largest such move."""
+    leverage 1, and the largest move of a point's own output by its step (large
+    moves are where the loss may leave its quadratic model; ``_verify_far_steps``
+    measures whether it does)."""
 
-    def __init__(self, n_singular=0, n_far=0, max_shift=0.0):
-        self.n_singular, self.n_far, self.max_shift = n_singular, n_far, max_shift
+    def __init__(self, n_singular=0, max_shift=0.0):
+        self.n_singular, self.max_shift = n_singular, max_shift
 
     def __add__(self, other):
         if isinstance(other, int) and other == 0:  # sum()'s start
             return self
-        return LooFlags(self.n_singular + other.n_singular, self.n_far + other.n_far,
+        return LooFlags(self.n_singular + other.n_singular,
                         max(self.max_shift, other.max_shift))
 
     __radd__ = __add__
 
 
-# A leave-one-out step that moves the point's own logit by more than this many units
-# leaves the region where a logistic or softmax loss is near its quadratic model (its
-# curvature changes by a factor of e and more over such a move).
-_FAR_SHIFT = 2.0
+# Leave-one-out steps that move a point's own logit by more than this are checked
+# (a logistic loss's curvature changes by a factor of e over about one logit).
+_CHECKED_SHIFT = 1.0
+# At most this many such steps are checked, the farthest first: one gradient pass each.
+_CHECKED_STEPS = 10
+# A step whose own Newton correction exceeds this fraction of its length is unreliable.
+_STEP_RESIDUAL = 0.5
 
 
 def _leverage_corrected(problem, out, y, weights, M):
@@ -340,22 +344,25 @@ def _leverage_corrected(problem, out, y, weights, M):
     return c, z, _flags(problem, c, M, z, n_singular)
 
 
-def _flags(problem, c, M, z, n_singular):
-    if problem.adapter.quadratic:  # a squared loss is its quadratic model: exact steps
-        return LooFlags(n_singular)
-    # The step's move of the point's own outputs, c_i M_i z_i; a softmax's shared
-    # offset does not change its probabilities, so the spread of the moves counts.
+def _own_shifts(c, M, z):
+    """How far each point's step moves its own outputs, ``|c_i M_i z_i|`` (a
+    softmax's shared offset does not change its probabilities: the spread counts)."""
     shift = c * (M @ z[:, :, None])[:, :, 0]
     if shift.shape[1] > 1:
         shift = shift - shift.mean(dim=1, keepdim=True)
-    largest = shift.abs().max(dim=1).values
-    far = largest > _FAR_SHIFT
-    return LooFlags(n_singular, int(far.sum()), float(largest.max()) if len(largest) else 0.0)
+    return shift.abs().max(dim=1).values
+
+
+def _flags(problem, c, M, z, n_singular):
+    if problem.adapter.quadratic or len(c) == 0:
+        # A squared loss is its own quadratic model: the steps are exact.
+        return LooFlags(n_singular)
+    return LooFlags(n_singular, float(_own_shifts(c, M, z).max()))
 
 
 def _warn_leverage_one(parts, problem=None):
-    """Drop the per-chunk flags from ``parts``, with one warning for each kind of
-    point flagged in any of them."""
+    """Drop the per-chunk flags from ``parts``, with one warning for the points of
+    leverage 1, and (given the problem) the far steps verified."""
     flags = sum(part[-1] for part in parts)
     if flags.n_singular:
         warnings.warn(
@@ -365,19 +372,63 @@ def _warn_leverage_one(parts, problem=None):
             PumaWarning,
             stacklevel=5,
         )
-    if flags.n_far:
-        condition = ("" if problem is None else
-                     f" (curvature condition number {_condition(problem):.3g})")
-        warnings.warn(
-            f"{flags.n_far} point(s) have leave-one-out steps that move their own output "
-            f"by up to {flags.max_shift:.3g} logits{condition}: far beyond the region "
-            "where the loss is near its quadratic model, so their values (and patches "
-            "removing them) are unreliable. The data are nearly separable for this "
-            "model, or it is too weakly penalised: penalise it more (a smaller C).",
-            PumaWarning,
-            stacklevel=5,
-        )
+    if problem is not None and flags.max_shift > _CHECKED_SHIFT:
+        _verify_far_steps(problem)
     return [part[:-1] for part in parts]
+
+
+def _verify_far_steps(problem):
+    """Measure the leave-one-out steps that move a training point's own logit far.
+
+    A leave-one-out value rests on one Newton step on the objective without the
+    point.  For the (at most ``_CHECKED_STEPS``) farthest-moving points the objective's
+    gradient is computed at the step's end; the Newton correction it still asks for,
+    relative to the step, says whether the step landed near the refit's optimum (a
+    misclassified point's large step usually does; on nearly separable data under a
+    weak penalty it overshoots by orders of magnitude).  A warning gives the figures
+    where any correction exceeds ``_STEP_RESIDUAL``: its cost is one gradient pass
+    per checked point, paid only where some step moves its own logit by more than
+    ``_CHECKED_SHIFT``."""
+    adapter, inverse = problem.adapter, problem.inverse_hat
+    if not (adapter.linear_in_params and hasattr(inverse, "matrix")):
+        return
+    own = loo_own_outputs(problem, problem.X, problem.y, problem.s, _verify=False)
+    out = adapter.forward(problem.theta_hat, problem.X)
+    shift = own - out
+    if shift.shape[1] > 1:
+        shift = shift - shift.mean(dim=1, keepdim=True)
+    shift = shift.abs().max(dim=1).values
+    order = torch.argsort(shift, descending=True)[:_CHECKED_STEPS]
+    order = order[shift[order] > _CHECKED_SHIFT]
+    if len(order) == 0:
+        return
+    rows = order.cpu().numpy()
+    steps = torch.cat([d for _, d in loo_parameter_changes(
+        problem, inverse, problem.theta_hat, problem.X[order], problem.y[order],
+        problem.s[order], chunk_size(adapter.n_params * adapter.n_outputs),
+        _verify=False)])
+    residuals = []
+    for i, step in zip(rows, steps):
+        weights = problem.s.clone()
+        weights[int(i)] = 0
+        g = problem.grad(problem.theta_hat + step, weights)
+        residuals.append(float(inverse.solve(g).norm() / step.norm().clamp_min(1e-300)))
+    residuals = np.array(residuals)
+    bad = residuals > _STEP_RESIDUAL
+    if bad.any():
+        warnings.warn(
+            f"{int(bad.sum())} of the {len(rows)} leave-one-out steps checked (those "
+            f"moving the point's own logit by more than {_CHECKED_SHIFT:g}, up to "
+            f"{float(shift[order[0]]):.3g}) miss the refit's optimum: the Newton "
+            f"correction still needed is up to {residuals.max():.3g} times the step "
+            f"(curvature condition number {_condition(problem):.3g}). Those points' "
+            f"values (rows {rows[bad][:5].tolist()}{' ...' if bad.sum() > 5 else ''}) "
+            "are unreliable, and so are patches removing them: the data are nearly "
+            "separable for this model, or it is too weakly penalised (a smaller C "
+            "helps).",
+            PumaWarning,
+            stacklevel=6,
+        )
 
 
 def _condition(problem):
@@ -473,7 +524,7 @@ def _dual_corrected(problem, inverse, y, weights):
     return out, M[:, :, 0], c, z
 
 
-def loo_own_outputs(problem, X, y, weights):
+def loo_own_outputs(problem, X, y, weights, _verify=True):
     """Each labelled point's model output under the model refit without it, (len(X), K).
 
     Models linear in theta with an explicit inverse: the leverage-corrected step of
@@ -506,9 +557,10 @@ def loo_own_outputs(problem, X, y, weights):
 
         # quadratic_forms bounds its own operands; a chunk holds the (b, K, K) systems,
         # so that the coefficients it derives from H^-1 are derived once per chunk.
-        parts = _warn_leverage_one(map_chunks(part, len(X), chunk_size(K, K),
-                                              problem.n_jobs,
-                                              thread_safe=adapter.closed_form), problem)
+        parts = map_chunks(part, len(X), chunk_size(K, K), problem.n_jobs,
+                           thread_safe=adapter.closed_form)
+        parts = (_warn_leverage_one(parts, problem) if _verify
+                 else [part[:-1] for part in parts])
         return torch.cat([own for own, in parts])
 
     def first_order(sl):
