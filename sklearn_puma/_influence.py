@@ -276,7 +276,7 @@ def loo_parameter_changes(problem, inverse, theta, X, y, weights, size, _verify=
 
     return _warn_leverage_one(map_chunks(part, len(X), size, problem.n_jobs,
                                          thread_safe=adapter.closed_form),
-                              problem if _verify else None)
+                              problem if _verify and X is problem.X else None)
 
 
 class LooFlags:
@@ -363,7 +363,7 @@ def _flags(problem, c, M, z, n_singular):
 def _warn_leverage_one(parts, problem=None):
     """Drop the per-chunk flags from ``parts``, with one warning for the points of
     leverage 1, and (given the problem) the far steps verified."""
-    flags = sum(part[-1] for part in parts)
+    flags = sum((part[-1] for part in parts), LooFlags())
     if flags.n_singular:
         warnings.warn(
             f"{flags.n_singular} point(s) have leverage 1: removing one leaves the model "
@@ -372,7 +372,9 @@ def _warn_leverage_one(parts, problem=None):
             PumaWarning,
             stacklevel=5,
         )
-    if problem is not None and flags.max_shift > _CHECKED_SHIFT:
+    if (problem is not None and flags.max_shift > _CHECKED_SHIFT
+            and not getattr(problem, "_far_steps_checked", False)):
+        problem._far_steps_checked = True  # once per fitted model: its training rows
         _verify_far_steps(problem)
     return [part[:-1] for part in parts]
 
@@ -474,7 +476,7 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights, closed_form=Tr
         G_C, H_C = criterion_derivatives(criterion, theta, problem.data_hessian(theta))
         values, flags = loo_second_order(problem, inverse.matrix(), G_C, H_C, X, y,
                                          weights, _leverage_corrected)
-        _warn_leverage_one([(flags,)], problem)
+        _warn_leverage_one([(flags,)], problem if X is problem.X else None)
         return values
     else:
         G_C = criterion_jacobian(criterion, theta) if closed_form else jacrev(criterion)(theta)
@@ -559,8 +561,8 @@ def loo_own_outputs(problem, X, y, weights, _verify=True):
         # so that the coefficients it derives from H^-1 are derived once per chunk.
         parts = map_chunks(part, len(X), chunk_size(K, K), problem.n_jobs,
                            thread_safe=adapter.closed_form)
-        parts = (_warn_leverage_one(parts, problem) if _verify
-                 else [part[:-1] for part in parts])
+        parts = (_warn_leverage_one(parts, problem if X is problem.X else None)
+                 if _verify else [part[:-1] for part in parts])
         return torch.cat([own for own, in parts])
 
     def first_order(sl):
@@ -808,11 +810,11 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     far plus the predicted change of a Newton step with the marked points removed is the
     target the up-weights must cancel (only on rows that worsen); the weights come from
     the bounded Lasso solve; then one Newton step on the reweighted objective.  The last
-    set of weights is converged on (``_converge``).
+    set of weights is converged on (``converge``).
 
     Where the converged patch, measured, still worsens a row by more than ``delta`` (the
     first-order prediction of the weights' effect fails: a few heavy up-weights saturate),
-    measured rounds follow (``_hold_delta``).  Only if they too fail is the step
+    measured rounds follow (``_compensate_measured``).  Only if they too fail is the step
     shortened (eta) until every row, measured, worsens by at most ``delta``.
     """
     s = problem.s
@@ -824,7 +826,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     C0 = criterion(theta_hat).detach()
     theta, inverse = theta_hat, problem.inverse_hat
     lam_up = np.zeros(len(up_idx))
-    nonconvex = []
+    nonconvex, seen = [], set()
     chord = problem.adapter.linear_in_params and problem.hessian_kind == "exact" \
         and not problem.gauss_newton
 
@@ -833,16 +835,19 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         weights[up_idx] = weights[up_idx] * (1.0 + torch.as_tensor(lam).to(weights))
         return weights
 
-    def curvature(theta, weights):
+    def curvature(theta, weights, at=None):
         # A convex linear model keeps the fitted Hessian, updated over the rows whose
         # weight changed (no pass over the data).  Damping is settled afresh each time:
         # the curvature where a net's patch lands can be more indefinite than at the fit.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NonConvexWarning)
-            inverse = problem.inverse(theta_hat if chord else theta, weights)
+            point = at if at is not None else (theta_hat if chord else theta)
+            inverse = problem.inverse(point, weights)
         nonconvex.extend(w for w in caught if issubclass(w.category, NonConvexWarning))
         for w in caught:
-            if not issubclass(w.category, NonConvexWarning):
+            # Each other warning once per patch, not once per curvature solve.
+            if not issubclass(w.category, NonConvexWarning) and str(w.message) not in seen:
+                seen.add(str(w.message))
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return inverse
 
@@ -853,7 +858,9 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         ``steps`` Newton steps for a net."""
         inverse = curvature(theta, weights)
         if problem.adapter.linear_in_params:
-            return _chord_polish(problem, theta, weights, inverse), inverse
+            # Rebuilt curvatures go through curvature() too: one warning per patch.
+            return _chord_polish(problem, theta, weights, inverse,
+                                 rebuild=lambda t, w: curvature(t, w, at=t)), inverse
         for step_index in range(steps):
             theta = _newton_step(problem, theta, weights, inverse)
             if step_index < steps - 1:
@@ -896,7 +903,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     if nonconvex:
         # One warning for the patch, not one per Newton step: the last step's figure.
         warnings.warn(
-            f"During the patch ({len(nonconvex)} curvature solves): "
+            f"During the patch ({len(nonconvex)} curvature solves warned): "
             f"{nonconvex[-1].message}", NonConvexWarning, stacklevel=3)
 
     step = theta - theta_hat
@@ -969,6 +976,8 @@ def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up
             current = trial
             if settled or change.max() <= 0:
                 break
+        if trial >= current and change.max() <= delta:
+            break  # the patch holds delta and the prediction failed: keep it
         if ratio < 0.25:
             radius = float(step.max()) / 4
         elif ratio > 0.75 and step.max() >= 0.99 * radius:
@@ -986,7 +995,8 @@ def _warn_partial(names, full_change, eta, delta, rounds, lam, max_weight):
     else:
         at_bound = int(np.sum(lam >= max_weight * (1 - 1e-9)))
         binds = (f"{at_bound} of {len(lam)} up-weightable points are at "
-                 f"max_weight={max_weight:g}: that bound binds. Raise it, raise delta"
+                 f"max_weight={max_weight:g}: that bound may bind. Raise it, lower "
+                 "alpha, raise delta"
                  if at_bound else
                  "no point is at max_weight: the first-order model of the weights "
                  "stopped improving the measured criteria. Raise delta, lower alpha")
@@ -1006,7 +1016,8 @@ def _warn_partial(names, full_change, eta, delta, rounds, lam, max_weight):
     warnings.warn(f"{head} {reason}", PartialRemovalWarning, stacklevel=4)
 
 
-def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100):
+def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100,
+                  rebuild=None):
     """Steps ``theta - H~^-1 g`` until the Newton decrement ``g^T H~^-1 g`` falls to
     ``rtol^2`` of the largest seen (a relative gradient of about ``rtol``): a converged
     optimum of ``J_w``.
@@ -1040,7 +1051,7 @@ def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100):
                     # a millionth of the first: it is at the rounding floor of its sum
                     # over the rows, the optimum reached.
                     return theta
-                inverse = problem.inverse(theta, weights)
+                inverse = (problem.inverse if rebuild is None else rebuild)(theta, weights)
                 previous, rebuilt = float(g @ inverse.solve(g)), True
                 theta = _newton_step(problem, theta, weights, inverse, gradient=g)
                 continue

@@ -96,8 +96,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     delta : float, default=0.05
         The largest allowed worsening of any criterion row (absolute, in the
         criterion's units), measured after the patch. Measured rounds of compensation
-        hold it where a reweighting within ``max_weight`` can; elsewhere the step is
-        shortened (``eta_ < 1``, with a warning giving the best worsening reached).
+        try to hold it within ``max_weight`` (a penalised solve: a lower ``alpha``
+        spends more weight); where they end above it the step is shortened
+        (``eta_ < 1``, with a warning giving the best worsening reached).
     alpha : float in [0, 1], default=0.01
         Sparsity of the compensation weights, as a fraction of the smallest penalty that
         gives no compensation: ``1`` is plain influence removal, ``0`` least squares.
@@ -542,8 +543,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         group given to ``fit``) taken: a policy ranks points by value, and a minority
         class's points each weigh more in the values, so "the lowest-valued" can
         empty it (and the model then stops predicting it, which the criteria on the
-        kept points cannot see).  The lowest-valued of each are kept; a warning says
-        where the cap cut the removal."""
+        kept points cannot see).  The lowest-valued of each stay marked (a class of
+        three or fewer loses none); a warning says where the cap cut the removal."""
         partitions = []
         adapter = self._problem.adapter
         if adapter.is_classifier and not adapter.multilabel:
@@ -565,7 +566,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if cut:
             warnings.warn(
                 f"The remove={self.remove!r} policy would take more than "
-                f"{MAX_POLICY_SHARE:.0%} of some classes or groups ({'; '.join(cut)}); "
+                f"{MAX_POLICY_SHARE:.0%} of some classes or groups ({'; '.join(cut[:5])}"
+                f"{f'; and {len(cut) - 5} more' if len(cut) > 5 else ''}); "
                 "only their lowest-valued are removed. Removing most of a class changes "
                 "what the model predicts for it, which criteria on the kept points do "
                 "not measure. Pass a mask or indices to remove more.",

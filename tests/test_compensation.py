@@ -307,7 +307,7 @@ def test_partial_removal_when_the_bound_binds_reports_the_best_reached():
     assert 0 < puma.eta_ < 1
     best = float(message.split(" by ")[1].split(" ")[0])
     assert delta < best < plain_worst
-    assert "max_weight=0.05: that bound binds" in message
+    assert "max_weight=0.05: that bound may bind" in message
     # What is reported after the shortened step is what the model does.
     change = case.measured_rows(puma.estimator_) - case.measured_rows(puma._base_estimator)
     assert change.max() <= delta + 1e-9
