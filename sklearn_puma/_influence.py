@@ -976,8 +976,6 @@ def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up
             current = trial
             if settled or change.max() <= 0:
                 break
-        if trial >= current and change.max() <= delta:
-            break  # the patch holds delta and the prediction failed: keep it
         if ratio < 0.25:
             radius = float(step.max()) / 4
         elif ratio > 0.75 and step.max() >= 0.99 * radius:
