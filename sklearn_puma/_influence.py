@@ -344,13 +344,17 @@ def _leverage_corrected(problem, out, y, weights, M):
     return c, z, _flags(problem, c, M, z, n_singular)
 
 
-def _own_shifts(c, M, z):
-    """How far each point's step moves its own outputs, ``|c_i M_i z_i|`` (a
-    softmax's shared offset does not change its probabilities: the spread counts)."""
-    shift = c * (M @ z[:, :, None])[:, :, 0]
+def _largest_move(shift):
+    """The largest move of each point's outputs, (b, K) -> (b,): a softmax's shared
+    offset does not change its probabilities, so the spread of the moves counts."""
     if shift.shape[1] > 1:
         shift = shift - shift.mean(dim=1, keepdim=True)
     return shift.abs().max(dim=1).values
+
+
+def _own_shifts(c, M, z):
+    """How far each point's step moves its own outputs, ``c_i M_i z_i``."""
+    return _largest_move(c * (M @ z[:, :, None])[:, :, 0])
 
 
 def _flags(problem, c, M, z, n_singular):
@@ -395,11 +399,7 @@ def _verify_far_steps(problem):
     if not (adapter.linear_in_params and hasattr(inverse, "matrix")):
         return
     own = loo_own_outputs(problem, problem.X, problem.y, problem.s, _verify=False)
-    out = adapter.forward(problem.theta_hat, problem.X)
-    shift = own - out
-    if shift.shape[1] > 1:
-        shift = shift - shift.mean(dim=1, keepdim=True)
-    shift = shift.abs().max(dim=1).values
+    shift = _largest_move(own - adapter.forward(problem.theta_hat, problem.X))
     order = torch.argsort(shift, descending=True)[:_CHECKED_STEPS]
     order = order[shift[order] > _CHECKED_SHIFT]
     if len(order) == 0:
@@ -644,16 +644,15 @@ def compensation_weights(V, change, *, alpha, max_weight, solver="lasso", penalt
     max_weight = _per_point(max_weight, u)
     target = np.maximum(change, 0.0)
     scale = np.linalg.norm(target)
-    if u == 0 or scale == 0:
+    if u == 0 or scale == 0 or alpha >= 1 or not np.any(max_weight > 0):
         return np.zeros(u)
+    if penalty is None:
+        penalty = compensation_penalty(V, change, alpha)
     # Scaling V and the change by 1/||target|| leaves the minimiser unchanged (alpha_abs
-    # scales along) and keeps the solver's absolute tolerances meaningful.
+    # by 1/||target||^2) and keeps the solver's absolute tolerances meaningful.
     V, change, target = V / scale, change / scale, target / scale
-    alpha_max = float(np.max(V.T @ target)) / m
-    if alpha_max <= 0 or alpha >= 1 or not np.any(max_weight > 0):
-        return np.zeros(u)
-    alpha_abs = alpha * alpha_max if penalty is None else penalty / scale**2
-    if alpha_abs >= alpha_max:
+    alpha_max, alpha_abs = float(np.max(V.T @ target)) / m, penalty / scale**2
+    if alpha_max <= 0 or alpha_abs >= alpha_max:
         return np.zeros(u)
     if isinstance(solver, str):
         return _bounded_lasso(V, change, alpha_abs, max_weight)
@@ -900,6 +899,11 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             converge=converge if linear else functools.partial(converge, steps=1),
             alpha=alpha, penalty=penalty, max_weight=max_weight, solver=solver,
             delta=delta, max_rounds=max_rounds if linear else min(max_rounds, 5))
+        if not linear and rounds and n_steps > 1:
+            # A net's rounds take one Newton step each: its final weights get the rest
+            # of the n_steps the first weights had, and the criteria are measured anew.
+            theta, _ = converge(theta, weighted(lam_up), steps=n_steps - 1)
+            full_change = _np(criterion(theta).detach() - C0)
     if nonconvex:
         # One warning for the patch, not one per Newton step: the last step's figure.
         warnings.warn(
@@ -908,8 +912,11 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
 
     step = theta - theta_hat
     eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)
-    theta_mod = theta if eta == 1.0 else theta_hat + eta * step
-    after = criterion(theta_mod).detach()
+    if eta == 1.0:  # the full patch, whose criteria were measured above
+        theta_mod, after = theta, C0 + torch.as_tensor(full_change).to(C0)
+    else:
+        theta_mod = theta_hat + eta * step
+        after = criterion(theta_mod).detach()
     lam = np.zeros(problem.n)
     lam[up_idx] = lam_up
     s = _np(s)
@@ -951,12 +958,13 @@ def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up
     def objective(c, lam):
         return 0.5 * float(np.sum(np.maximum(c, 0.0) ** 2)) / m + penalty * lam.sum()
 
-    radius, rounds = float(max_weight), 0
+    radius, rounds, V = float(max_weight), 0, None
     current = objective(change, lam)
     for rounds in range(1, max_rounds + 1):
-        G_C = jacobian(criterion, theta)
-        V = _np(first_order_values(problem, inverse, criterion, theta, problem.X,
-                                   problem.y, problem.s, rows=up_idx, G_C=G_C).T)
+        if V is None:  # a rejected round leaves the patch, and its values, as they were
+            G_C = jacobian(criterion, theta)
+            V = _np(first_order_values(problem, inverse, criterion, theta, problem.X,
+                                       problem.y, problem.s, rows=up_idx, G_C=G_C).T)
         room = np.minimum(max_weight - lam, radius)
         step = compensation_weights(V, change, alpha=alpha, max_weight=room,
                                     solver=solver, penalty=penalty)
@@ -973,7 +981,7 @@ def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up
             settled = trial_change.max() <= delta and current - trial < 0.25 * current
             theta, lam, change, inverse = trial_theta, lam + step, trial_change, \
                 trial_inverse
-            current = trial
+            current, V = trial, None
             if settled or change.max() <= 0:
                 break
         if ratio < 0.25:

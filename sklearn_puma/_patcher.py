@@ -110,8 +110,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Upper bound on each compensation weight ``lambda_j`` (a point's weight becomes at
         most ``1 + max_weight`` times its own). Replacing a removed share ``r`` of a
         class by its remaining members takes ``r / (1 - r)`` (1.5 for 60%); the default
-        admits shares up to 75%. Where no reweighting within the bound holds ``delta``
-        the removal is partial and the warning says the bound binds.
+        admits shares up to 75%. Where the compensation ends above ``delta`` the
+        removal is partial, and the warning counts the points at the bound.
     upweight : None, float, array-like or callable, default=None
         The points that may be up-weighted: ``None`` for every kept point, a float in
         (0, 1) for that fraction of the kept points with the highest values (summed
