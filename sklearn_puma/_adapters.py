@@ -19,6 +19,7 @@ The training objective in mean form is ``J = (1/n) sum_i s_i l_i + r``.
 
 import copy
 import functools
+import threading
 import warnings
 
 import numpy as np
@@ -187,6 +188,14 @@ def class_codes(classes, y):
     return codes
 
 
+_MEMO_LOCK = threading.Lock()
+
+
+def _memoisable(theta):
+    return (type(theta) is torch.Tensor and not theta.requires_grad
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
 class Adapter:
     """What every adapter shares: data encoding on the model's device and dtype."""
 
@@ -207,6 +216,55 @@ class Adapter:
     @property
     def n_params(self):
         return self.theta.numel()
+
+    # Outputs over a whole data set kept for reuse (see ``outputs``), most recent last.
+    _MEMO_SIZE = 2
+
+    def outputs(self, theta, X):
+        """``forward(theta, X)``, remembered for the last few ``(theta, X)`` pairs.
+
+        A patch reads the outputs at one parameter vector several times (the criteria,
+        their Jacobian, the values, the gradient); each read is a pass over X, which at
+        10^6 rows costs more than everything else the step does.  Keyed on the objects
+        themselves and their version counters, so an in-place change of either is a
+        miss; never under autograd or a torch.func transform (the outputs would carry a
+        graph or a wrapped tensor out of it).
+        """
+        hit = self._memo_lookup(theta, X)
+        if hit is not None:
+            return hit
+        out = self.forward(theta, X)
+        self.remember(theta, X, out)
+        return out
+
+    def remember(self, theta, X, out):
+        """Keep ``out = forward(theta, X)``, computed elsewhere (a gradient pass that
+        made the outputs on its way), for ``outputs``."""
+        if not _memoisable(theta) or out.requires_grad:
+            return
+        entry = (theta, theta._version, X, getattr(X, "_version", None), out,
+                 out._version)
+        with _MEMO_LOCK:
+            memo = [e for e in self.__dict__.get("_memo", ()) if e[0] is not theta
+                    or e[2] is not X][-(self._MEMO_SIZE - 1):]
+            self._memo = memo + [entry]
+
+    def _memo_lookup(self, theta, X):
+        if not _memoisable(theta):
+            return None
+        for t, t_version, x, x_version, out, out_version in self.__dict__.get("_memo", ()):
+            # A caller that wrote into the outputs (a user's criterion) spoils them.
+            if t is theta and x is X and t_version == theta._version \
+                    and x_version == getattr(X, "_version", None) \
+                    and out_version == out._version:
+                return out
+        return None
+
+    def __getstate__(self):
+        # Remembered outputs are n-sized and rebuilt on demand: never pickled or copied.
+        state = self.__dict__.copy()
+        state.pop("_memo", None)
+        return state
 
     def sample_loss(self, out, y):
         return self.loss(out, y)

@@ -12,7 +12,7 @@ import torch
 from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
 from ._sparse import dense_rows
-from ._threads import sum_chunks
+from ._threads import imap_chunks, sum_chunks
 
 with warnings.catch_warnings():
     # torch registers its forward-mode (jvp) decompositions through the deprecated
@@ -82,25 +82,53 @@ def objective_value(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None,
     return float(total if tilt is None else total - tilt @ theta)
 
 
-def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None, with_penalty=True):
-    """``grad J_w(theta)``; without the penalty, that of the data term alone."""
+def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None, with_penalty=True,
+             remember=False, with_value=False):
+    """``grad J_w(theta)``; without the penalty, that of the data term alone.
+
+    ``remember``: a model linear in theta keeps the outputs this pass makes on its way
+    (``adapter.remember``), so that the criteria measured next at theta cost no pass.
+    ``with_value``: ``(gradient, J_w(theta))``, the value from the same pass's outputs
+    where the model is linear in theta (a line search then needs no pass of its own)."""
     size = _SUM_ROWS
+    value = None
+    if adapter.linear_in_params:
+        from ._linear import design_rmatmul
 
-    def part(sl):
-        if adapter.linear_in_params:
+        def linear_part(sl):
             # sum_i (w_i/n) dl/df_i (x) x_i: one product, no backward pass.
-            r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X[sl]), y[sl],
-                                           curvature=False)
-            from ._linear import design_rmatmul
+            out = adapter.forward(theta, X[sl])
+            r, _ = output_loss_derivatives(adapter, out, y[sl], curvature=False)
+            g = design_rmatmul(X[sl], (weights[sl] / n)[:, None] * r,
+                               adapter.fit_intercept).T.reshape(-1)
+            loss = ((weights[sl] * adapter.sample_loss(out, y[sl])).sum() / n
+                    if with_value else None)
+            return g, loss, out
 
-            return design_rmatmul(X[sl], (weights[sl] / n)[:, None] * r,
-                                  adapter.fit_intercept).T.reshape(-1)
-        return grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
-
-    total = sum_chunks(part, len(X), size, n_jobs, thread_safe=adapter.closed_form)
+        total, outs = None, []
+        for g, loss, out in imap_chunks(linear_part, len(X), size, n_jobs,
+                                        thread_safe=adapter.closed_form):
+            total = g if total is None else total + g
+            if with_value:
+                value = loss if value is None else value + loss
+            if remember:
+                outs.append(out)
+        if remember:
+            adapter.remember(theta, X, torch.cat(outs))
+    else:
+        total = sum_chunks(
+            lambda sl: grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta),
+            len(X), size, n_jobs, thread_safe=adapter.closed_form)
     if with_penalty:
         total = total + penalty_curvature(adapter, theta, n) * theta
-    return total if tilt is None else total - tilt
+    total = total if tilt is None else total - tilt
+    if not with_value:
+        return total
+    if value is None:
+        value = objective_value(adapter, theta, X, y, weights, n, n_jobs=n_jobs,
+                                with_penalty=False)
+    value = float(value) + (float(adapter.penalty(theta, n)) if with_penalty else 0.0)
+    return total, (value if tilt is None else value - float(tilt @ theta))
 
 
 def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=True):
@@ -331,9 +359,11 @@ def per_sample_grads_times(adapter, theta, X, y, S):
         return per_sample_grads(adapter, theta, X, y) @ S
     from ._linear import design_matmul
 
-    r, _ = output_loss_derivatives(adapter, adapter.forward(theta, X), y, curvature=False)
-    b, K = r.shape
-    m = S.shape[1]
-    XS = design_matmul(X, S.reshape(K, -1, m).transpose(0, 1).reshape(-1, K * m),
-                       adapter.fit_intercept)  # (b, K m)
-    return torch.einsum("bk,bkm->bm", r, XS.reshape(b, K, m))
+    K, m = adapter.n_outputs, S.shape[1]
+    # The outputs and X S in one product: one read of the chunk, not two.
+    W = theta.reshape(K, -1).T  # (d + intercept, K)
+    both = design_matmul(X, torch.cat(
+        [W, S.reshape(K, -1, m).transpose(0, 1).reshape(-1, K * m)], dim=1),
+        adapter.fit_intercept)
+    r, _ = output_loss_derivatives(adapter, both[:, :K], y, curvature=False)
+    return torch.einsum("bk,bkm->bm", r, both[:, K:].reshape(len(r), K, m))

@@ -353,7 +353,7 @@ class BoundCriterion:
         ])
 
     def __call__(self, theta):
-        return self.of_outputs(self.adapter.forward(theta, self.X))
+        return self.of_outputs(self.adapter.outputs(theta, self.X))
 
     def training_loss_scales(self, X, s):
         """Per row of a separable criterion, ``a`` where the row is ``a sum_i s_i l_i``

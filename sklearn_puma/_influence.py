@@ -146,16 +146,20 @@ class Problem:
         changed = torch.nonzero(weights != self.s).flatten()
         return self.X[changed], self.y[changed], (weights - self.s)[changed]
 
-    def grad(self, theta, weights):
+    def grad(self, theta, weights, with_objective=False):
+        """``grad J_w(theta)``; with ``with_objective``, ``(grad, J_w(theta))``, both
+        from one pass where the model is linear in theta."""
         if theta is self.theta_hat:
             # The tilted objective's gradient vanishes at the fitted model (the untilted
             # one's is the tilt): reweighted, only the rows whose weight changed add to
             # it (no pass over all n).
             changed = gradient(self.adapter, theta, *self._changed(weights), self.n,
                                n_jobs=self.n_jobs, with_penalty=False)
-            return changed if self.tilted else changed + self.tilt
+            g = changed if self.tilted else changed + self.tilt
+            return (g, self.objective(theta, weights)) if with_objective else g
         return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
-                        tilt=self._patch_tilt, n_jobs=self.n_jobs)
+                        tilt=self._patch_tilt, n_jobs=self.n_jobs, remember=True,
+                        with_value=with_objective)
 
     def objective(self, theta, weights):
         if theta is self.theta_hat:
@@ -208,7 +212,7 @@ class Problem:
 
     def _dual_inverse(self, theta, weights):
         adapter = self.adapter
-        _, D = output_loss_derivatives(adapter, adapter.forward(theta, self.X), self.y)
+        _, D = output_loss_derivatives(adapter, adapter.outputs(theta, self.X), self.y)
         # A linear model's loss is convex in its outputs: damping="auto" needs none.
         damping = 0.0 if self.damping == "auto" else float(self.damping)
         return DualInverse(adapter, self.X, weights / self.n * D[:, 0, 0],
@@ -235,6 +239,12 @@ def first_order_values(problem, inverse, criterion, theta, X, y, weights, *, row
     """
     adapter = problem.adapter
     S = inverse.solve((jacobian(criterion, theta) if G_C is None else G_C).T)  # (p, m)
+    subset = None
+    if rows is not None and 2 * len(rows) >= len(X):
+        # Most rows (a patch's up-weights: every kept point): contiguous chunks of all
+        # of them and a selection of the (n, m) result cost less than gathering the
+        # rows of X, a copy of nearly all of it.
+        subset, rows = torch.as_tensor(rows, device=X.device), None
     rows = None if rows is None else torch.as_tensor(rows, device=X.device)
 
     def part(sl):
@@ -245,6 +255,8 @@ def first_order_values(problem, inverse, criterion, theta, X, y, weights, *, row
     n = len(X) if rows is None else len(rows)
     G_S = torch.cat(map_chunks(part, n, size, problem.n_jobs,
                                thread_safe=adapter.closed_form))
+    if subset is not None:
+        G_S, rows = G_S[subset], subset
     return G_S * ((weights if rows is None else weights[rows]) / problem.n)[:, None]
 
 
@@ -399,7 +411,7 @@ def _verify_far_steps(problem):
     if not (adapter.linear_in_params and hasattr(inverse, "matrix")):
         return
     own = loo_own_outputs(problem, problem.X, problem.y, problem.s, _verify=False)
-    shift = _largest_move(own - adapter.forward(problem.theta_hat, problem.X))
+    shift = _largest_move(own - adapter.outputs(problem.theta_hat, problem.X))
     order = torch.argsort(shift, descending=True)[:_CHECKED_STEPS]
     order = order[shift[order] > _CHECKED_SHIFT]
     if len(order) == 0:
@@ -519,7 +531,7 @@ def _dual_loo_values(problem, inverse, criterion, theta, X, y, weights):
 def _dual_corrected(problem, inverse, y, weights):
     """``(out, M, c, z)`` of the push-through identity (``_leverage_corrected``) for
     the training rows, with ``M_i = z_i^T H^{-1} z_i`` from the kernel form."""
-    out = problem.adapter.forward(problem.theta_hat, problem.X)
+    out = problem.adapter.outputs(problem.theta_hat, problem.X)
     M = inverse.quadratic_forms()[:, None, None]
     c, z, flags = _leverage_corrected(problem, out, y, weights, M)
     _warn_leverage_one([(flags,)])
@@ -1031,17 +1043,32 @@ def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100,
     ``H~`` starts as the fitted model's curvature updated over the changed rows, so a
     chord step costs one gradient pass (no line search: the decrement it must shrink
     is measured at the next step anyway); its rate is linear, ``||I - H~^-1 H_w||``.
-    The curvature is rebuilt at the current point (n p^2, then a Newton step with a
-    line search) where a chord step shrank the decrement by less than 4x, or where the
+    The curvature is rebuilt at the current point (n p^2, then a Newton step whose
+    Armijo test is made on the objective the next gradient pass gives) where a chord step shrank the decrement by less than 4x, or where the
     chord steps still needed at the measured rate would cost more than the rebuild
-    (about p / 3 gradient passes): a small patch never pays for a Hessian, a large one
-    (a weakly regularised model moving far) gets Newton's rate.  A warning gives the
-    figure if ``max_iter`` is reached."""
+    and the step or two that follow it (``_rebuild_cost``): a small patch never pays
+    for a Hessian, a large one (a weakly regularised model moving far) gets Newton's
+    rate.  A warning gives the figure if ``max_iter`` is reached."""
     first = previous = None
     rebuilt = False
-    p = problem.adapter.n_params
+    rebuild_cost = _rebuild_cost(problem.n, problem.adapter.n_params)
+    # A Newton step whose sufficient decrease (Armijo) is tested by the next pass, which
+    # gives the objective with the gradient: (start, J there, direction, slope, t).
+    pending, decrement = None, float("nan")
+    line_search = not problem.adapter.quadratic
     for _ in range(max_iter):
-        g = problem.grad(theta, weights)
+        # The objective only where a test reads it (its loss costs a tenth of a pass).
+        g, J = (problem.grad(theta, weights, with_objective=True) if pending is not None
+                else (problem.grad(theta, weights), None))
+        if pending is not None:
+            start, J_start, direction, slope, t = pending
+            if J > J_start - 1e-4 * t * slope and t > 2.0**-30:
+                # Far from the optimum of a weakly regularised model a full step can
+                # overshoot into a cycle: halve it until the objective falls enough.
+                pending = (start, J_start, direction, slope, t / 2)
+                theta = start - (t / 2) * direction
+                continue
+            pending = None
         decrement = float(g @ inverse.solve(g))
         first = decrement if first is None else max(first, decrement)
         # Mean-form objectives are O(1): a decrement of 1e-24 is rounding noise.
@@ -1051,15 +1078,21 @@ def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100,
             rate = decrement / previous
             still_needed = (np.log(rtol**2 * first / decrement) / np.log(rate)
                             if 0 < rate < 1 else np.inf)
-            if rate > 0.25 or still_needed > p / 3:
+            if rate > 0.25 or still_needed > rebuild_cost + 2:
                 if rebuilt and rate > 0.25 and decrement <= 1e-12 * first:
                     # A step on the exact curvature did not contract a gradient already
                     # a millionth of the first: it is at the rounding floor of its sum
                     # over the rows, the optimum reached.
                     return theta
                 inverse = (problem.inverse if rebuild is None else rebuild)(theta, weights)
-                previous, rebuilt = float(g @ inverse.solve(g)), True
-                theta = _newton_step(problem, theta, weights, inverse, gradient=g)
+                direction = inverse.solve(g)
+                previous, rebuilt = float(g @ direction), True
+                if previous > 0 and line_search:
+                    # (A quadratic objective's full step passes the test by
+                    # construction: see _newton_step.)
+                    J = problem.objective(theta, weights) if J is None else J
+                    pending = (theta, J, direction, previous, 1.0)
+                theta = theta - direction
                 continue
         previous, rebuilt = decrement, False
         theta = theta - inverse.solve(g)
@@ -1068,6 +1101,20 @@ def _chord_polish(problem, theta, weights, inverse, rtol=1e-8, max_iter=100,
         f"of {decrement / first:.3g} of the first: the patch is close to, not at, the "
         "optimum for sample_weight_.", SolverWarning, stacklevel=4)
     return theta
+
+
+# A call's fixed cost in flops (the torch and Python overheads of a pass, about 20 us):
+# on a few hundred rows it, not the arithmetic, is what a pass costs.
+_CALL_FLOPS = 2e5
+
+
+def _rebuild_cost(n, p):
+    """A curvature rebuild's cost in gradient passes: the Hessian's Gram (``n p^2 / 2``
+    flops, symmetric) and its Cholesky inverse (``4 p^3 / 3``) against a gradient's
+    two products (``2 n p``), each with a call's fixed cost.  About ``p / 4`` on tall
+    data; 2 to 3 on a few hundred rows, where the overheads dominate both (measured on
+    the command line's demo, 319 x 31: 0.4 ms against 0.1 ms)."""
+    return (n * p * p / 2 + 4 * p**3 / 3 + _CALL_FLOPS) / (2 * n * p + _CALL_FLOPS)
 
 
 def _newton_step(problem, theta, weights, inverse, max_halvings=30, gradient=None):

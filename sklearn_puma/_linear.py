@@ -80,6 +80,11 @@ def design_gram(X, w, intercept):
     """
     if isinstance(X, SparseRows):
         G = X.gram(w.numpy())  # one sparse product: its cost is the non-zeros'
+    elif len(X) <= _MIN_SPLIT_ROWS:
+        # Few rows: the bordered design in one product (the symmetric update's sign
+        # split and the border's separate pass cost more in calls than they save).
+        Z = torch.cat([X, X.new_ones(len(X), 1)], dim=1) if intercept else X
+        return Z.T @ (w[:, None] * Z)
     elif X.device.type != "cpu":
         G = X.T @ (w[:, None] * X)
     else:
@@ -124,7 +129,7 @@ def upper(D):
 def criterion_jacobian(criterion, theta):
     """``G_C`` (m, p) from the output gradients: ``G_r = R_r^T [X, 1]`` per row."""
     adapter = criterion.adapter
-    out = adapter.forward(theta, criterion.X)
+    out = adapter.outputs(theta, criterion.X)
     R, _ = criterion.output_derivatives(out, curvature=False)
     m, n, K = R.shape
     G = design_rmatmul(criterion.X, R.permute(1, 0, 2).reshape(n, m * K),
@@ -146,7 +151,7 @@ def criterion_derivatives(criterion, theta, data_hessian=None):
     if data_hessian is not None:
         X, s, H_data = data_hessian
         scales = criterion.training_loss_scales(X, s)
-    out = adapter.forward(theta, criterion.X)
+    out = adapter.outputs(theta, criterion.X)
     # The per-point output Hessians (n, K, K per row) only where a Gram needs them.
     R, B = criterion.output_derivatives(out, curvature=None in scales)
     m, n, K = R.shape
@@ -191,7 +196,7 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
         # (d1, K q): row block k of V_r side by side, so X_d @ it is J_i V_r per point.
         stacked = V_r.reshape(K, d1, q).permute(1, 0, 2).reshape(d1, K * q)
         rotations.append((stacked, lam, V_r.T @ G_C[r]))
-    out_all = adapter.forward(problem.theta_hat, X)
+    out_all = adapter.outputs(problem.theta_hat, X)
 
     def part(sl):
         values = []

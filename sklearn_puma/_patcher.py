@@ -140,14 +140,18 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         network but the last, which then is a linear model on the last hidden features:
         values get the exact leave-one-out correction and the curvature is small, so
         large nets patch fast. Linear models have one layer.
-    n_steps : int, default=3
+    n_steps : int or "auto", default="auto"
         Newton steps of the patch, each re-linearising values and weights before the
         last. For a model linear in its parameters the last set of weights is then
         converged on until the reweighted objective's gradient is negligible (chord
         steps on the fitted Hessian, updated over the changed rows, where it is
         explicit), so the patch is the refit on ``sample_weight_`` at a fraction of
         its cost; a warning gives the figure if that is not reached. A network takes
-        ``n_steps`` Newton steps.
+        ``n_steps`` Newton steps. "auto" is 1 for a model linear in its parameters
+        (the weights are solved once at the fitted model; where the converged patch,
+        measured, still worsens a criterion, the measured rounds correct them, so a
+        re-linearised prediction would only cost passes over the data) and 3 for a
+        network.
     value_method : {"auto", "loo", "first_order"}, default="auto"
         "loo": leverage-corrected leave-one-out values with the criterion's curvature;
         "first_order": the seed's influence values; "auto": "loo" where it is exact
@@ -235,7 +239,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         "curvature": [StrOptions({"hessian", "gauss_newton"})],
         "parameters": [StrOptions({"all", "last_layer"})],
         "damping": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
-        "n_steps": [Interval(Integral, 1, None, closed="left")],
+        "n_steps": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "value_method": [StrOptions({"auto", "loo", "first_order"})],
         "random_state": ["random_state"],
         "n_jobs": [Integral, None],
@@ -257,7 +261,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         damping="auto",
         curvature="hessian",
         parameters="all",
-        n_steps=3,
+        n_steps="auto",
         value_method="auto",
         random_state=None,
         n_jobs=None,
@@ -632,7 +636,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         result = patch(
             problem, criterion, mask, up_mask,
             alpha=self.alpha, max_weight=self.max_weight, solver=self._solver(),
-            n_steps=self.n_steps, delta=self.delta,
+            n_steps=self._n_steps(), delta=self.delta,
         )
         self.estimator_ = problem.adapter.build(result.theta)
         self.removed_ = np.flatnonzero(mask)
@@ -641,10 +645,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.eta_ = float(result.eta)
         self.criterion_before_ = result.before
         self.criterion_after_ = result.after
-        self._log(
-            f"removed {mask.sum()} points, up-weighted {(result.lam > 0).sum()}, "
-            f"eta={self.eta_:.3f}; criteria {result.before} -> {result.after}"
-        )
+        if self.verbose:  # formatting the arrays costs a tenth of a small patch
+            self._log(
+                f"removed {mask.sum()} points, up-weighted {(result.lam > 0).sum()}, "
+                f"eta={self.eta_:.3f}; criteria {result.before} -> {result.after}"
+            )
+
+    def _n_steps(self):
+        if self.n_steps != "auto":
+            return self.n_steps
+        return 1 if self._problem.adapter.linear_in_params else 3
 
     def _most_valuable(self, fraction, kept):
         if not 0 < fraction < 1:

@@ -146,3 +146,31 @@ def test_encoded_training_data_shares_memory():
     puma = PumaPatcher().fit(X, y)
     assert np.shares_memory(puma._problem.X.numpy(), X)
     assert torch.equal(puma._problem.X, torch.from_numpy(X))
+
+
+def test_remembered_outputs_are_never_stale(breast_cancer, wine, diabetes):
+    """``adapter.outputs`` reuses the outputs at one parameter vector across a patch's
+    reads; any in-place change of the parameters, the data or the returned outputs (a
+    user's criterion writing into them) must give a fresh forward pass, and the kept
+    outputs never travel with a pickle."""
+    import pickle
+
+    puma, _ = _fitted("lr-multinomial", breast_cancer, wine, diabetes, None)
+    adapter, X = puma._problem.adapter, puma._problem.X
+    theta = puma._problem.theta_hat.clone()
+    first = adapter.outputs(theta, X)
+    assert torch.equal(first, adapter.forward(theta, X))
+    assert adapter.outputs(theta, X) is first  # remembered
+    first.zero_()  # a caller that writes into them
+    assert torch.equal(adapter.outputs(theta, X), adapter.forward(theta, X))
+    theta.add_(0.5)  # the parameters changed in place
+    assert torch.equal(adapter.outputs(theta, X), adapter.forward(theta, X))
+    X2 = X.clone()
+    adapter.outputs(theta, X2)
+    X2.mul_(2.0)  # the data changed in place
+    assert torch.equal(adapter.outputs(theta, X2), adapter.forward(theta, X2))
+    assert "_memo" not in pickle.loads(pickle.dumps(adapter)).__dict__
+    with torch.enable_grad():  # outputs carrying a graph are not kept
+        t = theta.clone().requires_grad_()
+        adapter.outputs(t, X)
+        assert all(entry[0] is not t for entry in adapter.__dict__.get("_memo", ()))
