@@ -376,9 +376,10 @@ def _flags(problem, c, M, z, n_singular):
     return LooFlags(n_singular, float(_own_shifts(c, M, z).max()))
 
 
-def _warn_leverage_one(parts, problem=None):
+def _warn_leverage_one(parts, problem=None, own=None):
     """Drop the per-chunk flags from ``parts``, with one warning for the points of
-    leverage 1, and (given the problem) the far steps verified."""
+    leverage 1, and (given the problem) the far steps verified; ``own``: the training
+    rows' leave-one-out outputs where the caller has them."""
     flags = sum((part[-1] for part in parts), LooFlags())
     if flags.n_singular:
         warnings.warn(
@@ -391,11 +392,11 @@ def _warn_leverage_one(parts, problem=None):
     if (problem is not None and flags.max_shift > _CHECKED_SHIFT
             and not getattr(problem, "_far_steps_checked", False)):
         problem._far_steps_checked = True  # once per fitted model: its training rows
-        _verify_far_steps(problem)
+        _verify_far_steps(problem, own)
     return [part[:-1] for part in parts]
 
 
-def _verify_far_steps(problem):
+def _verify_far_steps(problem, own=None):
     """Measure the leave-one-out steps that move a training point's own logit far.
 
     A leave-one-out value rests on one Newton step on the objective without the
@@ -410,7 +411,8 @@ def _verify_far_steps(problem):
     adapter, inverse = problem.adapter, problem.inverse_hat
     if not (adapter.linear_in_params and hasattr(inverse, "matrix")):
         return
-    own = loo_own_outputs(problem, problem.X, problem.y, problem.s, _verify=False)
+    if own is None:
+        own = loo_own_outputs(problem, problem.X, problem.y, problem.s, _verify=False)
     shift = _largest_move(own - adapter.outputs(problem.theta_hat, problem.X))
     order = torch.argsort(shift, descending=True)[:_CHECKED_STEPS]
     order = order[shift[order] > _CHECKED_SHIFT]
@@ -573,9 +575,13 @@ def loo_own_outputs(problem, X, y, weights, _verify=True):
         # so that the coefficients it derives from H^-1 are derived once per chunk.
         parts = map_chunks(part, len(X), chunk_size(K, K), problem.n_jobs,
                            thread_safe=adapter.closed_form)
-        parts = (_warn_leverage_one(parts, problem if X is problem.X else None)
-                 if _verify else [part[:-1] for part in parts])
-        return torch.cat([own for own, in parts])
+        own = torch.cat([own for own, _ in parts])
+        if _verify:
+            training = X is problem.X and weights is problem.s
+            # The far-step check reads these same outputs: handed over, not recomputed.
+            _warn_leverage_one(parts, problem if X is problem.X else None,
+                               own=own if training else None)
+        return own
 
     def first_order(sl):
         G = per_sample_grads(adapter, theta, X[sl], y[sl])

@@ -53,7 +53,11 @@ def _rmatmul_chunk(X, R, intercept):
 def design_matmul(X, B, intercept):
     """``[X, 1] @ B`` for B of shape (d + intercept, q)."""
     d = X.shape[1]
-    return X @ B[:d] + B[d] if intercept else X @ B
+    if not intercept:
+        return X @ B
+    if isinstance(X, SparseRows):
+        return X @ B[:d] + B[d]
+    return torch.addmm(B[d], X, B[:d])  # one (b, q) result, not a second for the sum
 
 
 def _gram_chunk(Xn, wn):
@@ -209,7 +213,8 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
                 c, z, flags = leverage_corrected(problem, out_all[sl], y[sl],
                                                       weights[sl], M)
             linear = ((Z @ g) * z).sum(dim=1)
-            Zz = Z[:, 0] * z if K == 1 else (Z * z[:, :, None]).sum(dim=1)  # z^T Z
+            # z^T Z per point, without a (b, K, q) temporary.
+            Zz = Z[:, 0] * z if K == 1 else torch.bmm(z[:, None, :], Z)[:, 0]
             quadratic = (Zz * Zz) @ lam
             values.append(c[:, 0] * linear + 0.5 * c[:, 0] ** 2 * quadratic)
         return torch.stack(values, dim=1), flags
