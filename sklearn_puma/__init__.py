@@ -11,6 +11,7 @@ import importlib
 
 from ._names import CRITERION_NAMES
 from ._warnings import (
+    IllConditionedWarning,
     NonConvexWarning,
     PartialRemovalWarning,
     PumaWarning,
@@ -32,6 +33,7 @@ _LAZY = {
 
 __all__ = [
     "CRITERION_NAMES",
+    "IllConditionedWarning",
     "NonConvexWarning",
     "PartialRemovalWarning",
     "PumaPatcher",

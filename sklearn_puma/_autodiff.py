@@ -6,6 +6,7 @@ memory-bounded chunks through joblib, so that per-sample quantities are never he
 for the whole data set at once.
 """
 
+import threading
 import warnings
 
 import torch
@@ -21,6 +22,23 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*",
                             category=DeprecationWarning)
     import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+# torch's forward-mode AD (jvp, and the jacfwd inside torch.func.hessian) keeps its dual
+# levels in process-global state: two threads in forward mode at once see each other's
+# levels ("no level exists" errors, or silently wrong tangents, 19 and 9 of 40 fits in
+# two threads).  Every forward-mode call holds this lock; reverse mode needs none.
+FORWARD_MODE = threading.RLock()
+
+
+def forward_mode(fn):
+    """``fn`` run under ``FORWARD_MODE`` (a wrapper with its signature)."""
+
+    def locked(*args, **kwargs):
+        with FORWARD_MODE:
+            return fn(*args, **kwargs)
+
+    return locked
+
 
 # Upper bound on the floats one chunk may hold (per-sample gradients, Jacobians).
 _CHUNK_FLOATS = 2**22
@@ -153,6 +171,7 @@ def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=T
         total = sum_chunks(part, len(X), rows_per_chunk(p), n_jobs, thread_safe=closed)
     else:
 
+        @forward_mode
         def part(sl):
             return hessian(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
 
@@ -173,10 +192,12 @@ def hvp_function(adapter, theta, X, y, weights, n, *, gauss_newton=False):
     """
     size = _SUM_ROWS
 
+    @forward_mode
     def exact_part(v, sl):
         term = _data_term(adapter, X[sl], y[sl], weights[sl], n)
         return jvp(grad(term), (theta,), (v,))[1]
 
+    @forward_mode
     def gauss_newton_part(v, sl):
         def fwd(t):
             return adapter.forward(t, X[sl])
@@ -329,8 +350,10 @@ def output_loss_derivatives(adapter, out, y, curvature=True, forward_mode=False)
     first = vmap(grad(loss_of_output))(out, y)
     if not curvature:
         return first, None
-    second = hessian if forward_mode else (lambda f: jacrev(jacrev(f)))
-    return first, vmap(second(loss_of_output))(out, y)
+    if forward_mode:
+        with FORWARD_MODE:
+            return first, vmap(hessian(loss_of_output))(out, y)
+    return first, vmap(jacrev(jacrev(loss_of_output)))(out, y)
 
 
 def per_sample_grads(adapter, theta, X, y):

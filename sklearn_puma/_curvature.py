@@ -21,7 +21,7 @@ import warnings
 import torch
 from sklearn.utils import check_random_state
 
-from ._warnings import NonConvexWarning, SolverWarning
+from ._warnings import IllConditionedWarning, NonConvexWarning, SolverWarning
 
 # Eigenvalues below this fraction of the largest are treated as exact zeros: the
 # directions the objective is flat in (the softmax's shared offset, collinear features)
@@ -53,16 +53,29 @@ def _auto_damping(min_eigenvalue, max_eigenvalue, dtype, stacklevel=4):
 
 class ExactInverse:
     """The explicit Hessian, inverted by Cholesky where that is certified to equal the
-    pseudo-inverse, else by eigen-decomposition.
+    pseudo-inverse, else by eigen-decomposition; both in the Jacobi-scaled basis.
+
+    Scaling first: ``H = S^-1 H' S^-1`` with ``S = diag(H)^-1/2``, and ``H'`` (unit
+    diagonal) is what is factorised.  A feature measured in other units (one column
+    10^5 times the others) or a penalty that swamps the unpenalised intercept
+    (``C=1e-12``) spread the raw spectrum over ten or more orders of magnitude, and a
+    cut-off relative to the largest eigenvalue then threw the small ones away as
+    "flat", silently; the scaled spectrum has no such spread (the scaling is the
+    units), so only genuinely flat directions fall under it.  A scaled condition
+    number past what float64 resolves is still said, with its figure
+    (``IllConditionedWarning``).
 
     ``flat`` (p, q), orthonormal columns the adapter knows the objective is flat along
     whatever the data (a softmax's shared offset): with no damping, and ``H F = 0``
-    checked, ``H + s F F^T`` is inverted instead and ``F F^T / s`` taken back off, which
-    is then the pseudo-inverse.  The Cholesky result is kept only when its condition number, bounded
-    by Frobenius norms, certifies that no other eigenvalue falls under the cut-off the
-    eigen-decomposition would have treated as flat; a Hessian that is indefinite,
-    singular elsewhere or nearly so takes the eigen-decomposition, with its warnings.
-    Cholesky and its inverse cost about a fifth of ``eigh``.
+    checked, ``H' + s F' F'^T`` is inverted instead and ``F' F'^T / s`` taken back off.
+    The result, in the original basis, is projected off the flat directions (those
+    known and those found), so it is the Moore-Penrose pseudo-inverse: a step has no
+    component along a direction the data do not determine.  The Cholesky result is
+    kept only when its condition number, bounded by Frobenius norms, certifies that no
+    other eigenvalue falls under the cut-off the eigen-decomposition would have treated
+    as flat; a Hessian that is indefinite, singular elsewhere or nearly so takes the
+    eigen-decomposition, with its warnings.  Cholesky and its inverse cost about a
+    fifth of ``eigh``.
     """
 
     name = "exact"
@@ -74,69 +87,124 @@ class ExactInverse:
                 "this data. Scale the features or regularise the model more."
             )
         H = (H + H.T) / 2
-        self._matrix = self._basis = None
-        self.min_eigenvalue = None  # known only from the eigen-decomposition
+        self._matrix = None
+        # The raw smallest eigenvalue, measured only where an indefinite curvature
+        # needs its figure to be damped.
+        self.min_eigenvalue = None
+        self.condition = None  # of the scaled curvature (an upper bound by Cholesky)
+        self.method = "cholesky"
         if not self._by_cholesky(H, damping, flat):
             self._by_eigh(H, damping)
+
+    @staticmethod
+    def _jacobi(A):
+        """``diag(A)^-1/2`` where the diagonal resolves, else 1 (an all-zero column,
+        a dead unit: nothing to scale, and flat either way)."""
+        d = A.diagonal().abs()
+        floor = 100 * torch.finfo(A.dtype).eps * float(d.max().clamp_min(1e-300))
+        return torch.where(d > floor, d.clamp_min(1e-300).rsqrt(), torch.ones_like(d))
+
+    def _unscale(self, inverse, scale, null):
+        """``S inverse S`` projected off the (orthonormal) columns of ``null``."""
+        inverse = scale[:, None] * inverse * scale[None, :]
+        if null is not None and null.shape[1]:
+            P = torch.eye(len(inverse), dtype=inverse.dtype, device=inverse.device) \
+                - null @ null.T
+            inverse = P @ inverse @ P
+        return (inverse + inverse.T) / 2
 
     def _by_cholesky(self, H, damping, flat):
         shift = 0.0 if damping == "auto" else float(damping)
         A = H + shift * torch.eye(len(H), dtype=H.dtype, device=H.device) if shift else H
-        scale = float(H.diagonal().abs().max())
-        deflate = flat is not None and flat.shape[1] > 0 and shift == 0 and scale > 0
+        deflate = flat is not None and flat.shape[1] > 0 and shift == 0 \
+            and float(H.diagonal().abs().max()) > 0
         # The adapter's flat directions hold exactly only where the curvature is not
         # rounding noise (a float32 Hessian near zero): check them before relying on it.
         tol = max(_RTOL, 100 * torch.finfo(H.dtype).eps)
         if deflate and not float(torch.linalg.matrix_norm(H @ flat)) \
                 <= tol * float(torch.linalg.matrix_norm(H)):
             return False
+        scale = self._jacobi(A)
+        A = scale[:, None] * A * scale[None, :]
         if deflate:
-            A = A + scale * (flat @ flat.T)
+            # H F = 0 is H' (S^-1 F) = 0: the flat directions of the scaled matrix.
+            F, _ = torch.linalg.qr(flat / scale[:, None])
+            A = A + (F @ F.T)  # the scaled diagonal is 1: a shift of the same size
         L, info = torch.linalg.cholesky_ex(A)
         if int(info) != 0:
             return False
         inverse = torch.cholesky_inverse(L)
         # lambda_min(A) >= 1 / ||A^-1||_F and lambda_max(A) <= ||A||_F: every eigenvalue
         # is above the flat tolerance of the largest, so none would have been dropped.
-        if not float(torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(inverse)) \
-                < 1.0 / tol:
+        bound = float(torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(inverse))
+        if not bound < 1.0 / tol:
             return False
         if deflate:
-            inverse = inverse - (flat @ flat.T) / scale
-        self.damping, self._matrix = shift, inverse
+            inverse = inverse - F @ F.T
+        self.damping, self.condition = shift, bound
+        self._matrix = self._unscale(inverse, scale, flat if deflate else None)
         return True
 
     def _by_eigh(self, H, damping):
-        eigvals, eigvecs = torch.linalg.eigh(H)
-        top = float(eigvals.abs().max())
-        self.min_eigenvalue = float(eigvals[0])
+        self.method = "eigh"
+        eye = torch.eye(len(H), dtype=H.dtype, device=H.device)
         if damping == "auto":
-            damping = _auto_damping(self.min_eigenvalue, top, H.dtype, stacklevel=5)
+            # Congruence keeps the signs of the eigenvalues (Sylvester's law): the
+            # scaled spectrum says whether H is indefinite, the raw one by how much.
+            scale = self._jacobi(H)
+            scaled = torch.linalg.eigvalsh(scale[:, None] * H * scale[None, :])
+            if float(scaled[0]) < -_flat_tolerance(float(scaled.abs().max()), H.dtype):
+                raw = torch.linalg.eigvalsh(H)
+                self.min_eigenvalue = float(raw[0])
+                damping = _auto_damping(self.min_eigenvalue, float(raw.abs().max()),
+                                        H.dtype, stacklevel=5)
+            else:
+                damping = 0.0
         self.damping = float(damping)
-        shifted = eigvals + self.damping
+        A = H + self.damping * eye if self.damping else H
+        scale = self._jacobi(A)
+        eigvals, eigvecs = torch.linalg.eigh(scale[:, None] * A * scale[None, :])
+        top = float(eigvals.abs().max())
         tol = _flat_tolerance(top, H.dtype)
-        if shifted[0] < -tol:
+        if eigvals[0] < -tol:
             warnings.warn(
                 f"damping={self.damping:g} leaves the Hessian indefinite (smallest damped "
-                f"eigenvalue {float(shifted[0]):.3g}); its {int((shifted < -tol).sum())} "
-                "negative direction(s) are dropped. Use damping='auto' or a larger value.",
+                f"eigenvalue {float(eigvals[0]):.3g} after unit-diagonal scaling); its "
+                f"{int((eigvals < -tol).sum())} negative direction(s) are dropped. Use "
+                "damping='auto' or a larger value.",
                 NonConvexWarning,
                 stacklevel=4,
             )
-        keep = shifted > tol
-        self._basis = eigvecs[:, keep]
-        self._inv_eigvals = 1.0 / shifted[keep]
+        keep = eigvals > tol
+        kept = eigvals[keep]
+        self.condition = float(top / kept.min()) if len(kept) else float("inf")
+        # Eigenvalues at rounding level are the flat directions (collinear features, a
+        # dead unit); one above it but under the cut-off is a direction the data do
+        # determine that float64 cannot invert accurately: said, with the figure.
+        rounding = 1e3 * torch.finfo(H.dtype).eps * top
+        unresolved = (~keep) & (eigvals.abs() > rounding)
+        if bool(unresolved.any()):
+            warnings.warn(
+                f"The curvature is ill-conditioned even after scaling each parameter to "
+                f"unit curvature: {int(unresolved.sum())} direction(s) with eigenvalues "
+                f"down to {float(eigvals[unresolved].abs().min() / top):.3g} of the "
+                f"largest (condition number {top / float(eigvals[unresolved].abs().min()):.3g})"
+                " are treated as flat. Values and patches along them are unreliable: "
+                "remove near-duplicate features or regularise the model more.",
+                IllConditionedWarning,
+                stacklevel=4,
+            )
+        null = None
+        if not bool(keep.all()):
+            null, _ = torch.linalg.qr(scale[:, None] * eigvecs[:, ~keep])
+        basis = eigvecs[:, keep]
+        inverse = basis @ (basis.T / kept[:, None])
+        self._matrix = self._unscale(inverse, scale, null)
 
     def solve(self, B):
-        if self._matrix is not None:
-            return self._matrix @ B
-        coords = self._basis.T @ B
-        scale = self._inv_eigvals if coords.ndim == 1 else self._inv_eigvals[:, None]
-        return self._basis @ (scale * coords)
+        return self._matrix @ B
 
     def matrix(self):
-        if self._matrix is None:
-            self._matrix = self._basis @ (self._inv_eigvals[:, None] * self._basis.T)
         return self._matrix
 
 

@@ -15,6 +15,7 @@ from sklearn.base import clone
 from torch.func import jacrev, vmap
 
 from ._autodiff import (
+    FORWARD_MODE,
     chunk_size,
     gradient,
     hessian_matrix,
@@ -494,7 +495,8 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights, closed_form=Tr
         return values
     else:
         G_C = criterion_jacobian(criterion, theta) if closed_form else jacrev(criterion)(theta)
-        H_C = torch.func.hessian(criterion)(theta)  # (m, p, p)
+        with FORWARD_MODE:
+            H_C = torch.func.hessian(criterion)(theta)  # (m, p, p)
         size = chunk_size(p * K)
 
         def change(dtheta):

@@ -661,6 +661,8 @@ class RepresenterPoints(_Valuation):
         import torch
         from scipy.optimize import minimize
 
+        from ._autodiff import FORWARD_MODE
+
         self._validate_params()
         X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
         puma = _structure_of(self.estimator, X, y, parameters="last_layer")
@@ -693,7 +695,8 @@ class RepresenterPoints(_Valuation):
             g = torch.func.grad(loss)(w)
             if float(g.abs().max()) <= 1e-14:
                 break
-            w = w - torch.linalg.solve(torch.func.hessian(loss)(w), g)
+            with FORWARD_MODE:
+                w = w - torch.linalg.solve(torch.func.hessian(loss)(w), g)
         W = w.reshape(K, d)
         first, _ = adapter.output_derivatives(F @ W.T, codes, curvature=False)
         alpha = -first / (2 * self.lam_ * n)

@@ -13,5 +13,10 @@ class NonConvexWarning(PumaWarning):
     """The Hessian has negative eigenvalues; it was damped to be invertible."""
 
 
+class IllConditionedWarning(PumaWarning):
+    """The curvature is too ill-conditioned, even rescaled, to be inverted accurately in
+    every direction; the message gives its condition number."""
+
+
 class SolverWarning(PumaWarning):
     """The compensation solve stopped before convergence."""
