@@ -8,9 +8,9 @@ import torch
 
 skorch = pytest.importorskip("skorch")
 
-from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor  # noqa: E402
 from sklearn.frozen import FrozenEstimator  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor  # noqa: E402
 
 from sklearn_puma import PumaPatcher  # noqa: E402
 from sklearn_puma._adapters import make_adapter  # noqa: E402
