@@ -28,8 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_puma import PumaPatcher
-from sklearn_puma import flip_labels
+from sklearn_puma import PumaPatcher, flip_labels
 
 X, y = load_breast_cancer(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(

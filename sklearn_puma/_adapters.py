@@ -883,7 +883,11 @@ def _registry():
 
 def _skorch_registry():
     try:
-        from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
+        from skorch import (
+            NeuralNetBinaryClassifier,
+            NeuralNetClassifier,
+            NeuralNetRegressor,
+        )
     except ImportError:  # skorch is optional
         return []
     # The binary classifier first: it is no subclass of the others, but keep the

@@ -26,7 +26,7 @@ def _pyplot(caller):
     except ImportError as exc:
         raise ImportError(
             f"{caller} requires matplotlib, which sklearn-puma does not install: "
-            "`pip install matplotlib` (or `pip install sklearn-puma[plot]`)."
+            "`pip install matplotlib` (or `pip install \"sklearn-puma[plot]\"`)."
         ) from exc
     return plt
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 # The suite runs one process per core (pytest-xdist): torch's own thread pool on top of
 # that oversubscribes the cores, and its spinning workers slow small ops a hundredfold.

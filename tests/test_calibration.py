@@ -49,7 +49,7 @@ def _flip(y, rows):
     return y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _experiment(seed, noise):
     """Data, noisy training labels and the MLP fitted on them (cached per seed)."""
     X, y = make_moons(N_TRAIN + N_VAL + N_TEST, noise=0.2, random_state=seed)

@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_wine
 
-from sklearn_puma import CRITERION_NAMES
-from sklearn_puma._criteria import GROUP_CRITERIA
+from sklearn_puma import CRITERION_NAMES, flip_labels
 from sklearn_puma._cli import main
-from sklearn_puma import flip_labels
+from sklearn_puma._criteria import GROUP_CRITERIA
 
 
 def _n_fitted(n_rows, test_size=0.25, eval_size=0.25):

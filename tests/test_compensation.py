@@ -17,8 +17,13 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.cluster import KMeans
-from sklearn.datasets import (load_breast_cancer, load_diabetes, load_digits, load_wine,
-                              make_classification)
+from sklearn.datasets import (
+    load_breast_cancer,
+    load_diabetes,
+    load_digits,
+    load_wine,
+    make_classification,
+)
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.neural_network import MLPClassifier
@@ -204,7 +209,7 @@ class _LastLayerRefit:
         return np.concatenate([self.lr.coef_.ravel(), self.lr.intercept_])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mlp_case():
     X, y = make_classification(1500, 8, n_informative=5, random_state=8)
     X = StandardScaler().fit_transform(X)
@@ -223,7 +228,7 @@ def _theta(est):
     return make_adapter(est).theta.numpy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run(name):
     if name == "mlp_last_layer_40pct_class1":
         case, mlp = _mlp_case()

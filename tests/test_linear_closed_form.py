@@ -24,8 +24,8 @@ from torch.func import hessian, jacrev
 
 import sklearn_puma._influence as influence
 from sklearn_puma import PumaPatcher
-from sklearn_puma._linear import criterion_derivatives, criterion_jacobian
 from sklearn_puma._autodiff import hessian_matrix, objective
+from sklearn_puma._linear import criterion_derivatives, criterion_jacobian
 
 
 def _cases(breast_cancer, wine, diabetes):
