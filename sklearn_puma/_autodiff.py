@@ -6,8 +6,10 @@ memory-bounded chunks through joblib, so that per-sample quantities are never he
 for the whole data set at once.
 """
 
+import functools
 import threading
 import warnings
+from contextlib import contextmanager
 
 import torch
 from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
@@ -21,20 +23,34 @@ with warnings.catch_warnings():
     # affair, and it would otherwise surface inside the user's first Hessian.
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*",
                             category=DeprecationWarning)
+    # torch.func's first gradient imports sympy (through torch._dynamo), and sympy's
+    # import adds a warnings filter to the process: imported here, inside this block,
+    # the filter goes with it, and no public method changes the user's filters.
+    import sympy  # noqa: F401
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 # torch's forward-mode AD (jvp, and the jacfwd inside torch.func.hessian) keeps its dual
 # levels in process-global state: two threads in forward mode at once see each other's
 # levels ("no level exists" errors, or silently wrong tangents, 19 and 9 of 40 fits in
 # two threads).  Every forward-mode call holds this lock; reverse mode needs none.
-FORWARD_MODE = threading.RLock()
+_FORWARD_MODE_LOCK = threading.RLock()
+
+
+@contextmanager
+def forward_mode_section():
+    """Hold the forward-mode lock.  The warnings filters are restored on the way out
+    too: torch's first forward-mode call imports sympy, which adds a filter of its own
+    to the process (a public method must leave them as it found them)."""
+    with _FORWARD_MODE_LOCK, warnings.catch_warnings():
+        yield
 
 
 def forward_mode(fn):
-    """``fn`` run under ``FORWARD_MODE`` (a wrapper with its signature)."""
+    """``fn`` run inside ``forward_mode_section``."""
 
+    @functools.wraps(fn)
     def locked(*args, **kwargs):
-        with FORWARD_MODE:
+        with forward_mode_section():
             return fn(*args, **kwargs)
 
     return locked
@@ -351,7 +367,7 @@ def output_loss_derivatives(adapter, out, y, curvature=True, forward_mode=False)
     if not curvature:
         return first, None
     if forward_mode:
-        with FORWARD_MODE:
+        with forward_mode_section():
             return first, vmap(hessian(loss_of_output))(out, y)
     return first, vmap(jacrev(jacrev(loss_of_output)))(out, y)
 

@@ -263,11 +263,26 @@ class _CallableCriterion(_Criterion):
             kwargs["sample_weight"] = w[keep]
         if "groups" in self._takes:
             kwargs["groups"] = ctx["groups"]
-        value = self.fn(output[keep], y[keep], **kwargs)
+        try:
+            value = self.fn(output[keep], y[keep], **kwargs)
+        except RuntimeError as error:
+            # torch's own message (vmap over .item(), a data-dependent branch) does not
+            # say whose code it is.
+            raise RuntimeError(
+                f"criterion {self.name!r} failed when differentiated: {error} A criterion "
+                "must be written in torch operations on its inputs (no .item(), .numpy() "
+                "or Python branches on their values)."
+            ) from error
         if not isinstance(value, torch.Tensor):
             raise TypeError(
                 f"criterion {self.name!r} must return a torch tensor (a scalar or one row "
                 f"per entry) computed with torch from its inputs; got {type(value).__name__}."
+            )
+        if value.ndim > 1:
+            raise ValueError(
+                f"criterion {self.name!r} must return a scalar or a 1-D tensor (one entry "
+                f"per criterion row); got shape {tuple(value.shape)}. Reduce it over the "
+                "points (a mean), or return one row per entry of a 1-D tensor."
             )
         return value.reshape(-1)
 
@@ -281,7 +296,26 @@ class _CallableCriterion(_Criterion):
         return {"keep": keep, "groups": None if groups is None else groups[keep.cpu().numpy()]}
 
     def count_rows(self, adapter, theta, X, y, w, ctx):
-        self._n_rows = len(self._call(adapter, adapter.forward(theta, X), y, w, ctx))
+        """Call the function once on the fitted model's outputs: its number of rows, and
+        the checks that it is a differentiable function of them."""
+        with torch.enable_grad():
+            out = adapter.forward(theta, X).detach().requires_grad_(True)
+            value = self._call(adapter, out, y, w, ctx)
+        if not value.is_floating_point():
+            raise TypeError(
+                f"criterion {self.name!r} returned a {value.dtype} tensor; it must be a "
+                "floating-point, differentiable function of the model's outputs (a "
+                "count or a comparison has no gradient: use a smooth surrogate, e.g. "
+                "the 'accuracy' criterion)."
+            )
+        if not value.requires_grad:
+            raise TypeError(
+                f"criterion {self.name!r} does not depend on the model's outputs through "
+                "torch operations (its result carries no gradient: .item(), float(), "
+                ".numpy() or torch.tensor(...) of a computed number cut the chain), so "
+                "every value would be zero. Compute it with torch operations on `output`."
+            )
+        self._n_rows = len(value)
 
 
 def _resolve(item):

@@ -16,6 +16,7 @@ its (estimated) most negative eigenvalue, with a warning giving that figure.
 """
 
 import math
+import time
 import warnings
 
 import torch
@@ -28,6 +29,10 @@ from ._warnings import IllConditionedWarning, NonConvexWarning, SolverWarning
 # carry no gradient, so a pseudo-inverse is the right inverse there.
 _RTOL = 1e-10
 EXACT_MAX_PARAMS = 3000
+# Wall-clock bound of one iterative solve (CG, LiSSA), on top of its iteration bound: a
+# series on nearly singular curvature converges so slowly that its 20,000 terms took
+# more than ten minutes.  On either bound it stops with a SolverWarning and the residual.
+MAX_SOLVE_SECONDS = 300.0
 
 
 def _flat_tolerance(top, dtype):
@@ -301,9 +306,14 @@ class CGInverse(_OperatorInverse):
         D = R.clone()
         rs = (R * R).sum(0)
         b_norm = B.norm(dim=0).clamp_min(1e-300)
-        for _ in range(self.max_iter):
+        deadline = time.monotonic() + MAX_SOLVE_SECONDS
+        iterations, timed_out = 0, False
+        for iterations in range(1, self.max_iter + 1):  # noqa: B007 (read after)
             active = rs.sqrt() > self.tol * b_norm
             if not active.any():
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
                 break
             AD = self._damped(D)
             step = torch.where(active, rs / (D * AD).sum(0), torch.zeros_like(rs))
@@ -313,10 +323,12 @@ class CGInverse(_OperatorInverse):
             D = R + torch.where(active, rs_new / rs.clamp_min(1e-300), torch.zeros_like(rs)) * D
             rs = rs_new
         residual = float(((B - self._damped(X)).norm(dim=0) / b_norm).max())
-        if residual > math.sqrt(self.tol):
+        if residual > math.sqrt(self.tol) or not math.isfinite(residual):
+            bound = (f"its time bound ({MAX_SOLVE_SECONDS:g} s)" if timed_out
+                     else f"{iterations} of at most {self.max_iter} iterations")
             warnings.warn(
-                f"CG stopped after {self.max_iter} iterations with relative residual "
-                f"{residual:.3g}.",
+                f"CG stopped after {bound} with relative residual {residual:.3g} "
+                f"(tolerance {self.tol:g}); raise damping for a faster solve.",
                 SolverWarning,
                 stacklevel=4,
             )
@@ -340,16 +352,21 @@ class LissaInverse(_OperatorInverse):
 
     def solve(self, B):
         X = B.clone()
-        for _ in range(self.max_iter):
+        deadline = time.monotonic() + MAX_SOLVE_SECONDS
+        for terms in range(1, self.max_iter + 1):  # noqa: B007 (read after)
             update = B - self._damped(X) / self.scale
             change = float(((update).norm(dim=0) / (X + update).norm(dim=0).clamp_min(1e-300)
                             ).max())
             X = X + update
             if change <= self.tol:
                 return X / self.scale
+            if time.monotonic() > deadline:
+                break
+        bound = (f"{terms} terms, its time bound ({MAX_SOLVE_SECONDS:g} s)"
+                 if terms < self.max_iter else f"{self.max_iter} terms")
         warnings.warn(
-            f"LiSSA did not converge in {self.max_iter} terms (last relative change "
-            f"{change:.3g}); raise damping for a faster series.",
+            f"LiSSA did not converge in {bound} (last relative change {change:.3g}, "
+            f"tolerance {self.tol:g}); raise damping for a faster series.",
             SolverWarning,
             stacklevel=4,
         )
@@ -357,7 +374,15 @@ class LissaInverse(_OperatorInverse):
 
 
 class LowRankInverse(_OperatorInverse):
-    """Top-``rank`` eigenpairs by Lanczos; the rest of the spectrum only damped."""
+    """Top-``rank`` eigenpairs by Lanczos; the rest of the spectrum only damped.
+
+    Ritz values at rounding level of the largest are flat directions (a dead unit's
+    weights, collinear features) and are pseudo-inverted (left out), as the exact solve
+    does.  Where Lanczos spanned the whole space (``2 rank >= p``, or an invariant
+    subspace found) nothing else is left and there is no "rest" to damp; otherwise the
+    rest needs a positive damping, and without one it takes the smallest eigenvalue kept
+    (a flat direction's would divide by zero: NaN parameters, reported as success).
+    """
 
     name = "lowrank"
 
@@ -365,23 +390,32 @@ class LowRankInverse(_OperatorInverse):
         super().__init__(hvp, p, **kwargs)
         values, vectors = lanczos(hvp, p, min(p, 2 * rank), dtype=self.dtype,
                                   device=self.device, generator=self._generator)
+        self._complete = len(values) == p or len(values) < min(p, 2 * rank)
         top = torch.argsort(values.abs(), descending=True)[:rank]
-        self._values, self._vectors = values[top], vectors[:, top]
-        if self.damping <= 0:
+        values, vectors = values[top], vectors[:, top]
+        flat = values.abs() <= _flat_tolerance(float(values.abs().max()), self.dtype)
+        if self.damping == 0 and bool(flat.any()):
+            values, vectors = values[~flat], vectors[:, ~flat]
+        self._values, self._vectors = values, vectors
+        if self.damping <= 0 and not self._complete:
             # The discarded spectrum needs some curvature to be inverted at all.
-            self.damping = float(self._values.abs().min())
+            smallest = float(values.abs().min()) if len(values) else 1.0
             warnings.warn(
-                f"hessian='lowrank' needs a positive damping for the discarded spectrum; "
-                f"using the smallest kept eigenvalue, {self.damping:.3g}.",
+                f"hessian='lowrank' needs a positive damping for the discarded spectrum "
+                f"(damping={self.damping:g}); using the smallest kept eigenvalue, "
+                f"{smallest:.3g}.",
                 SolverWarning,
                 stacklevel=4,
             )
+            self.damping = smallest
 
     def solve(self, B):
         U = self._vectors
         coords = U.T @ B
         inv = 1.0 / (self._values + self.damping)
         inside = U @ (inv[:, None] * coords if coords.ndim > 1 else inv * coords)
+        if self._complete and self.damping == 0:
+            return inside  # the rest is the flat directions: the pseudo-inverse's zero
         return inside + (B - U @ coords) / self.damping
 
 

@@ -5,6 +5,7 @@ Everything here works on flat parameter vectors and an adapter's pure functions
 """
 
 import functools
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -15,8 +16,8 @@ from sklearn.base import clone
 from torch.func import jacrev, vmap
 
 from ._autodiff import (
-    FORWARD_MODE,
     chunk_size,
+    forward_mode_section,
     gradient,
     hessian_matrix,
     hvp_function,
@@ -495,7 +496,7 @@ def loo_values(problem, inverse, criterion, theta, X, y, weights, closed_form=Tr
         return values
     else:
         G_C = criterion_jacobian(criterion, theta) if closed_form else jacrev(criterion)(theta)
-        with FORWARD_MODE:
+        with forward_mode_section():
             H_C = torch.func.hessian(criterion)(theta)  # (m, p, p)
         size = chunk_size(p * K)
 
@@ -894,12 +895,60 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             return theta, inverse
         inverse = curvature(theta, weights)
         for step_index in range(steps):
-            theta = _newton_step(problem, theta, weights, inverse)
+            theta, done = bounded_step(theta, weights, inverse, rtol)
+            if done:
+                break
             if step_index < steps - 1:
                 inverse = curvature(theta, weights)
         return theta, inverse
 
-    for step_index in range(max(n_steps - 1, 1)):
+    # A network's Newton steps (n_steps of them, in the linearisations and in converge)
+    # stop once converged, and all together at a wall-clock bound.
+    deadline = time.monotonic() + MAX_PATCH_SECONDS
+    decrements = []
+
+    def bounded_step(theta, weights, inverse, rtol=_POLISH_RTOL):
+        """One damped Newton step on ``J_w``, and whether the steps should stop: the
+        Newton decrement ``g^T H^-1 g`` is under ``rtol^2`` of the first one seen (a
+        relative gradient of ``rtol``: more steps would repeat this one), or the time
+        bound is reached (with a warning that says how far the patch got)."""
+        g = problem.grad(theta, weights)
+        direction = inverse.solve(g)
+        decrement = abs(float(g @ direction))
+        decrements.append(decrement)
+        if decrement <= rtol**2 * max(decrements[0], scale[0]):
+            return theta, True
+        if time.monotonic() > deadline:
+            warnings.warn(
+                f"The patch stopped at its time bound ({MAX_PATCH_SECONDS:g} s) after "
+                f"{len(decrements) - 1} Newton steps (n_steps={n_steps}), with a Newton "
+                f"decrement {decrement:.3g} ({decrement / max(decrements[0], 1e-300):.3g} "
+                "of its first): the removal is not converged.",
+                SolverWarning, stacklevel=4)
+            return theta, True
+        stepped = _newton_step(problem, theta, weights, inverse, gradient=g,
+                               direction=direction)
+        if float((stepped - theta).norm()) <= 1e-6 * float(direction.norm()):
+            # The line search found no step along the Newton direction that lowers
+            # J_w: more steps would all be this one (measured: 2,000 steps in 20 s,
+            # none moving).
+            warnings.warn(
+                f"The patch's Newton steps stalled after {len(decrements) - 1} steps "
+                f"(n_steps={n_steps}): no step along the Newton direction lowers the "
+                f"reweighted objective, whose Newton decrement is {decrement:.3g} "
+                f"({decrement / max(decrements[0], 1e-300):.3g} of its first). The "
+                "removal is not converged; the curvature there is indefinite "
+                "(damping does not make it a descent direction).",
+                SolverWarning, stacklevel=4)
+            return theta, True
+        return stepped, False
+
+    # The first steps re-solve the weights at the current parameters; past a few, the
+    # weights and the steps chase each other (each solve moves the target the next step
+    # aims at) rather than converge, so the remaining steps converge on the last
+    # weights, where the stopping rule is meaningful.
+    linearisations = min(max(n_steps - 1, 1), MAX_LINEARISATIONS)
+    for step_index in range(linearisations):
         G_C = jacobian(criterion, theta)
         # At the fitted model there is no drift yet: no pass to measure it.
         drift = (torch.zeros_like(C0) if theta is theta_hat
@@ -914,10 +963,13 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         weights = weighted(lam_up)
         if n_steps > 1:
             inverse = curvature(theta, weights)
-            theta = _newton_step(problem, theta, weights, inverse)
+            theta, done = bounded_step(theta, weights, inverse)
+            if done:
+                break
     # The last weights are kept while the patch converges on them: the patch is then the
     # model retrained with sample_weight_ (which a weight that still moved would miss).
-    theta, inverse = converge(theta, weights, steps=1)
+    theta, inverse = converge(theta, weights,
+                              steps=1 + max(0, n_steps - 1 - linearisations))
     full_change = _np(criterion(theta).detach() - C0)
     rounds = None
     # A linear model's round is cheap (a values pass and a few gradient passes): it
@@ -1082,6 +1134,14 @@ def _warn_partial(names, full_change, eta, delta, rounds, lam, max_weight):
     warnings.warn(f"{head} {reason}", PartialRemovalWarning, stacklevel=4)
 
 
+# Linearisations of a patch (the weights re-solved at the current parameters) at most;
+# the rest of n_steps converges on the last weights.
+MAX_LINEARISATIONS = 5
+
+# Wall-clock bound of a network's Newton steps within one patch (n_steps is otherwise
+# the only bound; a converged patch stops before either).
+MAX_PATCH_SECONDS = 600.0
+
 # Relative gradient at which a patch counts as converged on its weights (the refit on
 # sample_weight_ to rounding, in effect), and at which a round's trial patch does: a
 # trial only needs its criteria measured, to a small fraction of their change.
@@ -1180,13 +1240,14 @@ def _rebuild_cost(n, p):
     return (gram + 3 * _CALL_FLOPS) / (2 * n * p + _CALL_FLOPS)
 
 
-def _newton_step(problem, theta, weights, inverse, max_halvings=30, gradient=None):
+def _newton_step(problem, theta, weights, inverse, max_halvings=30, gradient=None,
+                 direction=None):
     """``theta - t H^-1 g`` with the largest ``t`` in 1, 1/2, 1/4, ... that lowers
     ``J_w`` enough (Armijo).  A full Newton step is taken whenever it does; far from the
     optimum of a weakly regularised model it can overshoot into a cycle that more steps
     never leave."""
     g = problem.grad(theta, weights) if gradient is None else gradient
-    direction = inverse.solve(g)
+    direction = inverse.solve(g) if direction is None else direction
     slope = float(g @ direction)
     if slope <= 0:  # not a descent direction (indefinite curvature): take it as it is
         return theta - direction

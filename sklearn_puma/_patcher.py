@@ -13,6 +13,7 @@ from sklearn.base import (
     _fit_context,
     clone,
     is_classifier,
+    is_regressor,
 )
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
@@ -47,6 +48,28 @@ MAX_POLICY_SHARE = 0.25
 
 _CLASSIFIER_METHODS = ("predict_proba", "predict_log_proba", "decision_function",
                        "loo_predict_proba")
+
+
+_NON_FINITE_VALUES = (
+    "the criteria or the model's outputs are not finite there (features so large "
+    "that the outputs overflow, or a criterion returning NaN), or the curvature solve "
+    "failed; scale the features, check the criterion, or set damping")
+_NON_FINITE_OUTPUTS = (
+    "the model's outputs overflow on those rows; scale the features")
+
+
+def _check_finite(array, what, cause):
+    """``array`` (numpy or torch) if every entry is finite, else a FloatingPointError
+    saying how many are not, where, and the likely ``cause``: a number the library
+    returns is never NaN or infinite silently."""
+    finite = np.isfinite(_np(array) if isinstance(array, torch.Tensor) else array)
+    if finite.all():
+        return array
+    rows = np.flatnonzero(~finite.reshape(len(finite), -1).all(axis=1)) \
+        if finite.ndim else np.array([0])
+    raise FloatingPointError(
+        f"{int((~finite).sum())} of the {finite.size} {what} are not finite (rows "
+        f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}): {cause}.")
 
 
 def _estimator_has(attr):
@@ -342,13 +365,17 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self : PumaPatcher
         """
         resolve_criteria(self.criterion)
+        self._solver()  # an unusable solver is refused now, not at the first patch
         X_checked, y_checked = validate_data(
             self, X, y, multi_output=True, dtype=np.float64, y_numeric=False,
             accept_sparse=self._sparse_formats(),
         )
         n = X_checked.shape[0]
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X_checked, dtype=np.float64)
+            # A negative weight turns a loss into a reward: the objective is no longer
+            # bounded below, and neither values nor patches mean anything.
+            sample_weight = _check_sample_weight(sample_weight, X_checked, dtype=np.float64,
+                                                 ensure_non_negative=True)
         removal_spec = self._check_fit_removal(remove, n)
         self._groups = None if groups is None else self._check_groups(groups, n, "groups")
         fitted = self._fit_estimator(X, y, sample_weight)
@@ -383,6 +410,14 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
         criterion = self._bind_criterion(keep=np.ones(n, dtype=bool))
         self.criterion_names_ = criterion.names
+        at_fit = _np(criterion(self._problem.theta_hat))
+        if not np.all(np.isfinite(at_fit)):
+            bad = [name for name, c in zip(criterion.names, at_fit) if not np.isfinite(c)]
+            raise FloatingPointError(
+                f"criterion row(s) {bad} are not finite at the fitted model "
+                f"({at_fit.tolist()}): values and patches need finite criteria. A "
+                "log of a zero probability, a division by an empty group, or outputs "
+                "overflowing on unscaled features give this.")
         # Valued on first access (a detector reading only leave-one-out probabilities,
         # or an explicit removal, never pays for it), against the criterion bound now:
         # a later set_params cannot change what values_ means.
@@ -517,7 +552,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         return values
 
     def _shape_values(self, values):
-        values = _np(values)
+        values = _check_finite(_np(values), "values", _NON_FINITE_VALUES)
         return values[:, 0] if values.shape[1] == 1 else values
 
     # -------------------------------------------------------------------- removal
@@ -623,6 +658,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         return self
 
     def _patch(self, mask, upweight):
+        if not mask.any():
+            # Nothing to remove: the fitted model, exactly (a solve from a fitted model
+            # that is not at its optimum, an SGD's, would otherwise move it).
+            self._no_patch(self._bind_criterion(keep=~mask))
+            return
         self._check_classes_survive(mask)
         problem = self._problem
         if getattr(problem.adapter.estimator, "class_weight", None) == "balanced":
@@ -644,6 +684,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             alpha=self.alpha, max_weight=self.max_weight, solver=self._solver(),
             n_steps=self._n_steps(), delta=self.delta,
         )
+        _check_finite(result.theta, "patched parameters",
+                     f"the curvature solve (hessian={self.hessian_!r}, damping="
+                     f"{self.damping_:g}) or the criteria went non-finite; the model "
+                     "is left as it was")
         self.estimator_ = problem.adapter.build(result.theta)
         self.removed_ = np.flatnonzero(mask)
         self.lambda_ = result.lam
@@ -692,6 +736,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     def _solver(self):
         if isinstance(self.solver, str):
             return self.solver
+        if not is_regressor(self.solver):
+            raise ValueError(
+                f"solver must be 'lasso' or a linear regressor whose fit(V, target) "
+                f"gives coef_ (Lasso, ElasticNet, LinearRegression(positive=True), ...); "
+                f"got {type(self.solver).__name__}, which is not a regressor."
+            )
         solver = clone(self.solver)
         if "random_state" in solver.get_params():
             solver.set_params(random_state=self.random_state)
@@ -751,6 +801,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         y = np.asarray(y)
         if len(y) != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)}.")
+        if y.dtype.kind in "fc" and not np.all(np.isfinite(y)):
+            bad = np.flatnonzero(~np.isfinite(y).reshape(len(y), -1).all(axis=1))
+            raise ValueError(
+                f"{method}(X, y): y has NaN or infinite labels at rows "
+                f"{bad[:5].tolist()}{' ...' if len(bad) > 5 else ''}; a point is valued "
+                "by its loss at its label, which must be finite.")
         adapter = problem.adapter
         return (adapter.encode_X(X), adapter.encode_y(self._io.encode_y(y)),
                 problem.ones(X.shape[0]))
@@ -774,8 +830,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         proba : ndarray of shape (n, n_classes)
         """
         check_is_fitted(self)
-        return _np(loo_log_proba(self._problem, *self._labelled(X, y, "loo_predict_proba"))
-                   .exp())
+        proba = _np(loo_log_proba(self._problem,
+                                  *self._labelled(X, y, "loo_predict_proba")).exp())
+        return _check_finite(proba, "leave-one-out probabilities", _NON_FINITE_OUTPUTS)
 
     @on_fitted_model
     def self_influence(self, X=None, y=None):
@@ -798,7 +855,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         scores : ndarray of shape (n,)
         """
         check_is_fitted(self)
-        return _np(self_influence(self._problem, *self._labelled(X, y, "self_influence")))
+        scores = _np(self_influence(self._problem, *self._labelled(X, y, "self_influence")))
+        return _check_finite(scores, "self-influence scores", _NON_FINITE_OUTPUTS)
 
     @on_fitted_model
     def transform(self, X):
@@ -810,7 +868,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         X = self._check_X(X, reset=False, dtype=np.float64)
         problem = self._problem
         criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
-        return _np(label_free_values(problem, criterion, problem.adapter.encode_X(X)))
+        return _check_finite(
+            _np(label_free_values(problem, criterion, problem.adapter.encode_X(X))),
+            "label-free values", _NON_FINITE_VALUES)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the transform's columns: ``value_<label>[_<criterion row>]``."""

@@ -7,6 +7,17 @@ def row_mask(spec, n, what, row="training sample"):
     """A boolean mask over ``n`` rows from a mask or an index array, with errors that
     name ``what`` was wrong and what a ``row`` is."""
     arr = np.asarray(spec)
+    if arr.ndim == 0:
+        raise ValueError(
+            f"{what} must be a boolean mask or a list of {row} indices; got the scalar "
+            f"{spec!r}. Pass [{spec!r}] for the one at that index (a count or fraction "
+            "of the lowest-valued points is the constructor's remove=)."
+        )
+    if arr.ndim > 1:
+        raise ValueError(
+            f"{what} must be one-dimensional (a boolean mask or a list of {row} "
+            f"indices); got shape {arr.shape}."
+        )
     if arr.dtype == bool:
         if arr.shape != (n,):
             raise ValueError(
@@ -14,7 +25,6 @@ def row_mask(spec, n, what, row="training sample"):
                 f"({n}); got shape {arr.shape}."
             )
         return arr.copy()
-    arr = arr.ravel()
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)

@@ -661,7 +661,7 @@ class RepresenterPoints(_Valuation):
         import torch
         from scipy.optimize import minimize
 
-        from ._autodiff import FORWARD_MODE
+        from ._autodiff import forward_mode_section
 
         self._validate_params()
         X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
@@ -695,7 +695,7 @@ class RepresenterPoints(_Valuation):
             g = torch.func.grad(loss)(w)
             if float(g.abs().max()) <= 1e-14:
                 break
-            with FORWARD_MODE:
+            with forward_mode_section():
                 w = w - torch.linalg.solve(torch.func.hessian(loss)(w), g)
         W = w.reshape(K, d)
         first, _ = adapter.output_derivatives(F @ W.T, codes, curvature=False)
@@ -862,11 +862,14 @@ class DVRL(_Valuation):
         proba = np.zeros_like(onehot)
         proba[:, np.searchsorted(classes, reference.classes_)] = reference.predict_proba(X)
         inputs = torch.as_tensor(np.hstack([X, onehot, np.abs(onehot - proba)]))
-        torch.manual_seed(int(rng.randint(2**31)))
-        estimator = torch.nn.Sequential(
-            torch.nn.Linear(inputs.shape[1], self.hidden), torch.nn.ReLU(),
-            torch.nn.Linear(self.hidden, self.hidden), torch.nn.ReLU(),
-            torch.nn.Linear(self.hidden, 1), torch.nn.Sigmoid()).double()
+        # The layers draw their initial weights from torch's global generator: seeded
+        # for this construction only, the user's generator left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.randint(2**31)))
+            estimator = torch.nn.Sequential(
+                torch.nn.Linear(inputs.shape[1], self.hidden), torch.nn.ReLU(),
+                torch.nn.Linear(self.hidden, self.hidden), torch.nn.ReLU(),
+                torch.nn.Linear(self.hidden, 1), torch.nn.Sigmoid()).double()
         optimizer = torch.optim.Adam(estimator.parameters(), lr=self.learning_rate)
         n = len(X)
         size = min(self.batch_size, n)
