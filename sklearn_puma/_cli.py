@@ -65,8 +65,9 @@ are: they must then be numeric and complete.
 Task (--task auto): a target of text or true/false values is classification; numbers
 with a fractional part are regression; whole numbers are classes when there are at
 most {MAX_AUTO_CLASSES} distinct values and at least {MIN_ROWS_PER_AUTO_CLASS} rows per \
-distinct value on average, and regression
-otherwise (a count, a price in whole units). --task classification|regression overrides the rule.
+distinct value on average, and
+regression otherwise (a count, a price in whole units). --task classification or
+--task regression overrides the rule.
 
 Model (--model): logistic = LogisticRegression(max_iter=1000) (classification, the
 default); ridge = Ridge() (regression, the default); mlp = MLPClassifier(max_iter=500)
@@ -197,8 +198,14 @@ def _size_arg(text):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, like the data errors: the usage block is what --help is for.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sklearn-puma",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -378,6 +385,17 @@ def check_save_model_available(args):
                        "(or pip install 'sklearn-puma[cli]')")
 
 
+class Progress:
+    """One line per phase on stderr, so that a long run shows where it is."""
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+
+    def __call__(self, text):
+        if not self.quiet:
+            print(f"sklearn-puma: {text} ...", file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     """Run the command line; returns the exit status (0 success, 2 usage/data error)."""
     parser = build_parser()
@@ -399,9 +417,19 @@ def main(argv=None):
             check_task_options(args, "classification" if args.data is None else args.task)
         check_paths(args)
         check_save_model_available(args)
+        progress = Progress(args.quiet)
+        source = None
+        if args.data is not None:
+            # Before pandas, scikit-learn and torch are imported (seconds): a table
+            # refused on its file or header is refused at once.
+            from ._table import open_table
+
+            progress(f"reading {args.data}")
+            source = open_table(args.data, args.target, max_columns=args.max_columns,
+                                max_bytes=args.max_bytes)
         from ._demo import run
 
-        return run(args, sys.stdout)
+        return run(args, sys.stdout, source, progress)
     except CLIError as exc:
         print(f"sklearn-puma: error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """The command line's run: load the table, fit, value, patch, report (``_cli`` parses)."""
 
+import csv
+import io
 import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -286,11 +287,14 @@ def _csv_safe(value):
 
 
 def _csv_text(records):
-    safe = records.rename(columns=_csv_safe)
-    for column in safe.columns:
-        if not _is_numeric(safe[column]) and not pd.api.types.is_bool_dtype(safe[column]):
-            safe[column] = safe[column].map(_csv_safe)
-    return safe.to_csv(index=False, lineterminator="\n")
+    # The csv module with RFC 4180's CRLF rows, not DataFrame.to_csv: a cell holding a
+    # lone carriage return must be quoted, or a CSV reader ends the row there.
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\r\n")
+    writer.writerow([_csv_safe(str(name)) for name in records.columns])
+    columns = [records[name].tolist() for name in records.columns]  # Python scalars
+    writer.writerows([[_csv_safe(cell) for cell in row] for row in zip(*columns)])
+    return text.getvalue()
 
 
 def _plain(value):
@@ -327,20 +331,9 @@ def _write_file(path, data, force, what):
         raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-class _Progress:
-    """One line per phase on stderr, so that a long run shows where it is."""
-
-    def __init__(self, quiet):
-        self.quiet = quiet
-
-    def __call__(self, text):
-        if not self.quiet:
-            print(f"sklearn-puma: {text} ...", file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------------------ run
-def run(args, stream):
-    progress = _Progress(args.quiet)
+def run(args, stream, source, progress):
+    """The run, on ``source`` (``_table.open_table``; None: the default data)."""
     values_to_stdout = args.format is not None and args.output is None
     say = _Report(args.quiet or values_to_stdout, stream)
     if args.data is None:
@@ -348,9 +341,7 @@ def run(args, stream):
         table = _load_default()
         flip = DEFAULT_FLIP if args.flip is None else args.flip
     else:
-        progress(f"reading {args.data}")
-        frame = read_table(args.data, args.target, max_rows=args.max_rows,
-                           max_columns=args.max_columns, max_bytes=args.max_bytes)
+        frame = read_table(source, max_rows=args.max_rows)
         table = _make_table(frame, args.data, args.target, args.task)
         flip = 0.0 if args.flip is None else args.flip
     task = table.task

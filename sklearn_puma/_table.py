@@ -1,7 +1,9 @@
 """The command line's CSV reader: a table from a file, read within bounds.
 
-Every check that can be made before the rows are read is made first, on the file's
-metadata and its header, so that a hostile or mistaken input fails at once with one line:
+Every check that can be made before the rows are read is made first (``open_table``,
+with the standard library only: the command line runs it before importing pandas,
+scikit-learn or torch), on the file's metadata and its header, so that a hostile or
+mistaken input fails at once with one line:
 a FIFO or device (reading it could block forever), more bytes than allowed (after
 decompression: a gzip bomb is counted, never held), a header with too many columns or
 the same name twice (pandas would silently rename the second ``a`` to ``a.1``, and a
@@ -19,8 +21,6 @@ import stat
 import warnings
 import zlib
 from collections import Counter
-
-import pandas as pd
 
 from ._cli import CLIError, short_list
 
@@ -188,13 +188,28 @@ def check_header(header, path, target, max_columns):
                        f"columns: {short_list(header, limit=8)}")
 
 
-def read_table(path, target, *, max_rows, max_columns, max_bytes):
-    """The CSV file as a DataFrame with a 0-based RangeIndex (row positions)."""
+def open_table(path, target, *, max_columns, max_bytes):
+    """The table's source, once its file, size and header have passed every check."""
     try:
         source = _Source(path, max_bytes)
-        header = _read_header(source, max_columns)
-        check_header(header, path, target, max_columns)
+        source.header = _read_header(source, max_columns)
+        check_header(source.header, path, target, max_columns)
         source.check_size()
+    except CLIError:
+        raise
+    except _DECOMPRESSION_ERRORS as exc:
+        raise CLIError(f"cannot decompress {path}: {exc}") from None
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc}") from None
+    return source
+
+
+def read_table(source, *, max_rows):
+    """The CSV table as a DataFrame with a 0-based RangeIndex (row positions)."""
+    import pandas as pd
+
+    path, header = source.path, source.header
+    try:
         with source.open() as stream, warnings.catch_warnings():
             # A row longer than the header: pandas drops its extra fields with a warning.
             warnings.simplefilter("error", pd.errors.ParserWarning)
