@@ -326,7 +326,8 @@ def _write_file(path, data, force, what):
                                                     "newline": ""})) as file:
             file.write(data)
     except FileExistsError:
-        raise CLIError(f"{what} {path} already exists; pass --force to replace it") from None
+        raise CLIError(f"{what} {path} already exists; pass --force to replace "
+                       "it") from None
     except OSError as exc:
         raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
 
