@@ -753,3 +753,13 @@ def test_compressed_input_is_read_and_bounded(penguins_csv, tmp_path, capsys):
     path.write_bytes(rows)
     assert main(["--data", str(path), "--target", "y", "--max-bytes", "8M"]) == 2
     assert "larger than --max-bytes 8M" in capsys.readouterr().err
+
+
+def test_save_model_without_skops_is_refused_before_the_run(tmp_path, monkeypatch,
+                                                            capsys):
+    monkeypatch.setitem(sys.modules, "skops", None)  # as if not installed
+    path = tmp_path / "model.skops"
+    assert main(["--save-model", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "--save-model needs the skops package" in captured.err
+    assert captured.out == "" and "fitting" not in captured.err and not path.exists()
