@@ -510,7 +510,10 @@ def run(args, stream, source, progress):
         say(f"  warning: {note}")
 
     # ---- the values, the model
-    records = pd.DataFrame({"row": table.X.index[fit], label_column: y_fit})
+    shown_y = y_fit
+    if not classification and np.all(y_fit == np.round(y_fit)):
+        shown_y = y_fit.astype(np.int64)  # whole numbers written as the table has them
+    records = pd.DataFrame({"row": table.X.index[fit], label_column: shown_y})
     if flip > 0:
         records["original_label"] = y_true[fit]
         records["flipped"] = flipped[fit]

@@ -474,6 +474,7 @@ def test_integer_target_regression_runs_end_to_end(tmp_path, capsys):
     y_true = _diabetes_int_frame()["target"].to_numpy()
     assert list(rows.columns) == ["row", "target", "value", "removed"]
     assert np.array_equal(rows["target"], y_true[rows["row"]])
+    assert all(isinstance(row["target"], int) for row in document["rows"])
     assert rows["removed"].sum() == summary["removed"] == round(0.1 * len(rows))
     # Ground truth for the R^2: Ridge refitted on sample_weight_ scores as the patch.
     assert abs(summary["test_score"]["after_patch"] - summary["test_score"]["refit"]) < 1e-6
