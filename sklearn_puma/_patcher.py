@@ -147,16 +147,21 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         over criterion rows), a mask or indices, or a callable
         ``values -> mask or indices``.
     hessian : {"auto", "exact", "dual", "cg", "lissa", "lowrank"}, default="auto"
-        Inverse-curvature solver: "exact" builds the Hessian and inverts it (Cholesky
-        when certified well-conditioned, a softmax's flat directions set aside; else an
-        eigen-decomposition, pseudo-inverting flat directions); "dual" inverts it
+        Inverse-curvature solver: "exact" builds the Hessian and inverts it in the
+        basis where each parameter has unit curvature (so features on very different
+        scales, or a penalty that swamps the intercept, lose nothing): by Cholesky when
+        certified well-conditioned, a softmax's flat directions set aside, else by an
+        eigen-decomposition, pseudo-inverting flat directions
+        (``IllConditionedWarning`` with the condition number where a direction the
+        data do determine is too small to invert); "dual" inverts it
         exactly through the n x n kernel of the rows (a linear model with one output
         and more parameters than rows, e.g. sparse text: leave-one-out values with
         their leverage correction); "cg" (conjugate gradients), "lissa" (Neumann
         series) and "lowrank" (top eigenpairs by Lanczos, the rest damped) use
-        Hessian-vector products only. "auto" is "exact" up to 3000 parameters, else
-        "dual" where it applies (at most 5000 rows), else "cg" (``hessian_`` says
-        which).
+        Hessian-vector products only; CG and LiSSA stop at their iteration bound or
+        after 300 s (``_curvature.MAX_SOLVE_SECONDS``), with a ``SolverWarning``
+        giving the residual. "auto" is "exact" up to 3000 parameters, else "dual"
+        where it applies (at most 5000 rows), else "cg" (``hessian_`` says which).
     damping : "auto" or float, default="auto"
         Added to the curvature's diagonal. "auto" adds nothing to a positive
         semi-definite curvature and shifts an indefinite one by twice its (estimated)
@@ -176,7 +181,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         steps on the fitted Hessian, updated over the changed rows, where it is
         explicit), so the patch is the refit on ``sample_weight_`` at a fraction of
         its cost; a warning gives the figure if that is not reached. A network takes
-        ``n_steps`` Newton steps. "auto" is 1 for a model linear in its parameters
+        up to ``n_steps`` Newton steps (re-solving the weights in the first five at
+        most), stopping early once the reweighted objective's gradient is negligible;
+        where the line search stalls or the steps pass 600 s
+        (``_influence.MAX_PATCH_SECONDS``) a ``SolverWarning`` says the removal is not
+        converged, with the Newton decrement. "auto" is 1 for a model linear in its parameters
         (the weights are solved once at the fitted model; where the converged patch,
         measured, still worsens a criterion, the measured rounds correct them, so a
         re-linearised prediction would only cost passes over the data) and 3 for a
