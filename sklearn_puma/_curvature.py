@@ -29,6 +29,9 @@ from ._warnings import IllConditionedWarning, NonConvexWarning, SolverWarning
 # carry no gradient, so a pseudo-inverse is the right inverse there.
 _RTOL = 1e-10
 EXACT_MAX_PARAMS = 3000
+# Largest condition-number bound at which the Hessian is inverted as it stands, without
+# rescaling to a unit diagonal first.
+_RAW_CONDITION = 1e6
 # Wall-clock bound of one iterative solve (CG, LiSSA), on top of its iteration bound: a
 # series on nearly singular curvature converges so slowly that its 20,000 terms took
 # more than ten minutes.  On either bound it stops with a SolverWarning and the residual.
@@ -98,7 +101,11 @@ class ExactInverse:
         self.min_eigenvalue = None
         self.condition = None  # of the scaled curvature (an upper bound by Cholesky)
         self.method = "cholesky"
-        if not self._by_cholesky(H, damping, flat):
+        # The raw Cholesky where it is well conditioned as it stands (the common case,
+        # and the cheapest: no scaling passes over the p x p matrix), else in the
+        # scaled basis, else the eigen-decomposition.
+        if not (self._by_cholesky(H, damping, flat, scaled=False)
+                or self._by_cholesky(H, damping, flat, scaled=True)):
             self._by_eigh(H, damping)
 
     @staticmethod
@@ -118,7 +125,7 @@ class ExactInverse:
             inverse = P @ inverse @ P
         return (inverse + inverse.T) / 2
 
-    def _by_cholesky(self, H, damping, flat):
+    def _by_cholesky(self, H, damping, flat, scaled):
         shift = 0.0 if damping == "auto" else float(damping)
         A = H + shift * torch.eye(len(H), dtype=H.dtype, device=H.device) if shift else H
         deflate = flat is not None and flat.shape[1] > 0 and shift == 0 \
@@ -129,25 +136,32 @@ class ExactInverse:
         if deflate and not float(torch.linalg.matrix_norm(H @ flat)) \
                 <= tol * float(torch.linalg.matrix_norm(H)):
             return False
-        scale = self._jacobi(A)
-        A = scale[:, None] * A * scale[None, :]
-        if deflate:
+        if scaled:
+            scale = self._jacobi(A)
+            A = scale[:, None] * A * scale[None, :]
             # H F = 0 is H' (S^-1 F) = 0: the flat directions of the scaled matrix.
-            F, _ = torch.linalg.qr(flat / scale[:, None])
-            A = A + (F @ F.T)  # the scaled diagonal is 1: a shift of the same size
+            F = torch.linalg.qr(flat / scale[:, None])[0] if deflate else None
+            size = 1.0  # the scaled diagonal is 1: a shift of the same size
+        else:
+            F, size = flat, float(H.diagonal().abs().max())
+        if deflate:
+            A = A + size * (F @ F.T)
         L, info = torch.linalg.cholesky_ex(A)
         if int(info) != 0:
             return False
         inverse = torch.cholesky_inverse(L)
         # lambda_min(A) >= 1 / ||A^-1||_F and lambda_max(A) <= ||A||_F: every eigenvalue
         # is above the flat tolerance of the largest, so none would have been dropped.
+        # Unscaled, the bound must also be small enough that the inverse is accurate to
+        # about 1e-10 (condition 1e6); past that the scaled basis does better.
         bound = float(torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(inverse))
-        if not bound < 1.0 / tol:
+        if not bound < (1.0 / tol if scaled else _RAW_CONDITION):
             return False
         if deflate:
-            inverse = inverse - F @ F.T
+            inverse = inverse - (F @ F.T) / size
         self.damping, self.condition = shift, bound
-        self._matrix = self._unscale(inverse, scale, flat if deflate else None)
+        self._matrix = (self._unscale(inverse, scale, flat if deflate else None) if scaled
+                        else inverse)
         return True
 
     def _by_eigh(self, H, damping):

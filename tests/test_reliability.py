@@ -543,3 +543,24 @@ def test_public_methods_leave_process_global_state_as_they_found_it():
             run()
             _assert_same_state(inner, _global_state(), call)
         _assert_same_state(before, _global_state(), call)
+
+
+def test_a_direction_too_small_to_invert_is_said_with_its_condition_number():
+    """Two features that differ by 3e-6 of their scale: after unit-diagonal scaling the
+    curvature's smallest eigenvalue is about 5e-12 of the largest, which the data do
+    determine (it is far above rounding) but the 1e-10 cut-off drops.  That used to
+    happen silently; it is said, with the figure."""
+    import torch
+
+    from sklearn_puma import IllConditionedWarning
+    from sklearn_puma._curvature import ExactInverse
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(500)
+    X = np.c_[x, x + 3e-6 * rng.standard_normal(500), rng.standard_normal(500)]
+    H = torch.as_tensor(X.T @ X / len(X))
+    eigenvalues = np.linalg.eigvalsh(X.T @ X)
+    with pytest.warns(IllConditionedWarning, match=r"condition number \d"):
+        inverse = ExactInverse(H)
+    assert inverse.method == "eigh"
+    assert eigenvalues.max() / eigenvalues.min() > 1e10  # the figure it reports is real
