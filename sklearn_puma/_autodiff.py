@@ -38,10 +38,9 @@ _FORWARD_MODE_LOCK = threading.RLock()
 
 @contextmanager
 def forward_mode_section():
-    """Hold the forward-mode lock.  The warnings filters are restored on the way out
-    too: torch's first forward-mode call imports sympy, which adds a filter of its own
-    to the process (a public method must leave them as it found them)."""
-    with _FORWARD_MODE_LOCK, warnings.catch_warnings():
+    """Hold the forward-mode lock (sympy, which torch's first forward-mode call would
+    import with a warnings filter of its own, was imported quietly above)."""
+    with _FORWARD_MODE_LOCK:
         yield
 
 

@@ -269,9 +269,9 @@ class _CallableCriterion(_Criterion):
             # torch's own message (vmap over .item(), a data-dependent branch) does not
             # say whose code it is.
             raise RuntimeError(
-                f"criterion {self.name!r} failed when differentiated: {error} A criterion "
-                "must be written in torch operations on its inputs (no .item(), .numpy() "
-                "or Python branches on their values)."
+                f"criterion {self.name!r} raised: {error} (A criterion is differentiated "
+                "through torch.func: it must use torch operations on its inputs, with no "
+                ".item(), .numpy() or Python branches on their values.)"
             ) from error
         if not isinstance(value, torch.Tensor):
             raise TypeError(

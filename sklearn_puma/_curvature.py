@@ -16,8 +16,10 @@ its (estimated) most negative eigenvalue, with a warning giving that figure.
 """
 
 import math
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 
 import torch
 from sklearn.utils import check_random_state
@@ -38,6 +40,32 @@ _RAW_CONDITION = 1e6
 MAX_SOLVE_SECONDS = 300.0
 
 
+_collector = threading.local()
+
+
+def _warn(message, category, stacklevel):
+    """``warnings.warn``, or, inside ``collected_warnings`` on this thread, kept for
+    the caller to report once (a patch solves the curvature at every step).  Thread-
+    local: ``warnings.catch_warnings`` swaps process-wide state, and two fits in two
+    threads interleaving it left every later warning of the process swallowed."""
+    caught = getattr(_collector, "caught", None)
+    if caught is None:
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
+    else:
+        caught.append((message, category))
+
+
+@contextmanager
+def collected_warnings():
+    """The solvers' warnings on this thread, as ``(message, category)`` pairs."""
+    outer = getattr(_collector, "caught", None)
+    _collector.caught = caught = []
+    try:
+        yield caught
+    finally:
+        _collector.caught = outer
+
+
 def _flat_tolerance(top, dtype):
     # Eigenvalues within rounding of zero: 1e-10 of the top in float64, and what the
     # dtype resolves in float32 (a float32 Hessian's "zeros" come out near 1e-6 of it).
@@ -49,7 +77,7 @@ def _auto_damping(min_eigenvalue, max_eigenvalue, dtype, stacklevel=4):
     if min_eigenvalue >= -tol:
         return 0.0
     damping = 2 * -min_eigenvalue
-    warnings.warn(
+    _warn(
         f"The Hessian is not positive semi-definite (smallest eigenvalue "
         f"{min_eigenvalue:.3g}, largest {max_eigenvalue:.3g}); damping it by {damping:.3g}. "
         "Values and patches are less reliable here.",
@@ -99,7 +127,7 @@ class ExactInverse:
         # The raw smallest eigenvalue, measured only where an indefinite curvature
         # needs its figure to be damped.
         self.min_eigenvalue = None
-        self.condition = None  # of the scaled curvature (an upper bound by Cholesky)
+        self.condition = None  # of the matrix factorised (a bound, by Cholesky)
         self.method = "cholesky"
         # The raw Cholesky where it is well conditioned as it stands (the common case,
         # and the cheapest: no scaling passes over the p x p matrix), else in the
@@ -155,7 +183,7 @@ class ExactInverse:
         # Unscaled, the bound must also be small enough that the inverse is accurate to
         # about 1e-10 (condition 1e6); past that the scaled basis does better.
         bound = float(torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(inverse))
-        if not bound < (1.0 / tol if scaled else _RAW_CONDITION):
+        if not bound < (1.0 / tol if scaled else min(_RAW_CONDITION, 1.0 / tol)):
             return False
         if deflate:
             inverse = inverse - (F @ F.T) / size
@@ -175,8 +203,12 @@ class ExactInverse:
             if float(scaled[0]) < -_flat_tolerance(float(scaled.abs().max()), H.dtype):
                 raw = torch.linalg.eigvalsh(H)
                 self.min_eigenvalue = float(raw[0])
-                damping = _auto_damping(self.min_eigenvalue, float(raw.abs().max()),
-                                        H.dtype, stacklevel=5)
+                # The scaled spectrum resolves a negative direction the raw one may
+                # put within its rounding: damp it all the same.
+                top_raw = float(raw.abs().max())
+                damping = _auto_damping(
+                    min(self.min_eigenvalue, -2 * _flat_tolerance(top_raw, H.dtype)),
+                    top_raw, H.dtype, stacklevel=5)
             else:
                 damping = 0.0
         self.damping = float(damping)
@@ -186,7 +218,7 @@ class ExactInverse:
         top = float(eigvals.abs().max())
         tol = _flat_tolerance(top, H.dtype)
         if eigvals[0] < -tol:
-            warnings.warn(
+            _warn(
                 f"damping={self.damping:g} leaves the Hessian indefinite (smallest damped "
                 f"eigenvalue {float(eigvals[0]):.3g} after unit-diagonal scaling); its "
                 f"{int((eigvals < -tol).sum())} negative direction(s) are dropped. Use "
@@ -201,9 +233,9 @@ class ExactInverse:
         # dead unit); one above it but under the cut-off is a direction the data do
         # determine that float64 cannot invert accurately: said, with the figure.
         rounding = 1e3 * torch.finfo(H.dtype).eps * top
-        unresolved = (~keep) & (eigvals.abs() > rounding)
+        unresolved = (~keep) & (eigvals >= -tol) & (eigvals.abs() > rounding)
         if bool(unresolved.any()):
-            warnings.warn(
+            _warn(
                 f"The curvature is ill-conditioned even after scaling each parameter to "
                 f"unit curvature: {int(unresolved.sum())} direction(s) with eigenvalues "
                 f"down to {float(eigvals[unresolved].abs().min() / top):.3g} of the "
@@ -304,7 +336,7 @@ class CGInverse(_OperatorInverse):
         super().__init__(hvp, p, **kwargs)
         self.tol, self.max_iter = tol, max_iter or 10 * p
         if self.min_eigenvalue is not None and self.min_eigenvalue + self.damping <= 0:
-            warnings.warn(
+            _warn(
                 f"CG needs positive definite curvature; the damped smallest eigenvalue is "
                 f"{self.min_eigenvalue + self.damping:.3g}. Pass a larger damping.",
                 SolverWarning,
@@ -340,7 +372,7 @@ class CGInverse(_OperatorInverse):
         if residual > math.sqrt(self.tol) or not math.isfinite(residual):
             bound = (f"its time bound ({MAX_SOLVE_SECONDS:g} s)" if timed_out
                      else f"{iterations} of at most {self.max_iter} iterations")
-            warnings.warn(
+            _warn(
                 f"CG stopped after {bound} with relative residual {residual:.3g} "
                 f"(tolerance {self.tol:g}); raise damping for a faster solve.",
                 SolverWarning,
@@ -378,7 +410,7 @@ class LissaInverse(_OperatorInverse):
                 break
         bound = (f"{terms} terms, its time bound ({MAX_SOLVE_SECONDS:g} s)"
                  if terms < self.max_iter else f"{self.max_iter} terms")
-        warnings.warn(
+        _warn(
             f"LiSSA did not converge in {bound} (last relative change {change:.3g}, "
             f"tolerance {self.tol:g}); raise damping for a faster series.",
             SolverWarning,
@@ -404,9 +436,15 @@ class LowRankInverse(_OperatorInverse):
         super().__init__(hvp, p, **kwargs)
         values, vectors = lanczos(hvp, p, min(p, 2 * rank), dtype=self.dtype,
                                   device=self.device, generator=self._generator)
-        self._complete = len(values) == p or len(values) < min(p, 2 * rank)
-        top = torch.argsort(values.abs(), descending=True)[:rank]
-        values, vectors = values[top], vectors[:, top]
+        # Complete only where Lanczos ran all p steps: an early stop finds a subspace
+        # invariant for its start vector, which misses repeated eigenvalues' other
+        # directions.  Then every Ritz pair is kept (it is the whole spectrum, exact),
+        # not only the top ``rank``: dropping the smallest, which weigh most in an
+        # inverse, gave values uncorrelated with the exact ones.
+        self._complete = len(values) == p
+        if not self._complete:
+            top = torch.argsort(values.abs(), descending=True)[:rank]
+            values, vectors = values[top], vectors[:, top]
         flat = values.abs() <= _flat_tolerance(float(values.abs().max()), self.dtype)
         if self.damping == 0 and bool(flat.any()):
             values, vectors = values[~flat], vectors[:, ~flat]
@@ -414,7 +452,7 @@ class LowRankInverse(_OperatorInverse):
         if self.damping <= 0 and not self._complete:
             # The discarded spectrum needs some curvature to be inverted at all.
             smallest = float(values.abs().min()) if len(values) else 1.0
-            warnings.warn(
+            _warn(
                 f"hessian='lowrank' needs a positive damping for the discarded spectrum "
                 f"(damping={self.damping:g}); using the smallest kept eigenvalue, "
                 f"{smallest:.3g}.",

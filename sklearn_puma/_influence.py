@@ -29,7 +29,7 @@ from ._autodiff import (
     per_sample_grads_times,
     quadratic_forms,
 )
-from ._curvature import make_inverse, resolve_kind
+from ._curvature import collected_warnings, make_inverse, resolve_kind
 from ._linear import (
     DUAL_MAX_ROWS,
     DualInverse,
@@ -796,6 +796,11 @@ def _sklearn_solver(solver, V, target, alpha_abs, max_weight):
     overrides = {"alpha": alpha_abs, "fit_intercept": False, "positive": True}
     est.set_params(**{k: v for k, v in overrides.items() if k in params})
     est.fit(V, target)
+    if not hasattr(est, "coef_"):
+        raise ValueError(
+            f"solver {type(est).__name__} has no coef_ after fit: the compensation "
+            "weights are a linear regressor's coefficients (Lasso, ElasticNet, "
+            "LinearRegression(positive=True), ...).")
     coef = np.ravel(est.coef_)
     clipped = int(np.sum((coef < 0) | (coef > max_weight)))
     if clipped:
@@ -859,19 +864,20 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # A convex linear model keeps the fitted Hessian, updated over the rows whose
         # weight changed (no pass over the data).  Damping is settled afresh each time:
         # the curvature where a net's patch lands can be more indefinite than at the fit.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", NonConvexWarning)
+        with collected_warnings() as caught:
             point = at if at is not None else (theta_hat if chord else theta)
             inverse = problem.inverse(point, weights)
-        nonconvex.extend(w for w in caught if issubclass(w.category, NonConvexWarning))
-        for w in caught:
+        nonconvex.extend(message for message, category in caught
+                         if issubclass(category, NonConvexWarning))
+        for message, category in caught:
             # Each other warning once per patch, not once per curvature solve.
-            if not issubclass(w.category, NonConvexWarning) and str(w.message) not in seen:
-                seen.add(str(w.message))
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if not issubclass(category, NonConvexWarning) and message not in seen:
+                seen.add(message)
+                warnings.warn(message, category, stacklevel=4)
         return inverse
 
     scale = [0.0]  # the largest Newton decrement any polish of this patch has seen
+    inverse_last = [problem.inverse_hat]  # a network's last curvature, for a stop
 
     def converge(theta, weights, steps=n_steps, start=None, rtol=_POLISH_RTOL):
         """The optimum of ``J_w`` from ``theta`` and the curvature last used: for a
@@ -893,7 +899,10 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             # eight orders of magnitude further than the last).
             scale[0] = max(scale[0], first)
             return theta, inverse
+        if stopped:  # a bound or a stall ended the steps: no further curvature
+            return theta, inverse_last[0]
         inverse = curvature(theta, weights)
+        inverse_last[0] = inverse
         for step_index in range(steps):
             theta, done = bounded_step(theta, weights, inverse, rtol)
             if done:
@@ -905,25 +914,29 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     # A network's Newton steps (n_steps of them, in the linearisations and in converge)
     # stop once converged, and all together at a wall-clock bound.
     deadline = time.monotonic() + MAX_PATCH_SECONDS
-    decrements = []
+    decrements, stopped = [], []  # stopped: a bound or a stall ended the steps for good
 
     def bounded_step(theta, weights, inverse, rtol=_POLISH_RTOL):
         """One damped Newton step on ``J_w``, and whether the steps should stop: the
         Newton decrement ``g^T H^-1 g`` is under ``rtol^2`` of the first one seen (a
         relative gradient of ``rtol``: more steps would repeat this one), or the time
         bound is reached (with a warning that says how far the patch got)."""
+        if stopped:
+            return theta, True
         g = problem.grad(theta, weights)
         direction = inverse.solve(g)
         decrement = abs(float(g @ direction))
         decrements.append(decrement)
+        taken = len(decrements) - 1  # steps taken before this one
         if decrement <= rtol**2 * max(decrements[0], scale[0]):
             return theta, True
         if time.monotonic() > deadline:
+            stopped.append(True)
             warnings.warn(
                 f"The patch stopped at its time bound ({MAX_PATCH_SECONDS:g} s) after "
-                f"{len(decrements) - 1} Newton steps (n_steps={n_steps}), with a Newton "
-                f"decrement {decrement:.3g} ({decrement / max(decrements[0], 1e-300):.3g} "
-                "of its first): the removal is not converged.",
+                f"{taken} Newton steps (n_steps={n_steps}), with a Newton decrement "
+                f"{decrement:.3g} ({decrement / max(decrements[0], 1e-300):.3g} of its "
+                "first): the removal is not converged.",
                 SolverWarning, stacklevel=4)
             return theta, True
         stepped = _newton_step(problem, theta, weights, inverse, gradient=g,
@@ -932,13 +945,14 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             # The line search found no step along the Newton direction that lowers
             # J_w: more steps would all be this one (measured: 2,000 steps in 20 s,
             # none moving).
+            stopped.append(True)
             warnings.warn(
-                f"The patch's Newton steps stalled after {len(decrements) - 1} steps "
-                f"(n_steps={n_steps}): no step along the Newton direction lowers the "
+                f"The patch's Newton steps stalled after {taken} steps (n_steps="
+                f"{n_steps}): 30 halvings of the Newton step found none that lowers the "
                 f"reweighted objective, whose Newton decrement is {decrement:.3g} "
-                f"({decrement / max(decrements[0], 1e-300):.3g} of its first). The "
-                "removal is not converged; the curvature there is indefinite "
-                "(damping does not make it a descent direction).",
+                f"({decrement / max(decrements[0], 1e-300):.3g} of its first; a kink of "
+                "a relu, or the objective at its rounding level). The removal may not "
+                "be converged.",
                 SolverWarning, stacklevel=4)
             return theta, True
         return stepped, False
@@ -963,6 +977,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         weights = weighted(lam_up)
         if n_steps > 1:
             inverse = curvature(theta, weights)
+            inverse_last[0] = inverse
             theta, done = bounded_step(theta, weights, inverse)
             if done:
                 break
@@ -1000,7 +1015,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # One warning for the patch, not one per Newton step: the last step's figure.
         warnings.warn(
             f"During the patch ({len(nonconvex)} curvature solves warned): "
-            f"{nonconvex[-1].message}", NonConvexWarning, stacklevel=3)
+            f"{nonconvex[-1]}", NonConvexWarning, stacklevel=3)
 
     step = theta - theta_hat
     eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)

@@ -13,7 +13,6 @@ from sklearn.base import (
     _fit_context,
     clone,
     is_classifier,
-    is_regressor,
 )
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
@@ -745,11 +744,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     def _solver(self):
         if isinstance(self.solver, str):
             return self.solver
-        if not is_regressor(self.solver):
+        if is_classifier(self.solver):
             raise ValueError(
                 f"solver must be 'lasso' or a linear regressor whose fit(V, target) "
                 f"gives coef_ (Lasso, ElasticNet, LinearRegression(positive=True), ...); "
-                f"got {type(self.solver).__name__}, which is not a regressor."
+                f"got {type(self.solver).__name__}, a classifier (the target is "
+                "continuous)."
             )
         solver = clone(self.solver)
         if "random_state" in solver.get_params():
