@@ -129,8 +129,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         A differentiable scikit-learn model (LogisticRegression, LinearRegression,
         Ridge, SGDClassifier(loss="log_loss"), SGDRegressor, MLPClassifier,
         MLPRegressor) or a skorch NeuralNetClassifier, NeuralNetBinaryClassifier or
-        NeuralNetRegressor around any torch module. ``None`` means
-        ``LogisticRegression()``. Wrap a model fitted elsewhere in
+        NeuralNetRegressor around any torch module, or a Pipeline ending in one of
+        them (its preprocessing is kept, the last step valued and patched). ``None``
+        means ``LogisticRegression()``. Wrap a model or Pipeline fitted elsewhere in
         :class:`~sklearn.frozen.FrozenEstimator` to patch it without refitting.
     criterion : str, callable or list of them, default="loss"
         The performance criteria values and patches are measured against, lower is
@@ -240,7 +241,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     Attributes
     ----------
     estimator_ : estimator
-        The patched model, of the same class as ``estimator``.
+        The patched model, of the same class as ``estimator`` (for a Pipeline: a
+        Pipeline with the same fitted preprocessing and the patched last step).
     values_ : ndarray of shape (n_samples,) or (n_samples, n_rows)
         Training values: the predicted change of each criterion row if the point were
         left out. Positive = helpful, negative = harmful. Computed on first access,
@@ -407,6 +409,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     def fit(self, X, y, *, remove=None, eval_set=None, sample_weight=None, groups=None):
         """Fit the estimator (unless frozen), value every training point, and patch.
 
+        When ``estimator`` is a Pipeline (or a frozen one) ending in a supported model,
+        its preprocessing (every step but the last) is fitted on X here, or kept as
+        fitted when frozen, and the last step is valued and patched on the transformed
+        X; ``estimator_`` is then a Pipeline of that preprocessing and the patched
+        model, and every method taking X takes it raw.
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
@@ -416,7 +424,13 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             sample-aligned, so cross-validation splits it like ``sample_weight``.
         eval_set : tuple (X_eval, y_eval) or (X_eval, y_eval, groups_eval), default=None
             Data the criteria are measured on; by default the training data (for a patch:
-            the kept training points). Not transformed by earlier Pipeline steps.
+            the kept training points). X_eval is raw data, like X: when ``estimator``
+            is a Pipeline, it goes through the same fitted preprocessing as X. As the
+            last step of a user's Pipeline, PumaPatcher sees only the preprocessed X
+            and a Pipeline does not transform ``eval_set`` (its ``transform_input``
+            would transform y_eval too): wrap the whole Pipeline in PumaPatcher
+            instead, or pass X_eval already transformed by the fitted preprocessing; a
+            raw X_eval there is refused with a message saying so.
         sample_weight : array-like of shape (n_samples,), default=None
         groups : array-like of shape (n_samples,), default=None
             The sensitive group of each training point, for the fairness criteria
@@ -595,7 +609,19 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                    else ".")
             )
         X_eval, y_eval = eval_set[:2]
-        X_eval = self._model_X(X_eval)
+        try:
+            X_eval = self._model_X(X_eval)
+        except ValueError as err:
+            if self._preprocess is not None:
+                raise
+            raise ValueError(
+                f"eval_set's X_eval is not data this model reads ({err}). As the last "
+                "step of a Pipeline, PumaPatcher sees the preprocessed X, and a Pipeline "
+                "does not transform eval_set: wrap the whole Pipeline instead, "
+                "PumaPatcher(pipeline) (or PumaPatcher(FrozenEstimator(fitted_pipeline)))"
+                ", which takes a raw eval_set, or pass X_eval transformed by the fitted "
+                "preprocessing."
+            ) from err
         y_eval = np.asarray(y_eval)
         if len(y_eval) != X_eval.shape[0]:
             raise ValueError(
