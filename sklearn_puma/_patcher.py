@@ -413,7 +413,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         its preprocessing (every step but the last) is fitted on X here, or kept as
         fitted when frozen, and the last step is valued and patched on the transformed
         X; ``estimator_`` is then a Pipeline of that preprocessing and the patched
-        model, and every method taking X takes it raw.
+        model, and every method taking X takes it raw. ``sample_weight`` weighs the
+        last step only (the preprocessing is fitted unweighted).
 
         Parameters
         ----------
