@@ -613,7 +613,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         try:
             X_eval = self._model_X(X_eval)
         except ValueError as err:
-            if self._preprocess is not None:
+            # Columns that are not the model's (names, count, text): most likely raw
+            # data given to PumaPatcher as a Pipeline's last step.
+            if self._preprocess is not None or not any(
+                    clue in str(err) for clue in ("feature", "convert string")):
                 raise
             raise ValueError(
                 f"eval_set's X_eval is not data this model reads ({err}). As the last "

@@ -232,3 +232,20 @@ def test_values_of_a_numpy_X_have_a_default_index(data):
     Xt = _preprocessing().fit_transform(X)
     puma = PumaPatcher(LogisticRegression()).set_output(transform="pandas").fit(Xt, y)
     pd.testing.assert_index_equal(puma.value().index, pd.RangeIndex(len(y)))
+
+
+def test_wrapped_pipeline_of_a_regressor_goes_into_a_grid_search(data):
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    X, _, _, _, _ = data
+    target = 2.0 * X["x1"] + (X["colour"] == "red") + 0.1 * np.arange(len(X)) % 1.0
+    puma = PumaPatcher(make_pipeline(_preprocessing(), Ridge()), remove=5)
+    search = GridSearchCV(puma, {"estimator__ridge__alpha": [0.1, 10.0]}, cv=2)
+    search.fit(X, target)
+    best = search.best_estimator_
+    assert type(best.estimator_) is Pipeline and len(best.removed_) == 5
+    Xt = best.estimator_[0].transform(X)
+    refit = Ridge(alpha=search.best_params_["estimator__ridge__alpha"]).fit(
+        Xt, target, sample_weight=best.sample_weight_)
+    np.testing.assert_allclose(best.estimator_[-1].coef_, refit.coef_, rtol=1e-6, atol=1e-10)
