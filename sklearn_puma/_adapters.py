@@ -326,6 +326,9 @@ class Adapter:
             return torch.as_tensor(class_codes(self.classes, y), dtype=torch.long,
                                    device=self.device)
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        if not y.flags.writeable:
+            # pandas 3 hands out read-only views (copy-on-write); torch warns on those.
+            y = y.copy()
         if y.shape[1] != self.n_outputs:
             raise ValueError(
                 f"y has {y.shape[1]} target column(s); the estimator predicts "

@@ -17,16 +17,27 @@ from sklearn.base import (
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, r2_score
+from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state, get_tags
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import (
     _check_sample_weight,
+    _check_y,
+    check_array,
+    check_consistent_length,
     check_is_fitted,
     validate_data,
 )
 
-from ._adapters import check_supported, estimator_io, is_skorch, make_adapter
+from ._adapters import (
+    _unsupported,
+    check_supported,
+    estimator_io,
+    is_skorch,
+    make_adapter,
+)
 from ._criteria import CRITERION_NAMES, BoundCriterion, resolve_criteria
 from ._influence import (
     Problem,
@@ -71,6 +82,23 @@ def _check_finite(array, what, cause):
         f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}): {cause}.")
 
 
+def _unfrozen(estimator):
+    return estimator.estimator if isinstance(estimator, FrozenEstimator) else estimator
+
+
+def _final_step(estimator):
+    """The model PUMA differentiates: the last step of a (possibly frozen) Pipeline,
+    else the (possibly frozen) estimator itself."""
+    inner = _unfrozen(estimator)
+    if not isinstance(inner, Pipeline):
+        return estimator
+    final = inner.steps[-1][1]
+    if final is None or final == "passthrough":
+        raise _unsupported(inner, "its last step is 'passthrough'; PumaPatcher needs "
+                                  "the model as the Pipeline's last step")
+    return final
+
+
 def _estimator_has(attr):
     def check(self):
         est = getattr(self, "estimator_", None)
@@ -100,8 +128,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         A differentiable scikit-learn model (LogisticRegression, LinearRegression,
         Ridge, SGDClassifier(loss="log_loss"), SGDRegressor, MLPClassifier,
         MLPRegressor) or a skorch NeuralNetClassifier, NeuralNetBinaryClassifier or
-        NeuralNetRegressor around any torch module. ``None`` means
-        ``LogisticRegression()``. Wrap a model fitted elsewhere in
+        NeuralNetRegressor around any torch module, or a Pipeline ending in one of
+        them (its preprocessing is kept, the last step valued and patched). ``None``
+        means ``LogisticRegression()``. Wrap a model or Pipeline fitted elsewhere in
         :class:`~sklearn.frozen.FrozenEstimator` to patch it without refitting.
     criterion : str, callable or list of them, default="loss"
         The performance criteria values and patches are measured against, lower is
@@ -211,7 +240,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     Attributes
     ----------
     estimator_ : estimator
-        The patched model, of the same class as ``estimator``.
+        The patched model, of the same class as ``estimator`` (for a Pipeline: a
+        Pipeline with the same fitted preprocessing and the patched last step).
     values_ : ndarray of shape (n_samples,) or (n_samples, n_rows)
         Training values: the predicted change of each criterion row if the point were
         left out. Positive = helpful, negative = harmful. Computed on first access,
@@ -334,7 +364,13 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         tags.target_tags = inner.target_tags
         # Sparse X where the wrapped model takes it (its products then stay sparse).
         tags.input_tags.sparse = inner.input_tags.sparse
-        tags.input_tags.allow_nan = False
+        if isinstance(_unfrozen(self._get_estimator()), Pipeline):
+            # Raw X goes to the Pipeline's preprocessing, which says what it takes
+            # (text columns, missing values).
+            tags.input_tags.allow_nan = inner.input_tags.allow_nan
+            tags.input_tags.string = inner.input_tags.string
+        else:
+            tags.input_tags.allow_nan = False
         return tags
 
     def _check_X(self, X, **kwargs):
@@ -342,13 +378,42 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
     def _sparse_formats(self):
         # CSR is what the row chunks read; other formats are converted to it.
-        return "csr" if get_tags(self._get_estimator()).input_tags.sparse else False
+        model = _unfrozen(_final_step(self._get_estimator()))
+        return "csr" if get_tags(model).input_tags.sparse else False
+
+    def _model_X(self, X, *, reset=False):
+        """X as the differentiated model sees it, float64: through the fitted
+        preprocessing of a wrapped Pipeline (raw X is checked for its width and
+        column names only, and is never forced to float before it), else validated."""
+        if getattr(self, "_preprocess", None) is None:
+            return self._check_X(X, reset=reset, dtype=np.float64)
+        validate_data(self, X, reset=reset, skip_check_array=True)
+        return self._transformed(self._preprocess.transform(X))
+
+    def _transformed(self, X_model):
+        return check_array(X_model, dtype=np.float64, accept_sparse=self._sparse_formats(),
+                           input_name="X after the Pipeline's preprocessing")
+
+    def _delegate_X(self, X):
+        """X for the patched estimator's own predict*: raw for a wrapped Pipeline
+        (``estimator_`` is that Pipeline, preprocessing included)."""
+        if getattr(self, "_preprocess", None) is not None:
+            validate_data(self, X, reset=False, skip_check_array=True)
+            return X
+        return self._io.X(X, self._check_X(X, reset=False))
 
     # ------------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=False)
     @using_n_jobs
     def fit(self, X, y, *, remove=None, eval_set=None, sample_weight=None, groups=None):
         """Fit the estimator (unless frozen), value every training point, and patch.
+
+        When ``estimator`` is a Pipeline (or a frozen one) ending in a supported model,
+        its preprocessing (every step but the last) is fitted on X here, or kept as
+        fitted when frozen, and the last step is valued and patched on the transformed
+        X; ``estimator_`` is then a Pipeline of that preprocessing and the patched
+        model, and every method taking X takes it raw. ``sample_weight`` weighs the
+        last step only (the preprocessing is fitted unweighted).
 
         Parameters
         ----------
@@ -359,7 +424,13 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             sample-aligned, so cross-validation splits it like ``sample_weight``.
         eval_set : tuple (X_eval, y_eval) or (X_eval, y_eval, groups_eval), default=None
             Data the criteria are measured on; by default the training data (for a patch:
-            the kept training points). Not transformed by earlier Pipeline steps.
+            the kept training points). X_eval is raw data, like X: when ``estimator``
+            is a Pipeline, it goes through the same fitted preprocessing as X. As the
+            last step of a user's Pipeline, PumaPatcher sees only the preprocessed X
+            and a Pipeline does not transform ``eval_set`` (its ``transform_input``
+            would transform y_eval too): wrap the whole Pipeline in PumaPatcher
+            instead, or pass X_eval already transformed by the fitted preprocessing; a
+            raw X_eval there is refused with a message saying so.
         sample_weight : array-like of shape (n_samples,), default=None
         groups : array-like of shape (n_samples,), default=None
             The sensitive group of each training point, for the fairness criteria
@@ -374,10 +445,25 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         """
         resolve_criteria(self.criterion)
         self._solver()  # an unusable solver is refused now, not at the first patch
-        X_checked, y_checked = validate_data(
-            self, X, y, multi_output=True, dtype=np.float64, y_numeric=False,
-            accept_sparse=self._sparse_formats(),
-        )
+        est = self._get_estimator()
+        if isinstance(_unfrozen(est), Pipeline):
+            # Raw X (text columns, missing values) is the preprocessing's to read: only
+            # its width and column names are recorded here.
+            validate_data(self, X, skip_check_array=True)
+            y_checked = _check_y(y, multi_output=True, y_numeric=False)
+            check_consistent_length(X, y_checked)
+            self._preprocess, est, X_model = self._fit_preprocessing(est, X, y)
+            X_checked = self._transformed(X_model)
+        else:
+            self._pipeline = self._preprocess = None
+            X_checked, y_checked = validate_data(
+                self, X, y, multi_output=True, dtype=np.float64, y_numeric=False,
+                accept_sparse=self._sparse_formats(),
+            )
+            X_model = X
+        # The input's row labels, for value() under set_output(transform="pandas").
+        self._train_index = X.index if hasattr(X, "columns") and hasattr(X, "index") \
+            else None
         n = X_checked.shape[0]
         if sample_weight is not None:
             # A negative weight turns a loss into a reward: the objective is no longer
@@ -386,8 +472,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                                                  ensure_non_negative=True)
         removal_spec = self._check_fit_removal(remove, n)
         self._groups = None if groups is None else self._check_groups(groups, n, "groups")
-        fitted = self._fit_estimator(X, y, sample_weight)
-        adapter = make_adapter(fitted, self.parameters, n_features=self.n_features_in_)
+        fitted = self._fit_estimator(est, X_model, y, sample_weight, X_checked.shape[1])
+        adapter = make_adapter(fitted, self.parameters, n_features=X_checked.shape[1])
         claim_cores(adapter)
         self._base_sample_weight = (
             np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
@@ -408,7 +494,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.damping_ = self._problem.inverse_hat.damping
         self.optimality_gap_ = self._problem.optimality_gap
         self._eval = None if eval_set is None else self._check_eval_set(eval_set)
-        self._base_estimator = fitted
+        self._base_estimator = self._wrap(fitted)
         if adapter.is_classifier:
             self.classes_ = adapter.classes if self._io.classes is None else self._io.classes
         elif hasattr(self, "classes_"):
@@ -439,16 +525,47 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             self._no_patch(criterion)
         return self
 
-    def _fit_estimator(self, X, y, sample_weight):
-        est = self._get_estimator()
+    def _fit_preprocessing(self, est, X, y):
+        """``(preprocessing, final model, X transformed)`` of a wrapped Pipeline.
+
+        Frozen: a deep copy of the fitted Pipeline, its preprocessing only applied to X
+        (never refitted) and its last step frozen in turn. Otherwise a clone, whose
+        preprocessing is fitted on X, y here (without sample weights) and whose last
+        step is fitted like any wrapped model.
+        """
+        frozen = isinstance(est, FrozenEstimator)
+        pipeline = copy.deepcopy(est.estimator) if frozen else clone(est)
+        final = _final_step(pipeline)
+        check_supported(_unfrozen(final))
+        preprocess = pipeline[:-1]
+        if frozen:
+            check_is_fitted(pipeline)
+            X_model = preprocess.transform(X)
+            final = FrozenEstimator(_unfrozen(final))
+        else:
+            X_model = preprocess.fit_transform(X, y)
+        self._pipeline = pipeline
+        return preprocess, final, X_model
+
+    def _wrap(self, model):
+        """``estimator_`` for a fitted (or patched) model: for a wrapped Pipeline, a
+        Pipeline of the same class and parameters with the fitted preprocessing and
+        ``model`` as its last step; else ``model`` itself."""
+        if self._preprocess is None:
+            return model
+        pipeline = copy.copy(self._pipeline)
+        pipeline.steps = [*self._preprocess.steps, (self._pipeline.steps[-1][0], model)]
+        return pipeline
+
+    def _fit_estimator(self, est, X, y, sample_weight, n_features):
         if isinstance(est, FrozenEstimator):
             fitted = copy.deepcopy(est.estimator)
             check_supported(fitted)
             check_is_fitted(fitted)
-            n_in = getattr(fitted, "n_features_in_", self.n_features_in_)
-            if n_in != self.n_features_in_:
+            n_in = getattr(fitted, "n_features_in_", n_features)
+            if n_in != n_features:
                 raise ValueError(
-                    f"X has {self.n_features_in_} features, but the frozen "
+                    f"X has {n_features} features, but the frozen "
                     f"{type(fitted).__name__} was trained on {n_in}: pass the data it "
                     "was trained on."
                 )
@@ -492,7 +609,22 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                    else ".")
             )
         X_eval, y_eval = eval_set[:2]
-        X_eval = self._check_X(X_eval, reset=False, dtype=np.float64)
+        try:
+            X_eval = self._model_X(X_eval)
+        except ValueError as err:
+            # Columns that are not the model's (names, count, text): most likely raw
+            # data given to PumaPatcher as a Pipeline's last step.
+            if self._preprocess is not None or not any(
+                    clue in str(err) for clue in ("feature", "convert string")):
+                raise
+            raise ValueError(
+                f"eval_set's X_eval is not data this model reads ({err}). As the last "
+                "step of a Pipeline, PumaPatcher sees the preprocessed X, and a Pipeline "
+                "does not transform eval_set: wrap the whole Pipeline instead, "
+                "PumaPatcher(pipeline) (or PumaPatcher(FrozenEstimator(fitted_pipeline)))"
+                ", which takes a raw eval_set, or pass X_eval transformed by the fitted "
+                "preprocessing."
+            ) from err
         y_eval = np.asarray(y_eval)
         if len(y_eval) != X_eval.shape[0]:
             raise ValueError(
@@ -696,7 +828,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                      f"the curvature solve (hessian={self.hessian_!r}, damping="
                      f"{self.damping_:g}) or the criteria went non-finite; the model "
                      "is left as it was")
-        self.estimator_ = problem.adapter.build(result.theta)
+        self.estimator_ = self._wrap(problem.adapter.build(result.theta))
         self.removed_ = np.flatnonzero(mask)
         self.lambda_ = result.lam
         self.sample_weight_ = self._user_weights(result.sample_weight)
@@ -779,6 +911,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Returns
         -------
         values : ndarray of shape (n,) for one criterion row, (n, n_rows) for several
+            Under ``set_output(transform="pandas")``, a pandas Series (one criterion
+            row, named after it) or DataFrame (columns ``criterion_names_``) indexed
+            like X: the training DataFrame's index by default. ``values_`` itself
+            stays an ndarray; ``value()`` is the labelled view of it.
         """
         check_is_fitted(self)
         problem = self._problem
@@ -790,10 +926,23 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if method == "loo":
             self._value_method_check("loo")
         if X is None and y is None and method == default:
-            return self.values_.copy()
+            return self._labelled_output(self.values_.copy(), self._train_index)
         criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
-        return self._shape_values(
+        values = self._shape_values(
             compute_values(problem, criterion, *self._labelled(X, y, "value"), method))
+        return self._labelled_output(
+            values, self._train_index if X is None else getattr(X, "index", None))
+
+    def _labelled_output(self, values, index):
+        """``values`` as pandas, labelled by the rows' index and the criterion rows'
+        names, where ``set_output(transform="pandas")`` asks for pandas; else as is."""
+        if _get_output_config("transform", self)["dense"] != "pandas":
+            return values
+        import pandas as pd
+
+        if values.ndim == 1:
+            return pd.Series(values, index=index, name=self.criterion_names_[0])
+        return pd.DataFrame(values, index=index, columns=list(self.criterion_names_))
 
     def _labelled(self, X, y, method):
         """``(X, y, weights)`` encoded for the adapter: the training set (with its
@@ -806,7 +955,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             return problem.X, problem.y, problem.s
         if y is None:
             raise ValueError(f"{method}(X, y) needs the labels y of the points in X.")
-        X = self._check_X(X, reset=False, dtype=np.float64)
+        X = self._model_X(X)
         y = np.asarray(y)
         if len(y) != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)}.")
@@ -874,7 +1023,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         residual on each output (n, n_outputs * n_rows). First-order, unit weight.
         """
         check_is_fitted(self)
-        X = self._check_X(X, reset=False, dtype=np.float64)
+        X = self._model_X(X)
         problem = self._problem
         criterion = self._bind_criterion(keep=np.ones(problem.n, dtype=bool))
         return _check_finite(
@@ -896,29 +1045,25 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     def predict(self, X):
         """Predict with the patched estimator."""
         check_is_fitted(self)
-        X_checked = self._check_X(X, reset=False)
-        return self._io.decode(self.estimator_.predict(self._io.X(X, X_checked)))
+        return self._io.decode(self.estimator_.predict(self._delegate_X(X)))
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
         """Class probabilities of the patched estimator."""
         check_is_fitted(self)
-        X_checked = self._check_X(X, reset=False)
-        return self.estimator_.predict_proba(self._io.X(X, X_checked))
+        return self.estimator_.predict_proba(self._delegate_X(X))
 
     @available_if(_estimator_has("predict_log_proba"))
     def predict_log_proba(self, X):
         """Log class probabilities of the patched estimator."""
         check_is_fitted(self)
-        X_checked = self._check_X(X, reset=False)
-        return self.estimator_.predict_log_proba(self._io.X(X, X_checked))
+        return self.estimator_.predict_log_proba(self._delegate_X(X))
 
     @available_if(_estimator_has("decision_function"))
     def decision_function(self, X):
         """Decision function of the patched estimator."""
         check_is_fitted(self)
-        X_checked = self._check_X(X, reset=False)
-        return self.estimator_.decision_function(self._io.X(X, X_checked))
+        return self.estimator_.decision_function(self._delegate_X(X))
 
     @available_if(_estimator_has("score"))
     def score(self, X, y, sample_weight=None):
