@@ -57,6 +57,10 @@ numpydoc_validation_checks = {
     # doctests run in the test suite), but its methods (fit, plot, forget, ...) are
     # shown there and in the gallery rather than one doctest each.
     "EX01",
+    # RT02 (a single return value given by its type alone): scikit-learn's convention,
+    # which the package follows, names it (``self : object``, ``proba : ndarray``), and
+    # the name is what the description refers to.
+    "RT02",
 }
 # Only the package's own public API: inherited scikit-learn methods (get_params,
 # set_output, ...) and the sklearn/matplotlib objects they mention are not ours.
@@ -65,6 +69,9 @@ numpydoc_validation_exclude = {
     r"\.get_metadata_routing$", r"\.fit_transform$", r"\.fit_predict$",
     r"\.__init__$", r"\.with_traceback$", r"\.add_note$",
     r"^builtins\.", r"^sklearn\.",
+    # The public constants are tuples: numpydoc would validate the tuple type's own
+    # docstring. Their pages get a description from _DATA_DOCS below instead.
+    r"^sklearn_puma\.CRITERION_NAMES$", r"^sklearn_puma\.SUPPORTED_ESTIMATORS$",
 }
 numpydoc_xref_param_type = False
 
@@ -107,5 +114,32 @@ def _skip_inherited_api(app, what, name, obj, skip, options):
     return None
 
 
+# The public constants are tuples, whose docstring is the tuple type's; their pages say
+# what they hold instead (autodoc still prints each value, so the list stays the code's).
+_DATA_DOCS = {
+    "sklearn_puma.CRITERION_NAMES": [
+        "The names of the built-in criteria that ``criterion=`` accepts.",
+        "",
+        "Each is lower-is-better and differentiable; :doc:`/guide/criteria` gives each",
+        "one's formula, units and the models it applies to. A criterion may also be a",
+        "torch callable ``f(output, y)``, or a list of names and callables.",
+    ],
+    "sklearn_puma.SUPPORTED_ESTIMATORS": [
+        "The estimators :class:`~sklearn_puma.PumaPatcher` can value and patch.",
+        "",
+        "Any other estimator, or a setting PUMA cannot differentiate, raises",
+        ":class:`~sklearn_puma.UnsupportedEstimatorError`, whose message lists these.",
+        ":doc:`/guide/networks` says what a network's values can promise.",
+    ],
+}
+
+
+def _document_constants(app, what, name, obj, options, lines):
+    if what == "data" and name in _DATA_DOCS:
+        lines[:] = list(_DATA_DOCS[name])
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_inherited_api)
+    # Before numpydoc (priority 500), which renders and validates the docstring.
+    app.connect("autodoc-process-docstring", _document_constants, priority=400)
