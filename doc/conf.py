@@ -85,9 +85,9 @@ sphinx_gallery_conf = {
     "plot_gallery": not fast,
     "download_all_examples": False,
     "remove_config_comments": True,
-    "reference_url": {"sklearn_puma": None},
+    # "Examples using X" on each API page (the minigallery in the templates).
     "doc_module": ("sklearn_puma",),
-    "backreferences_dir": None,
+    "backreferences_dir": "generated/backreferences",
     "matplotlib_animations": False,
     "min_reported_time": 1,
     # One thread per pool, as the test suite runs the examples.
