@@ -1,7 +1,7 @@
 """
-=================================================
+==================================================
 Finding and patching out mislabelled training rows
-=================================================
+==================================================
 
 We flip 10% of the training labels of scikit-learn's breast cancer data, value every
 training row of a logistic regression with :class:`~sklearn_puma.PumaPatcher`, look at

@@ -45,7 +45,22 @@ SUPPORTED_ESTIMATORS = (
 
 
 class UnsupportedEstimatorError(TypeError):
-    """Raised for an estimator (or an estimator setting) PUMA cannot differentiate."""
+    """Raised for an estimator (or an estimator setting) PUMA cannot differentiate.
+
+    The message names what is unsupported and lists ``SUPPORTED_ESTIMATORS``. It is a
+    ``TypeError``, so code that catches scikit-learn's wrong-estimator errors catches
+    it too.
+
+    Examples
+    --------
+    >>> from sklearn.neighbors import KNeighborsClassifier
+    >>> from sklearn_puma import PumaPatcher, UnsupportedEstimatorError
+    >>> try:
+    ...     PumaPatcher(KNeighborsClassifier(n_neighbors=1)).fit([[0.0], [1.0]], [0, 1])
+    ... except UnsupportedEstimatorError as error:
+    ...     print(str(error).splitlines()[0])
+    KNeighborsClassifier is not supported by PumaPatcher: ...
+    """
 
 
 def _unsupported(estimator, why):

@@ -188,6 +188,7 @@ def make_bag_of_words(n_samples=2000, n_features=100_000, *, words_per_document=
     Parameters
     ----------
     n_samples : int, default=2000
+        The number of documents (rows).
     n_features : int, default=100000
         The vocabulary size (columns); most never occur in a small corpus.
     words_per_document : float, default=60
@@ -195,12 +196,16 @@ def make_bag_of_words(n_samples=2000, n_features=100_000, *, words_per_document=
     n_informative : int, default=2000
         Class-marked words; must not exceed ``n_features``.
     label_noise : float in [0, 1], default=0.1
+        The probability that each label is flipped after the documents are drawn.
     random_state : int, RandomState instance or None, default=None
+        Seed of the draws, for reproducible tables.
 
     Returns
     -------
     X : scipy.sparse.csr_matrix of shape (n_samples, n_features)
+        The TF-IDF rows.
     y : ndarray of int of shape (n_samples,)
+        The labels, 0 or 1, each flipped with probability ``label_noise``.
 
     Examples
     --------

@@ -165,6 +165,7 @@ class ValuesDisplay:
         Returns
         -------
         display : ValuesDisplay
+            The display, with its figure drawn (``figure_``).
         """
         self.ax_, self.figure_ = _axes(ax, "ValuesDisplay.plot")
         values = np.asarray(self.values, dtype=np.float64)
@@ -220,6 +221,7 @@ class ValuesDisplay:
         Returns
         -------
         display : ValuesDisplay
+            The display, with its figure drawn (``figure_``).
         """
         column, _ = _select_row(values, row, None)
         mask = None if mark is None else row_mask(mark, len(column), "mark", row="point")
@@ -256,6 +258,7 @@ class ValuesDisplay:
         Returns
         -------
         display : ValuesDisplay
+            The display, with its figure drawn (``figure_``).
         """
         _check_fitted_puma(puma, "ValuesDisplay.from_estimator")
         column, name = _select_row(puma.values_, row, puma.criterion_names_)
@@ -350,6 +353,7 @@ class MislabelDetectionDisplay:
         Returns
         -------
         recalls : dict of str to float
+            Each method's recall after inspecting that fraction.
         """
         if not isinstance(fraction, Real) or not 0 <= fraction <= 1:
             raise ValueError(f"fraction must be a number in [0, 1]; got {fraction!r}.")
@@ -371,6 +375,7 @@ class MislabelDetectionDisplay:
         Returns
         -------
         display : MislabelDetectionDisplay
+            The display, with its figure drawn (``figure_``).
         """
         self.ax_, self.figure_ = _axes(ax, "MislabelDetectionDisplay.plot")
         self.random_line_ = self.ideal_line_ = None
@@ -414,6 +419,7 @@ class MislabelDetectionDisplay:
         Returns
         -------
         display : MislabelDetectionDisplay
+            The display, with its figure drawn (``figure_``).
         """
         is_mislabelled = column_or_1d(is_mislabelled)
         if is_mislabelled.dtype != bool:
@@ -468,6 +474,7 @@ class MislabelDetectionDisplay:
         Returns
         -------
         display : MislabelDetectionDisplay
+            The display, with its figure drawn (``figure_``).
         """
         _check_fitted_puma(puma, "MislabelDetectionDisplay.from_estimator")
         column, _ = _select_row(puma.values_, row, puma.criterion_names_)
@@ -573,6 +580,7 @@ class ReliabilityDisplay:
         Returns
         -------
         display : ReliabilityDisplay
+            The display, with its figure drawn (``figure_``).
         """
         self.ax_, self.figure_ = _axes(ax, "ReliabilityDisplay.plot")
         self.ref_line_ = None
@@ -619,6 +627,7 @@ class ReliabilityDisplay:
         Returns
         -------
         display : ReliabilityDisplay
+            The display, with its figure drawn (``figure_``).
         """
         bins = {name: _reliability_bins(y_true, proba, n_bins, classes)
                 for name, proba in _named(probas, "probas", "probability array").items()}
@@ -651,6 +660,7 @@ class ReliabilityDisplay:
         Returns
         -------
         display : ReliabilityDisplay
+            The display, with its figure drawn (``figure_``).
         """
         bins = {}
         for name, estimator in _named_estimators(estimators).items():
@@ -739,6 +749,7 @@ class DecisionRegionsDisplay:
         Returns
         -------
         display : DecisionRegionsDisplay
+            The display, with its figure drawn (``figure_``).
         """
         plt = _pyplot("DecisionRegionsDisplay.plot")
         from matplotlib.colors import ListedColormap
@@ -823,6 +834,7 @@ class DecisionRegionsDisplay:
         Returns
         -------
         display : DecisionRegionsDisplay
+            The display, with its figure drawn (``figure_``).
         """
         models = _named_estimators(estimators)
         columns = getattr(X, "columns", None)

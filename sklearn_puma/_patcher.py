@@ -417,8 +417,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Training targets: class labels or regression targets.
         remove : array-like of bool (mask) or int (indices), default=None
             Points to patch out; overrides the ``remove`` policy. A boolean mask is
             sample-aligned, so cross-validation splits it like ``sample_weight``.
@@ -432,6 +434,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             instead, or pass X_eval already transformed by the fitted preprocessing; a
             raw X_eval there is refused with a message saying so.
         sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the training points, passed to the estimator's fit
+            and weighing each point's loss in the values and the patch.
         groups : array-like of shape (n_samples,), default=None
             The sensitive group of each training point, for the fairness criteria
             ("demographic_parity", "equalized_odds") and callables taking ``groups``.
@@ -442,6 +446,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Returns
         -------
         self : PumaPatcher
+            The fitted (and, if anything was removed, patched) meta-estimator.
         """
         resolve_criteria(self.criterion)
         self._solver()  # an unusable solver is refused now, not at the first patch
@@ -791,6 +796,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Returns
         -------
         self : PumaPatcher
+            The patched meta-estimator (``estimator_``, ``removed_``, ``eta_`` and the
+            other patch attributes updated).
         """
         check_is_fitted(self)
         mask = self._as_mask(remove, self._problem.n, "remove")
@@ -895,8 +902,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     # --------------------------------------------------------------------- values
     @on_fitted_model
     def value(self, X=None, y=None, *, method=None):
-        """Values of labelled points: the predicted change of each criterion row if the
-        point were removed from training. Positive = helpful, negative = harmful.
+        """Compute the values of labelled points (the training set by default).
+
+        A value is the predicted change of each criterion row if the point were removed
+        from training. Positive = helpful, negative = harmful.
 
         Parameters
         ----------
@@ -910,11 +919,13 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
         Returns
         -------
-        values : ndarray of shape (n,) for one criterion row, (n, n_rows) for several
-            Under ``set_output(transform="pandas")``, a pandas Series (one criterion
-            row, named after it) or DataFrame (columns ``criterion_names_``) indexed
-            like X: the training DataFrame's index by default. ``values_`` itself
-            stays an ndarray; ``value()`` is the labelled view of it.
+        values : ndarray of shape (n,) or (n, n_rows), or pandas Series or DataFrame
+            The value of each point: one column per criterion row, squeezed to shape
+            ``(n,)`` when there is one row. Under ``set_output(transform="pandas")``, a
+            pandas Series (one criterion row, named after it) or DataFrame (columns
+            ``criterion_names_``) indexed like X: the training DataFrame's index by
+            default. ``values_`` itself stays an ndarray; ``value()`` is the labelled
+            view of it.
         """
         check_is_fitted(self)
         problem = self._problem
@@ -986,6 +997,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Returns
         -------
         proba : ndarray of shape (n, n_classes)
+            Each point's class probabilities from the model trained without it, columns
+            in the order of ``classes_``.
         """
         check_is_fitted(self)
         proba = _np(loo_log_proba(self._problem,
@@ -1011,6 +1024,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Returns
         -------
         scores : ndarray of shape (n,)
+            Each point's self-influence, in units of the estimator's loss.
         """
         check_is_fitted(self)
         scores = _np(self_influence(self._problem, *self._labelled(X, y, "self_influence")))
@@ -1018,9 +1032,22 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
     @on_fitted_model
     def transform(self, X):
-        """Label-free values: for a classifier, the value of each point under each
-        possible label (n, n_classes * n_rows); for a regressor, the value of a unit
-        residual on each output (n, n_outputs * n_rows). First-order, unit weight.
+        """Compute label-free values: one per possible label or unit residual.
+
+        For a classifier, the value of each point under each possible label; for a
+        regressor, the value of a unit residual on each output. First-order, at unit
+        weight.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            Points to value; they need no labels.
+
+        Returns
+        -------
+        values : ndarray of shape (n_samples, n_classes * n_rows) or \
+(n_samples, n_outputs * n_rows)
+            The values, columns named by :meth:`get_feature_names_out`.
         """
         check_is_fitted(self)
         X = self._model_X(X)
@@ -1031,7 +1058,19 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             "label-free values", _NON_FINITE_VALUES)
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the transform's columns: ``value_<label>[_<criterion row>]``."""
+        """Get the names of the transform's columns: ``value_<label>[_<criterion row>]``.
+
+        Parameters
+        ----------
+        input_features : array-like of str, default=None
+            Ignored: the columns are named after the labels (or outputs) and the
+            criterion rows, not the input features. Accepted for the scikit-learn API.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            One name per column of :meth:`transform`'s output.
+        """
         check_is_fitted(self)
         adapter = self._problem.adapter
         labels = adapter.classes if adapter.is_classifier else range(adapter.n_outputs)
@@ -1043,31 +1082,90 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     # ----------------------------------------------------------------- delegation
     @available_if(_estimator_has("predict"))
     def predict(self, X):
-        """Predict with the patched estimator."""
+        """Predict with the patched estimator.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Predicted labels or targets.
+        """
         check_is_fitted(self)
         return self._io.decode(self.estimator_.predict(self._delegate_X(X)))
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
-        """Class probabilities of the patched estimator."""
+        """Class probabilities of the patched estimator.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Class probabilities, columns in the order of ``classes_``.
+        """
         check_is_fitted(self)
         return self.estimator_.predict_proba(self._delegate_X(X))
 
     @available_if(_estimator_has("predict_log_proba"))
     def predict_log_proba(self, X):
-        """Log class probabilities of the patched estimator."""
+        """Log class probabilities of the patched estimator.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Log class probabilities, columns in the order of ``classes_``.
+        """
         check_is_fitted(self)
         return self.estimator_.predict_log_proba(self._delegate_X(X))
 
     @available_if(_estimator_has("decision_function"))
     def decision_function(self, X):
-        """Decision function of the patched estimator."""
+        """Decision function of the patched estimator.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            The patched estimator's decision function.
+        """
         check_is_fitted(self)
         return self.estimator_.decision_function(self._delegate_X(X))
 
     @available_if(_estimator_has("score"))
     def score(self, X, y, sample_weight=None):
-        """Accuracy (classifiers) or R^2 (regressors) of the patched estimator."""
+        """Return the accuracy (classifiers) or R^2 (regressors) of the patched estimator.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            Test data.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            True labels or targets of ``X``.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the test points.
+
+        Returns
+        -------
+        score : float
+            Accuracy or R^2 of ``self.predict(X)`` against ``y``.
+        """
         check_is_fitted(self)
         metric = accuracy_score if is_classifier(self) else r2_score
         return metric(y, self.predict(X), sample_weight=sample_weight)

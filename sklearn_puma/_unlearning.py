@@ -208,11 +208,14 @@ class SISA(MetaEstimatorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Data, one sample per row.
         y : array-like of shape (n_samples,)
+            Labels (or targets) of ``X``.
 
         Returns
         -------
         self : SISA
+            The estimator itself.
         """
         classifier = is_classifier(self.estimator)
         # A copy: forget retrains on these rows later, whatever the caller does to X.
@@ -298,6 +301,7 @@ class SISA(MetaEstimatorMixin, BaseEstimator):
         Returns
         -------
         self : SISA
+            The estimator itself.
         """
         check_is_fitted(self)
         new = _forget_mask(indices, len(self.shard_of_), self.forgotten_)
@@ -328,16 +332,20 @@ class SISA(MetaEstimatorMixin, BaseEstimator):
         return scores / len(models)
 
     def predict(self, X):
-        """Aggregated prediction: majority vote (hard), argmax of mean probabilities
-        (soft), or the mean of the shards' predictions (regressors).
+        """Predict by aggregating the shards' models.
+
+        Majority vote (hard), argmax of mean probabilities (soft), or the mean of the
+        shards' predictions (regressors).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Data, one sample per row.
 
         Returns
         -------
         y_pred : ndarray of shape (n_samples,)
+            Predicted labels (or targets).
         """
         check_is_fitted(self)
         if is_classifier(self):
@@ -348,16 +356,20 @@ class SISA(MetaEstimatorMixin, BaseEstimator):
 
     @available_if(_sisa_has("predict_proba"))
     def predict_proba(self, X):
-        """Fraction of shard votes per class (hard voting) or the shards' mean
-        ``predict_proba`` (soft voting).
+        """Return the fraction of shard votes per class, or the mean probabilities.
+
+        Hard voting counts the shards' votes; soft voting averages the shards'
+        ``predict_proba``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Data, one sample per row.
 
         Returns
         -------
         proba : ndarray of shape (n_samples, n_classes)
+            Class probabilities, columns in the order of ``classes_``.
         """
         check_is_fitted(self)
         return self._class_scores(X)
@@ -368,12 +380,16 @@ class SISA(MetaEstimatorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Data, one sample per row.
         y : array-like of shape (n_samples,)
+            Labels (or targets) of ``X``.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples of ``X``.
 
         Returns
         -------
         score : float
+            Accuracy or R^2 of the prediction against ``y``.
         """
         metric = accuracy_score if is_classifier(self) else r2_score
         return metric(y, self.predict(X), sample_weight=sample_weight)
@@ -482,11 +498,14 @@ class _SGDTrainedMLP(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Data, one sample per row.
         y : array-like of shape (n_samples,)
+            Labels (or targets) of ``X``.
 
         Returns
         -------
-        self
+        self : object
+            The estimator itself.
         """
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
@@ -544,10 +563,12 @@ class _SGDTrainedMLP(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Data, one sample per row.
 
         Returns
         -------
         proba : ndarray of shape (n_samples, n_classes)
+            Class probabilities, columns in the order of ``classes_``.
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
@@ -561,10 +582,12 @@ class _SGDTrainedMLP(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Data, one sample per row.
 
         Returns
         -------
         y_pred : ndarray of shape (n_samples,)
+            Predicted labels (or targets).
         """
         check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
@@ -608,11 +631,14 @@ _MLP_PARAMETERS = """
     hidden_layer_sizes : array-like of int, default=(16,)
         Units per hidden layer; ``()`` gives multinomial logistic regression.
     activation : {"tanh", "relu"}, default="tanh"
+        The hidden layers' activation function.
     learning_rate : float, default=0.3
         The constant SGD step size.
     batch_size : int, default=32
+        Minibatch size of the SGD training.
     n_epochs : int, default=50
-        Passes over the training data, each in a new seeded random order.
+        Passes over the training data, each in a new seeded random order."""
+_RANDOM_STATE = """
     random_state : int, RandomState instance or None, default=None
         Seeds the initial weights and the batch order."""
 
@@ -639,7 +665,7 @@ class AmnesiacMLP(_SGDTrainedMLP):
     most batches are undone and the model falls back towards its initial weights.
     Nothing bounds the change in performance; fine-tuning repairs it without a
     guarantee. It does not value data.
-""" + _MLP_PARAMETERS + """
+""" + _MLP_PARAMETERS + _RANDOM_STATE + """
 
     Attributes
     ----------
@@ -701,6 +727,7 @@ class AmnesiacMLP(_SGDTrainedMLP):
         Returns
         -------
         self : AmnesiacMLP
+            The estimator itself.
         """
         if not (isinstance(fine_tune_epochs, Integral) and fine_tune_epochs >= 0):
             raise ValueError(
@@ -728,8 +755,9 @@ class AmnesiacMLP(_SGDTrainedMLP):
 
 
 class UnrollingSGDMLP(_SGDTrainedMLP):
-    __doc__ = """Single-gradient unlearning by unrolling SGD (Thudi, Deza, Chandrasekaran &
-    Papernot, IEEE EuroS&P 2022).
+    __doc__ = """Single-gradient unlearning by unrolling SGD (Thudi et al., EuroS&P 2022).
+
+    Thudi, Deza, Chandrasekaran & Papernot, IEEE EuroS&P 2022.
 
     The same small torch MLP classifier trained by plain minibatch SGD as
     :class:`AmnesiacMLP`, recording only its initial weights ``w_0`` and which rows
@@ -763,7 +791,7 @@ class UnrollingSGDMLP(_SGDTrainedMLP):
 """ + _MLP_PARAMETERS + """
     std_reg : float, default=0.0
         Weight of the SD loss (Thudi et al.'s regulariser); 0 trains on the plain
-        cross-entropy.
+        cross-entropy.""" + _RANDOM_STATE + """
 
     Attributes
     ----------
@@ -843,6 +871,7 @@ class UnrollingSGDMLP(_SGDTrainedMLP):
         Returns
         -------
         self : UnrollingSGDMLP
+            The estimator itself.
         """
         if estimate not in ("batch_mean", "single_gradient"):
             raise ValueError(

@@ -154,13 +154,16 @@ class LeaveOneOut(_Valuation):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
+            Training labels (or targets).
         eval_set : tuple (X_eval, y_eval), default=None
             Where the metric is measured; by default the training data.
 
         Returns
         -------
-        self
+        self : object
+            The fitted valuation, with ``values_`` set.
         """
         self._validate_params()
         X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
@@ -196,18 +199,23 @@ class TMCShapley(_Valuation):
     Parameters
     ----------
     estimator : estimator
+        The model refitted on each prefix of a permutation; any scikit-learn estimator.
     scoring : str or callable, default=None
+        The metric, higher is better: a scorer name or callable, as :func:`sklearn.metrics.check_scoring` takes; None uses the estimator's ``score``.
     truncation_tolerance : float, default=0.01
         Relative: truncate when ``|score(prefix) - score(all)| < tol * |score(all)|``;
         0 disables truncation (plain Monte Carlo Shapley).
     convergence_tolerance : float, default=0.05
+        Stop when the values' mean relative change over the last ``convergence_window`` permutations falls below this (the paper's 5%).
     convergence_window : int, default=100
+        The number of permutations that change is averaged over (the paper's 100).
     max_iter : int, default=1000
         Permutations at most.
     empty_score : float, default=None
         The score of the empty coalition; None scores a constant predictor (the class
         frequencies, or zero for a regressor).
     random_state : int, RandomState instance or None, default=None
+        Seed of the random draws, for reproducible values.
 
     Attributes
     ----------
@@ -258,12 +266,16 @@ class TMCShapley(_Valuation):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
+            Training labels (or targets).
         eval_set : tuple (X_eval, y_eval), default=None
+            Where the metric is measured; by default the training data.
 
         Returns
         -------
-        self
+        self : object
+            The fitted valuation, with ``values_`` set.
         """
         self._validate_params()
         X, y, X_eval, y_eval = self._check_data(X, y, eval_set)
@@ -337,11 +349,19 @@ class GradientShapley(TMCShapley):
     estimator : estimator, default=None
         A model PumaPatcher supports; None means LogisticRegression().
     scoring : str or callable, default=None
+        The metric, higher is better: a scorer name or callable, as :func:`sklearn.metrics.check_scoring` takes; None uses the estimator's ``score``.
     learning_rate : float or "auto", default="auto"
         The step size; "auto" tries ``10**k`` for k in -3..1 on one permutation and
         keeps the one whose single pass scores best (the paper tunes it the same way).
-    truncation_tolerance, convergence_tolerance, convergence_window, max_iter,
-    random_state
+    truncation_tolerance : float, default=0.01
+        As in :class:`TMCShapley`.
+    convergence_tolerance : float, default=0.05
+        As in :class:`TMCShapley`.
+    convergence_window : int, default=100
+        As in :class:`TMCShapley`.
+    max_iter : int, default=1000
+        As in :class:`TMCShapley`.
+    random_state : int, RandomState instance or None, default=None
         As in :class:`TMCShapley`.
 
     Attributes
@@ -388,12 +408,16 @@ class GradientShapley(TMCShapley):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
+            Training labels (or targets).
         eval_set : tuple (X_eval, y_eval), default=None
+            Where the metric is measured; by default the training data.
 
         Returns
         -------
-        self
+        self : object
+            The fitted valuation, with ``values_`` set.
         """
         import torch
 
@@ -465,6 +489,7 @@ class KNNShapley(_Valuation):
     Parameters
     ----------
     n_neighbors : int, default=5
+        K, the number of nearest neighbours in the utility.
     metric : str, default="euclidean"
         Any metric of :func:`sklearn.metrics.pairwise_distances`.
 
@@ -496,14 +521,17 @@ class KNNShapley(_Valuation):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
+            Training labels (or targets).
         eval_set : tuple (X_eval, y_eval), default=None
             The points whose KNN accuracy is the utility; by default the training data
             (then each point is among its own neighbours).
 
         Returns
         -------
-        self
+        self : object
+            The fitted valuation, with ``values_`` set.
         """
         from sklearn.metrics import pairwise_distances
 
@@ -540,7 +568,9 @@ class InfluenceFunctions(_Valuation):
     estimator : estimator
         A model PumaPatcher supports (fit here unless wrapped in FrozenEstimator).
     hessian : {"auto", "exact", "cg", "lissa", "lowrank"}, default="auto"
+        The inverse-Hessian solver, as ``hessian`` of :class:`~sklearn_puma.PumaPatcher`.
     damping : "auto" or float, default="auto"
+        Added to the Hessian's diagonal, as ``damping`` of :class:`~sklearn_puma.PumaPatcher`.
 
     Attributes
     ----------
@@ -575,12 +605,16 @@ class InfluenceFunctions(_Valuation):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
+            Training labels (or targets).
         eval_set : tuple (X_eval, y_eval), default=None
+            Where the metric is measured; by default the training data.
 
         Returns
         -------
-        self
+        self : object
+            The fitted valuation, with ``values_`` set.
         """
         from ._patcher import PumaPatcher
 
@@ -651,12 +685,16 @@ class RepresenterPoints(_Valuation):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
+            Training labels (or targets).
         eval_set : tuple (X_eval, y_eval), default=None
+            Where the metric is measured; by default the training data.
 
         Returns
         -------
-        self
+        self : object
+            The fitted valuation, with ``values_`` set.
         """
         import torch
         from scipy.optimize import minimize
@@ -733,7 +771,12 @@ class RepresenterPoints(_Valuation):
         return strength
 
     def decompose(self, X):
-        """Each training point's contribution to the pre-activations of ``X``.
+        """Split the refit last layer's outputs on ``X`` over the training points.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The points whose pre-activations are decomposed.
 
         Returns
         -------
@@ -775,6 +818,7 @@ class DVRL(_Valuation):
         where accuracy on a small validation set moves in coarse steps: a
         lower-variance reward for REINFORCE.
     n_iter : int, default=300
+        The number of REINFORCE iterations, one predictor fit each.
     batch_size : int, default=256
         Points sampled per iteration (all when fewer).
     hidden : int, default=100
@@ -788,6 +832,7 @@ class DVRL(_Valuation):
     moving_average_window : int, default=20
         The reward baseline averages this many past scores.
     random_state : int, RandomState instance or None, default=None
+        Seed of the random draws, for reproducible values.
 
     Attributes
     ----------
@@ -836,14 +881,17 @@ class DVRL(_Valuation):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
+            Training labels (or targets).
         eval_set : tuple (X_eval, y_eval), default=None
             The (ideally clean) validation data of the reward; by default the training
             data, which rewards fitting the noise too: pass one.
 
         Returns
         -------
-        self
+        self : object
+            The fitted valuation, with ``values_`` set.
         """
         import torch
         from sklearn.linear_model import LogisticRegression

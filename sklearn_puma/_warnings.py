@@ -2,21 +2,80 @@
 
 
 class PumaWarning(UserWarning):
-    """Base class of every warning sklearn-puma raises."""
+    """Base class of every warning sklearn-puma raises.
+
+    Filter on it to silence, record or escalate all of them at once.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from sklearn_puma import PartialRemovalWarning, PumaWarning
+    >>> issubclass(PartialRemovalWarning, PumaWarning)
+    True
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always", PumaWarning)
+    ...     warnings.warn("eta_ = 0.5", PartialRemovalWarning)
+    >>> [w.category.__name__ for w in caught]
+    ['PartialRemovalWarning']
+    """
 
 
 class PartialRemovalWarning(PumaWarning):
-    """The patch was shortened (``eta_ < 1``) to keep every criterion within ``delta``."""
+    """The patch was shortened (``eta_ < 1``) to keep every criterion within ``delta``.
+
+    The message gives the best worsening the compensation reached and whether
+    ``max_weight`` may bind; a lower ``alpha`` or a larger ``delta`` can let the removal
+    go through.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from sklearn_puma import PartialRemovalWarning
+    >>> with warnings.catch_warnings():
+    ...     # a partial removal stops the program instead of passing with a warning
+    ...     warnings.simplefilter("error", PartialRemovalWarning)
+    """
 
 
 class NonConvexWarning(PumaWarning):
-    """The Hessian has negative eigenvalues; it was damped to be invertible."""
+    """The Hessian has negative eigenvalues; it was damped to be invertible.
+
+    A neural network's Hessian can be indefinite: ``damping="auto"`` shifts it by twice
+    its estimated most negative eigenvalue, which the message gives.
+    ``curvature="gauss_newton"`` avoids the shift.
+
+    Examples
+    --------
+    >>> from sklearn_puma import NonConvexWarning, PumaWarning
+    >>> issubclass(NonConvexWarning, PumaWarning)
+    True
+    """
 
 
 class IllConditionedWarning(PumaWarning):
-    """The curvature is too ill-conditioned, even rescaled, to be inverted accurately in
-    every direction; the message gives its condition number."""
+    """The curvature is too ill-conditioned to be inverted accurately in every direction.
+
+    Even after rescaling to unit curvature per parameter; the message gives the
+    condition number.
+
+    Examples
+    --------
+    >>> from sklearn_puma import IllConditionedWarning, PumaWarning
+    >>> issubclass(IllConditionedWarning, PumaWarning)
+    True
+    """
 
 
 class SolverWarning(PumaWarning):
-    """The compensation solve stopped before convergence."""
+    """An iterative solve stopped at its bound before converging.
+
+    The bound is an iteration count, a time limit or a stalled line search (conjugate
+    gradients, LiSSA, a network's patch, the compensation solve); the message gives the
+    residual or decrement reached.
+
+    Examples
+    --------
+    >>> from sklearn_puma import PumaWarning, SolverWarning
+    >>> issubclass(SolverWarning, PumaWarning)
+    True
+    """

@@ -33,6 +33,7 @@ def expected_calibration_error(y_true, y_prob, *, n_bins=10, classes=None):
     Returns
     -------
     ece : float
+        The expected calibration error, in [0, 1].
 
     Examples
     --------
@@ -99,6 +100,20 @@ def demographic_parity_difference(y_pred, groups, *, pos_label=None):
 
     ``max_g P(y_pred = pos | g) - min_g P(y_pred = pos | g)``, in [0, 1]; 0 is parity.
 
+    Parameters
+    ----------
+    y_pred : array-like of shape (n_samples,)
+        Predicted labels of a binary problem.
+    groups : array-like of shape (n_samples,)
+        The sensitive group of each sample; any number of groups.
+    pos_label : int, float, bool or str, default=None
+        The positive label; by default the larger of the two labels.
+
+    Returns
+    -------
+    gap : float
+        The demographic parity difference, in [0, 1].
+
     Examples
     --------
     >>> from sklearn_puma.metrics import demographic_parity_difference
@@ -115,6 +130,22 @@ def equalized_odds_difference(y_true, y_pred, groups, *, pos_label=None):
     """The larger of the between-group gaps in true- and false-positive rates.
 
     ``max(TPR gap, FPR gap)``, each ``max_g - min_g`` over groups, in [0, 1].
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True labels of a binary problem.
+    y_pred : array-like of shape (n_samples,)
+        Predicted labels.
+    groups : array-like of shape (n_samples,)
+        The sensitive group of each sample; any number of groups.
+    pos_label : int, float, bool or str, default=None
+        The positive label; by default the larger of the two labels of ``y_true``.
+
+    Returns
+    -------
+    gap : float
+        The equalized odds difference, in [0, 1]; 0 when no outcome has two groups.
 
     Examples
     --------
