@@ -879,7 +879,8 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     scale = [0.0]  # the largest Newton decrement any polish of this patch has seen
     inverse_last = [problem.inverse_hat]  # a network's last curvature, for a stop
 
-    def converge(theta, weights, steps=n_steps, start=None, rtol=_POLISH_RTOL):
+    def converge(theta, weights, steps=n_steps, start=None, rtol=_POLISH_RTOL,
+                 gradient=None):
         """The optimum of ``J_w`` from ``theta`` and the curvature last used: for a
         (convex) model linear in its parameters, steps until the gradient is negligible
         (chord steps on ``start``, a curvature near theta, else on the fitted Hessian
@@ -893,7 +894,8 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             # Rebuilt curvatures go through curvature() too: one warning per patch.
             theta, inverse, first = _chord_polish(
                 problem, theta, weights, inverse,
-                rebuild=lambda t, w: curvature(t, w, at=t), scale=scale[0], rtol=rtol)
+                rebuild=lambda t, w: curvature(t, w, at=t), scale=scale[0], rtol=rtol,
+                gradient=gradient)
             # Later rounds start near their optimum: their tolerance is relative to
             # the patch's first step, not to their own (which would polish each one
             # eight orders of magnitude further than the last).
@@ -967,7 +969,8 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # At the fitted model there is no drift yet: no pass to measure it.
         drift = (torch.zeros_like(C0) if theta is theta_hat
                  else criterion(theta).detach() - C0)
-        a = drift - G_C @ inverse.solve(problem.grad(theta, base_weights))
+        g_removed = problem.grad(theta, base_weights)
+        a = drift - G_C @ inverse.solve(g_removed)
         V = first_order_values(problem, inverse, criterion, theta, problem.X,
                                problem.y, s, rows=up_idx, G_C=G_C)
         lam_up = compensation_weights(_np(V.T), _np(a), alpha=alpha,
@@ -983,8 +986,14 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
                 break
     # The last weights are kept while the patch converges on them: the patch is then the
     # model retrained with sample_weight_ (which a weight that still moved would miss).
+    # Where no point was up-weighted the weights are the removal's alone, and the
+    # gradient the last linearisation took at this theta is the polish's first (a pass
+    # over the data saved: a tenth of a small patch).
+    known = (g_removed if n_steps == 1 and not np.any(lam_up)
+             and problem.adapter.linear_in_params else None)
     theta, inverse = converge(theta, weights,
-                              steps=1 + max(0, n_steps - 1 - linearisations))
+                              steps=1 + max(0, n_steps - 1 - linearisations),
+                              gradient=known)
     full_change = _np(criterion(theta).detach() - C0)
     rounds = None
     # A linear model's round is cheap (a values pass and a few gradient passes): it
@@ -1165,7 +1174,7 @@ _TRIAL_RTOL = 1e-4
 
 
 def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=100,
-                  rebuild=None, scale=0.0):
+                  rebuild=None, scale=0.0, gradient=None):
     """Steps ``theta - H~^-1 g`` until the Newton decrement ``g^T H~^-1 g`` falls to
     ``rtol^2`` of the largest seen, or of ``scale`` where that is larger (a relative
     gradient of about ``rtol``): a converged optimum of ``J_w``.  Returns it, the
@@ -1190,9 +1199,13 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
     pending, decrement = None, float("nan")
     line_search = not problem.adapter.quadratic
     for _ in range(max_iter):
-        # The objective only where a test reads it (its loss costs a tenth of a pass).
-        g, J = (problem.grad(theta, weights, with_objective=True) if pending is not None
-                else (problem.grad(theta, weights), None))
+        # The objective only where a test reads it (its loss costs a tenth of a pass);
+        # the first gradient where the caller has it at this theta already.
+        if gradient is not None:
+            g, J, gradient = gradient, None, None
+        else:
+            g, J = (problem.grad(theta, weights, with_objective=True)
+                    if pending is not None else (problem.grad(theta, weights), None))
         if pending is not None:
             start, J_start, direction, slope, t = pending
             if J > J_start - 1e-4 * t * slope and t > 2.0**-30:
