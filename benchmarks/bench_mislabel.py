@@ -26,6 +26,8 @@ median over the seeds of the best of up to 3 runs:
   first (cleanlab's score without its flags).
 - in-sample self-confidence: the fitted model's probability of the given label.
 - PUMA self-influence: ``rank_label_errors(puma, method="self_influence")``, same fit.
+- Data-OOB (Kwon & Zou 2023): ``DataOOB(estimator, n_estimators=50)``, each row's
+  accuracy under the bootstrap fits that left it out, lowest first (50 refits).
 - random: inspecting 20% of the rows at random finds 20% of the flipped ones.
 
 Besides scikit-learn's tables, a generated 100,000-row, 4-class table (``--large-seeds``
@@ -61,6 +63,7 @@ from threadpoolctl import threadpool_limits
 
 from _measure import recall_at, timed  # benchmarks/ is on the path of a script run here
 from sklearn_puma import PumaPatcher, PumaWarning, flip_labels, rank_label_errors
+from sklearn_puma.valuation import DataOOB
 
 FLIP = 0.1
 INSPECTED = 0.2
@@ -99,6 +102,12 @@ def cleanlab_pipeline(estimator, X, y):
     return quality - flagged, quality
 
 
+def data_oob_pipeline(estimator, X, y, seed):
+    # Kwon & Zou (2023): out-of-bag accuracy over 50 bootstrap fits of the same model,
+    # lowest first.
+    return DataOOB(estimator, n_estimators=50, random_state=seed).fit(X, y).values_
+
+
 def run(seeds, large_seeds):
     rows = []
     for name, X, y, estimator, puma_rows, n_seeds in datasets(large_seeds):
@@ -111,6 +120,8 @@ def run(seeds, large_seeds):
             y_noisy, flipped = flip_labels(y, FLIP, random_state=seed)
             (cl_scores, cv_quality), cl_time = timed(
                 lambda: cleanlab_pipeline(estimator, X, y_noisy))
+            oob_scores, oob_time = timed(
+                lambda: data_oob_pipeline(estimator, X, y_noisy, seed))
             for label, settings in puma_rows.items():
                 (puma, scores), puma_time = timed(
                     lambda: puma_pipeline(estimator, settings, X, y_noisy))
@@ -120,6 +131,8 @@ def run(seeds, large_seeds):
                     "cleanlab recall": recall_at(cl_scores, flipped, INSPECTED),
                     "PUMA s": puma_time,
                     "cleanlab s": cl_time,
+                    "Data-OOB recall": recall_at(oob_scores, flipped, INSPECTED),
+                    "Data-OOB s": oob_time,
                     "CV self-conf. recall": recall_at(cv_quality, flipped, INSPECTED),
                     "in-sample self-conf. recall": recall_at(own, flipped, INSPECTED),
                     "self-infl. recall": recall_at(-puma.self_influence(), flipped,
@@ -132,8 +145,10 @@ def run(seeds, large_seeds):
             summary = table.mean()
             # Times: the median over seeds, robust to a seed run while the machine
             # was busy with something else.
-            summary[["PUMA s", "cleanlab s"]] = table[["PUMA s", "cleanlab s"]].median()
+            times = ["PUMA s", "cleanlab s", "Data-OOB s"]
+            summary[times] = table[times].median()
             diff = table["PUMA recall"] - table["cleanlab recall"]
+            diff_oob = table["PUMA recall"] - table["Data-OOB recall"]
             # Recalls are multiples of 1/flipped: a difference below half of that is a tie.
             tie = 0.5 / round(FLIP * len(y))
             rows.append({
@@ -142,9 +157,12 @@ def run(seeds, large_seeds):
                 "n": len(y), "flipped": int(round(FLIP * len(y))), **summary.to_dict(),
                 "PUMA - cleanlab": f"{diff.mean():+.4f} +- {diff.sem() if len(diff) > 1 else 0:.4f}",
                 "W/T/L": f"{(diff > tie).sum()}/{(diff.abs() <= tie).sum()}/{(diff < -tie).sum()}",
+                "PUMA - Data-OOB": (f"{diff_oob.mean():+.4f} +- "
+                                    f"{diff_oob.sem() if len(diff_oob) > 1 else 0:.4f}"),
             })
     columns = ["data", "model", "n", "flipped", "PUMA recall", "cleanlab recall",
-               "PUMA - cleanlab", "W/T/L", "PUMA s", "cleanlab s", "CV self-conf. recall",
+               "PUMA - cleanlab", "W/T/L", "Data-OOB recall", "PUMA - Data-OOB",
+               "PUMA s", "cleanlab s", "Data-OOB s", "CV self-conf. recall",
                "in-sample self-conf. recall", "self-infl. recall", "random recall"]
     return pd.DataFrame(rows)[columns]
 

@@ -10,6 +10,8 @@ metric; the metric is measured on ``eval_set`` when given, else on the training 
   (Ghorbani & Zou 2019).  Any metric.
 * :class:`KNNShapley`: exact Shapley values of a K-nearest-neighbour utility in closed
   form (Jia et al. 2019).  The KNN utility only.
+* :class:`DataOOB`: out-of-bag accuracy over bootstrap fits (Kwon & Zou 2023).  Its
+  own score (higher = helpful), no evaluation set.
 * :class:`InfluenceFunctions`: first-order influence on the training loss (Koh & Liang
   2017); PUMA's first-order values with ``criterion="loss"``.  The training loss only.
 * :class:`DVRL`: a data-value estimator trained with REINFORCE (Yoon et al. 2020).
@@ -551,6 +553,141 @@ class KNNShapley(_Valuation):
             s[:-1] = s[-1] + np.cumsum(step[::-1])[::-1]
             values[order] += s
         self.values_ = values / len(X_eval)
+        return self
+
+
+class DataOOB(_Valuation):
+    """Data-OOB: each point's out-of-bag score over bootstrap fits (Kwon & Zou, ICML 2023).
+
+    ``n_estimators`` copies of ``estimator`` are fitted on bootstrap samples of the
+    training data (scikit-learn's bagging); a point's value is the mean, over the fits
+    whose sample left it out (about 37% of them), of how well that fit predicts it: the
+    accuracy ``[f_b(x_i) = y_i]`` for a classifier, minus the squared error
+    ``-(y_i - f_b(x_i))^2`` for a regressor.  A mislabelled or atypical point is one
+    that models trained without it get wrong, so it scores low.  No evaluation set and
+    no influence functions: the cost is ``n_estimators`` fits (on the full-size
+    bootstrap samples) and their out-of-bag predictions.  Limits: the values say how
+    predictable a point is from the others, not what it does to a criterion (a helpful
+    rare point scores as low as a harmful one); with few estimators each point is out of
+    bag only ``0.37 n_estimators`` times, so the values are coarse (multiples of
+    ``1 / that count`` for a classifier).
+
+    Parameters
+    ----------
+    estimator : estimator, default=None
+        The model fitted on each bootstrap sample; None: a
+        ``DecisionTreeClassifier`` or ``DecisionTreeRegressor`` (the weak learners of
+        the paper's random forest), chosen by the target.
+    n_estimators : int, default=50
+        Bootstrap fits (the paper's default; its experiments use 800 trees).
+    max_samples : float in (0, 1], default=1.0
+        Size of each bootstrap sample as a fraction of the training rows.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the bootstrap samples (and the trees).
+    n_jobs : int, default=None
+        Parallel fits, as in :class:`sklearn.ensemble.BaggingClassifier`.
+
+    Attributes
+    ----------
+    values_ : ndarray of shape (n_samples,)
+        Out-of-bag accuracy (classifier) or minus the out-of-bag squared error
+        (regressor) of each training point; higher = more helpful.
+    oob_counts_ : ndarray of shape (n_samples,)
+        How many fits each point was out of bag for.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_puma.valuation import DataOOB
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((60, 2)); y = (X[:, 0] > 0).astype(int)
+    >>> y[:3] = 1 - y[:3]  # three flipped labels
+    >>> values = DataOOB(n_estimators=40, random_state=0).fit(X, y).values_
+    >>> bool(values[:3].mean() < values[3:].mean())
+    True
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit", "predict"]), None],
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "max_samples": [Interval(Real, 0, 1, closed="right")],
+        "random_state": ["random_state"],
+        "n_jobs": [Integral, None],
+    }
+
+    def __init__(self, estimator=None, *, n_estimators=50, max_samples=1.0,
+                 random_state=None, n_jobs=None):
+        self.estimator = estimator
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(self, X, y, *, eval_set=None):
+        """Fit the bootstrap models and score each point out of bag.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,)
+            Training labels (or targets).
+        eval_set : None
+            Not taken: every point is scored by the fits that did not see it. Passing
+            one is an error rather than silently ignored.
+
+        Returns
+        -------
+        self : object
+            The fitted valuation, with ``values_`` and ``oob_counts_`` set.
+        """
+        from sklearn.ensemble import BaggingClassifier, BaggingRegressor
+        from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+        from sklearn.utils.multiclass import type_of_target
+
+        self._validate_params()
+        if eval_set is not None:
+            raise ValueError(
+                "DataOOB scores each point by the bootstrap fits that left it out; it "
+                "takes no eval_set."
+            )
+        X, y, _, _ = self._check_data(X, y, None)
+        classify = (is_classifier(self.estimator) if self.estimator is not None
+                    else type_of_target(y) in ("binary", "multiclass"))
+        if self.estimator is not None:
+            base = clone(self.estimator)
+        else:
+            base = DecisionTreeClassifier() if classify else DecisionTreeRegressor()
+        Bagging = BaggingClassifier if classify else BaggingRegressor
+        bagging = Bagging(base, n_estimators=self.n_estimators,
+                          max_samples=self.max_samples, bootstrap=True,
+                          random_state=self.random_state, n_jobs=self.n_jobs).fit(X, y)
+        n = len(y)
+        total, counts = np.zeros(n), np.zeros(n)
+        for model, rows, features in zip(bagging.estimators_,
+                                         bagging.estimators_samples_,
+                                         bagging.estimators_features_):
+            out = np.ones(n, dtype=bool)
+            out[rows] = False
+            if not out.any():
+                continue
+            predicted = model.predict(X[out][:, features])
+            if classify:
+                # Bagging fits its members on encoded labels (0 .. K-1).
+                predicted = bagging.classes_[np.asarray(predicted, dtype=int)]
+                total[out] += predicted == y[out]
+            else:
+                total[out] -= (y[out] - predicted) ** 2
+            counts[out] += 1
+        never = counts == 0
+        if never.any():
+            raise ValueError(
+                f"{int(never.sum())} point(s) were in every bootstrap sample, so no fit "
+                f"scores them out of bag (rows {np.flatnonzero(never)[:5].tolist()}); "
+                "raise n_estimators or lower max_samples."
+            )
+        self.values_ = total / counts
+        self.oob_counts_ = counts.astype(np.int64)
         return self
 
 

@@ -3,6 +3,7 @@ positive = helpful, in units of the metric); see :mod:`sklearn_puma._valuation`.
 
 from ._valuation import (
     DVRL,
+    DataOOB,
     GradientShapley,
     InfluenceFunctions,
     KNNShapley,
@@ -11,5 +12,5 @@ from ._valuation import (
     TMCShapley,
 )
 
-__all__ = ["DVRL", "GradientShapley", "InfluenceFunctions", "KNNShapley", "LeaveOneOut", "RepresenterPoints",
+__all__ = ["DVRL", "DataOOB", "GradientShapley", "InfluenceFunctions", "KNNShapley", "LeaveOneOut", "RepresenterPoints",
            "TMCShapley"]

@@ -479,6 +479,7 @@ def _public_calls():
     from sklearn_puma.unlearning import SISA, AmnesiacMLP, UnrollingSGDMLP
     from sklearn_puma.valuation import (
         DVRL,
+        DataOOB,
         GradientShapley,
         InfluenceFunctions,
         KNNShapley,
@@ -518,6 +519,8 @@ def _public_calls():
     for baseline in baselines:
         calls.append((f"{type(baseline).__name__}.fit+values_",
                       lambda b=baseline: b.fit(X, y, eval_set=eval_set).values_))
+    calls.append(("DataOOB.fit+values_",  # scores out of bag: no eval_set
+                  lambda: DataOOB(n_estimators=25, random_state=0).fit(X, y).values_))
     for model in (SISA(LogisticRegression(), n_shards=2, random_state=0),
                   AmnesiacMLP(n_epochs=2, random_state=0),
                   UnrollingSGDMLP(n_epochs=2, random_state=0)):

@@ -270,3 +270,57 @@ def test_dvrl_ranks_flipped_labels_low_on_noisy_moons():
           f"flipped, {dvrl.selection_probability_[~flipped].mean():.2f} clean)")
     assert found >= 0.5  # random inspection finds 0.2
     assert dvrl.selection_probability_[flipped].mean() < dvrl.selection_probability_[~flipped].mean()
+
+
+def test_data_oob_is_the_mean_out_of_bag_score_of_its_fits(breast_cancer):
+    """Against the definition, recomputed from the bootstrap samples alone: a model
+    refit by hand on each sample (same estimator, same seed) scores the points it left
+    out, and each value is the mean of those scores."""
+    from sklearn.ensemble import BaggingClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    from sklearn_puma.valuation import DataOOB
+
+    X, y = breast_cancer
+    X, y = X[:200], y[:200]
+    oob = DataOOB(n_estimators=30, random_state=0).fit(X, y)
+    samples = BaggingClassifier(DecisionTreeClassifier(), n_estimators=30,
+                                random_state=0).fit(X, y).estimators_samples_
+    bagging = BaggingClassifier(DecisionTreeClassifier(), n_estimators=30,
+                                random_state=0).fit(X, y)
+    total, counts = np.zeros(len(y)), np.zeros(len(y))
+    for model, rows in zip(bagging.estimators_, samples):
+        out = np.setdiff1d(np.arange(len(y)), rows)
+        total[out] += model.predict(X[out]) == y[out]
+        counts[out] += 1
+    np.testing.assert_array_equal(oob.oob_counts_, counts)
+    np.testing.assert_allclose(oob.values_, total / counts)
+
+
+def test_data_oob_ranks_flipped_labels_lowest(breast_cancer):
+    from sklearn.metrics import roc_auc_score
+
+    from sklearn_puma import flip_labels
+    from sklearn_puma.valuation import DataOOB
+
+    X, y = breast_cancer
+    noisy, flipped = flip_labels(y, 0.1, random_state=0)
+    is_flipped = np.zeros(len(y), dtype=bool)
+    is_flipped[flipped] = True
+    values = DataOOB(LogisticRegression(), n_estimators=50, random_state=0).fit(
+        X, noisy).values_
+    assert roc_auc_score(is_flipped, -values) >= 0.9
+
+
+def test_data_oob_for_a_regressor_and_its_refusals(diabetes):
+    from sklearn.linear_model import Ridge
+
+    from sklearn_puma.valuation import DataOOB
+
+    X, y = diabetes
+    values = DataOOB(Ridge(), n_estimators=20, random_state=0).fit(X, y).values_
+    assert np.all(values <= 0) and np.isfinite(values).all()
+    with pytest.raises(ValueError, match="takes no eval_set"):
+        DataOOB().fit(X, y, eval_set=(X, y))
+    with pytest.raises(ValueError, match="raise n_estimators"):
+        DataOOB(Ridge(), n_estimators=1, random_state=0).fit(X[:5], y[:5])
