@@ -822,6 +822,7 @@ class PatchResult:
     lam: np.ndarray
     sample_weight: np.ndarray
     eta: float
+    residual: float
     before: np.ndarray
     after: np.ndarray
     full_step_change: np.ndarray
@@ -878,6 +879,9 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
 
     scale = [0.0]  # the largest Newton decrement any polish of this patch has seen
     inverse_last = [problem.inverse_hat]  # a network's last curvature, for a stop
+    # sqrt of the last Newton decrement over the patch's first: how far from the
+    # optimum of J_w the patch stopped, in the units of its first step.
+    residual = [float("nan")]
 
     def converge(theta, weights, steps=n_steps, start=None, rtol=_POLISH_RTOL,
                  gradient=None):
@@ -892,7 +896,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             # than the fitted model's, which a large removal left behind.
             inverse = curvature(theta, weights) if start is None else start
             # Rebuilt curvatures go through curvature() too: one warning per patch.
-            theta, inverse, first = _chord_polish(
+            theta, inverse, first, last = _chord_polish(
                 problem, theta, weights, inverse,
                 rebuild=lambda t, w: curvature(t, w, at=t), scale=scale[0], rtol=rtol,
                 gradient=gradient)
@@ -900,6 +904,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             # the patch's first step, not to their own (which would polish each one
             # eight orders of magnitude further than the last).
             scale[0] = max(scale[0], first)
+            residual[0] = float(np.sqrt(last / max(scale[0], 1e-300)))
             return theta, inverse
         if stopped:  # a bound or a stall ended the steps: no further curvature
             return theta, inverse_last[0]
@@ -1026,6 +1031,13 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             f"During the patch ({len(nonconvex)} curvature solves warned): "
             f"{nonconvex[-1]}", NonConvexWarning, stacklevel=3)
 
+    if not linear:
+        # Measured where the patch ended, on its final weights, with the curvature it
+        # last used: a network's steps are bounded, so they may stop short.
+        g = problem.grad(theta, weighted(lam_up))
+        last = abs(float(g @ inverse_last[0].solve(g)))
+        residual[0] = float(np.sqrt(last / max(decrements[0], 1e-300))) \
+            if decrements else float("nan")
     step = theta - theta_hat
     eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)
     if eta == 1.0:  # the full patch, whose criteria were measured above
@@ -1041,7 +1053,8 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     sample_weight = s + eta * (final_weights - s)
     if eta < 1.0:
         _warn_partial(criterion.names, full_change, eta, delta, rounds, lam_up, max_weight)
-    return PatchResult(theta_mod.detach(), lam, sample_weight, eta, _np(C0), _np(after),
+    return PatchResult(theta_mod.detach(), lam, sample_weight, eta, residual[0], _np(C0),
+                       _np(after),
                        full_change)
 
 
@@ -1178,7 +1191,7 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
     """Steps ``theta - H~^-1 g`` until the Newton decrement ``g^T H~^-1 g`` falls to
     ``rtol^2`` of the largest seen, or of ``scale`` where that is larger (a relative
     gradient of about ``rtol``): a converged optimum of ``J_w``.  Returns it, the
-    curvature last used and the largest decrement seen.
+    curvature last used, the largest decrement seen and the last.
 
     ``H~`` starts as the given curvature (the fitted model's updated over the changed
     rows, or where the last round's patch ended), so a chord step costs one gradient
@@ -1219,7 +1232,7 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
         first = decrement if first is None else max(first, decrement)
         # Mean-form objectives are O(1): a decrement of 1e-24 is rounding noise.
         if decrement <= rtol**2 * first or decrement <= 1e-24:
-            return theta, inverse, first
+            return theta, inverse, first, decrement
         if previous is not None:
             rate = decrement / previous
             still_needed = (np.log(rtol**2 * first / decrement) / np.log(rate)
@@ -1246,7 +1259,7 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
         f"The patch's polishing steps stopped after {max_iter} with a Newton decrement "
         f"of {decrement / first:.3g} of the first: the patch is close to, not at, the "
         "optimum for sample_weight_.", SolverWarning, stacklevel=4)
-    return theta, inverse, first
+    return theta, inverse, first, decrement
 
 
 # A call's fixed cost in flops (the torch and Python overheads of a pass, about 20 us):

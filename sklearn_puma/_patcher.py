@@ -50,7 +50,7 @@ from ._influence import (
 )
 from ._rows import row_mask
 from ._threads import claim_cores, on_fitted_model, using_n_jobs
-from ._warnings import PumaWarning
+from ._warnings import PartialRemovalWarning, PumaWarning
 
 # The largest share of any class (or group) a remove= policy takes; more is cut back
 # to the lowest-valued, with a warning.
@@ -66,6 +66,11 @@ _NON_FINITE_VALUES = (
     "failed; scale the features, check the criterion, or set damping")
 _NON_FINITE_OUTPUTS = (
     "the model's outputs overflow on those rows; scale the features")
+
+
+# A patch whose last Newton decrement is above this share of its first (squared: a
+# tenth of the way left) has not removed the marked points, whatever eta_ says.
+_UNCONVERGED = 0.1
 
 
 def _check_finite(array, what, cause):
@@ -258,6 +263,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         the original and the full patch's weights, which a retrain matches only roughly.
     eta_ : float
         Fraction of the patch step taken; below 1 the removal is partial.
+    removal_residual_ : float
+        How far from the model optimal for ``sample_weight_`` the patch stopped: the
+        square root of the reweighted objective's Newton decrement where it ended, over
+        the patch's first (0: converged; about 1e-8 for a linear model; 1: it did not
+        move). Above 0.1 with ``eta_=1``, a ``PartialRemovalWarning`` gives the figure.
     hessian_ : str
         The curvature solver used ("auto" resolved).
     damping_ : float
@@ -840,6 +850,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.lambda_ = result.lam
         self.sample_weight_ = self._user_weights(result.sample_weight)
         self.eta_ = float(result.eta)
+        self.removal_residual_ = float(result.residual)
+        if result.eta == 1.0 and not self.removal_residual_ <= _UNCONVERGED:
+            warnings.warn(
+                f"The patch stopped short of the model optimal for sample_weight_: the "
+                f"reweighted objective's Newton decrement where it ended is "
+                f"{self.removal_residual_:.3g} of the removal's first step "
+                f"(removal_residual_), so the marked points' influence is only partly "
+                f"removed although eta_=1. Raise n_steps, or use "
+                "parameters='last_layer' for a network (its patch converges).",
+                PartialRemovalWarning, stacklevel=3)
         self.criterion_before_ = result.before
         self.criterion_after_ = result.after
         if self.verbose:  # formatting the arrays costs a tenth of a small patch
@@ -871,6 +891,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.lambda_ = np.zeros(problem.n)
         self.sample_weight_ = self._base_sample_weight.copy()
         self.eta_ = 1.0
+        self.removal_residual_ = 0.0
         self.criterion_before_ = _np(criterion(problem.theta_hat))
         self.criterion_after_ = self.criterion_before_.copy()
 

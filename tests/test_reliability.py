@@ -619,3 +619,37 @@ def test_lowrank_after_an_early_lanczos_stop_is_not_taken_as_complete():
     # was dropped: relative error 0.999.
     error = float((inverse.solve(B) - exact).norm() / exact.norm())
     assert error < 0.1
+
+
+def test_an_unconverged_network_patch_never_reports_full_removal_silently():
+    """The seed's default network patch barely moved (1% of the way to a warm retrain)
+    yet reported eta_=1 with no warning.  removal_residual_ measures where the patch
+    ended (the reweighted objective's Newton decrement over the patch's first, square
+    root); above 0.1 with eta_=1 a PartialRemovalWarning gives the figure.  The last
+    layer alone is a convex problem whose patch converges: no warning, and the figure
+    says so; a linear model's patch is the refit (tested above) with a figure of 1e-8."""
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_classification
+    from sklearn.neural_network import MLPClassifier
+
+    from sklearn_puma import PartialRemovalWarning
+
+    X, y = make_classification(600, 8, n_informative=5, random_state=0)
+    labels = KMeans(10, n_init=3, random_state=0).fit(X).labels_
+    cluster = np.flatnonzero((labels == np.bincount(labels).argmax()) & (y == 1))
+    network = MLPClassifier((16,), max_iter=2000, random_state=0)
+    for parameters in ("all", "last_layer"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            puma = PumaPatcher(network, parameters=parameters, delta=10.0).fit(
+                X, y, remove=cluster)
+        partial = [w for w in caught if issubclass(w.category, PartialRemovalWarning)]
+        assert np.isfinite(puma.removal_residual_)
+        if puma.eta_ == 1.0:
+            assert bool(partial) == (puma.removal_residual_ > 0.1), (parameters,
+                                                                    puma.removal_residual_)
+        if partial and puma.eta_ == 1.0:
+            assert f"{puma.removal_residual_:.3g}" in str(partial[0].message)
+    assert puma.removal_residual_ < 1e-6  # the last layer's patch converges
+    linear = PumaPatcher(LogisticRegression()).fit(X, y, remove=cluster)
+    assert linear.removal_residual_ < 1e-6
