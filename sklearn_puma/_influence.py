@@ -183,8 +183,12 @@ class Problem:
         adapter = self.adapter
         if self.hessian_kind == "dual":
             return self._dual_inverse(theta, weights)
-        hvp = hvp_function(adapter, theta, self.X, self.y, weights, self.n,
-                           gauss_newton=self.gauss_newton)
+        # The explicit Hessian needs no Hessian-vector products (unless it is built
+        # from them): building the closure costs a tenth of a small patch's inverse.
+        needs_hvp = self.gauss_newton or resolve_kind(self.hessian_kind,
+                                                      adapter.n_params) != "exact"
+        hvp = (hvp_function(adapter, theta, self.X, self.y, weights, self.n,
+                            gauss_newton=self.gauss_newton) if needs_hvp else None)
 
         def explicit():
             if self.gauss_newton:
