@@ -195,12 +195,15 @@ class ExactInverse:
     def _by_eigh(self, H, damping):
         self.method = "eigh"
         eye = torch.eye(len(H), dtype=H.dtype, device=H.device)
+        decomposed = None  # the scaled H's eigen-decomposition, where no damping follows
         if damping == "auto":
             # Congruence keeps the signs of the eigenvalues (Sylvester's law): the
             # scaled spectrum says whether H is indefinite, the raw one by how much.
             scale = self._jacobi(H)
-            scaled = torch.linalg.eigvalsh(scale[:, None] * H * scale[None, :])
+            decomposed = torch.linalg.eigh(scale[:, None] * H * scale[None, :])
+            scaled = decomposed[0]
             if float(scaled[0]) < -_flat_tolerance(float(scaled.abs().max()), H.dtype):
+                decomposed = None
                 raw = torch.linalg.eigvalsh(H)
                 self.min_eigenvalue = float(raw[0])
                 # The scaled spectrum resolves a negative direction the raw one may
@@ -212,9 +215,11 @@ class ExactInverse:
             else:
                 damping = 0.0
         self.damping = float(damping)
-        A = H + self.damping * eye if self.damping else H
-        scale = self._jacobi(A)
-        eigvals, eigvecs = torch.linalg.eigh(scale[:, None] * A * scale[None, :])
+        if decomposed is None:
+            A = H + self.damping * eye if self.damping else H
+            scale = self._jacobi(A)
+            decomposed = torch.linalg.eigh(scale[:, None] * A * scale[None, :])
+        eigvals, eigvecs = decomposed
         top = float(eigvals.abs().max())
         tol = _flat_tolerance(top, H.dtype)
         if eigvals[0] < -tol:
