@@ -264,10 +264,12 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     eta_ : float
         Fraction of the patch step taken; below 1 the removal is partial.
     removal_residual_ : float
-        How far from the model optimal for ``sample_weight_`` the patch stopped: the
-        square root of the reweighted objective's Newton decrement where it ended, over
-        the patch's first (0: converged; about 1e-8 for a linear model; 1: it did not
-        move). Above 0.1 with ``eta_=1``, a ``PartialRemovalWarning`` gives the figure.
+        How far from the model optimal for its final weights the full patch (before
+        any shortening by ``eta_``) stopped: the square root of the reweighted
+        objective's Newton decrement where it ended, over the patch's first (0:
+        converged; about 1e-8 for a linear model; 1: no closer than it started). Above
+        0.1 with ``eta_=1``, a ``PartialRemovalWarning`` gives the figure (with
+        ``eta_ < 1`` the shortening's own warning says the removal is partial).
     hessian_ : str
         The curvature solver used ("auto" resolved).
     damping_ : float
@@ -537,7 +539,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if mask.any():
             self._patch(mask, self.upweight)
         else:
-            self._no_patch(criterion)
+            self._no_patch(criterion, before=at_fit)
         return self
 
     def _fit_preprocessing(self, est, X, y):
@@ -884,7 +886,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         mask[chosen] = True
         return mask
 
-    def _no_patch(self, criterion):
+    def _no_patch(self, criterion, before=None):
         problem = self._problem
         self.estimator_ = self._base_estimator
         self.removed_ = np.array([], dtype=np.int64)
@@ -892,7 +894,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.sample_weight_ = self._base_sample_weight.copy()
         self.eta_ = 1.0
         self.removal_residual_ = 0.0
-        self.criterion_before_ = _np(criterion(problem.theta_hat))
+        # ``before``: the criteria fit() just measured at the fitted model.
+        self.criterion_before_ = (_np(criterion(problem.theta_hat)) if before is None
+                                  else before)
         self.criterion_after_ = self.criterion_before_.copy()
 
     def _user_weights(self, training_weights):
