@@ -284,17 +284,18 @@ def test_data_oob_is_the_mean_out_of_bag_score_of_its_fits(breast_cancer):
     X, y = breast_cancer
     X, y = X[:200], y[:200]
     oob = DataOOB(n_estimators=30, random_state=0).fit(X, y)
-    samples = BaggingClassifier(DecisionTreeClassifier(), n_estimators=30,
-                                random_state=0).fit(X, y).estimators_samples_
     bagging = BaggingClassifier(DecisionTreeClassifier(), n_estimators=30,
                                 random_state=0).fit(X, y)
     total, counts = np.zeros(len(y)), np.zeros(len(y))
-    for model, rows in zip(bagging.estimators_, samples):
+    for model, rows in zip(bagging.estimators_, bagging.estimators_samples_):
         out = np.setdiff1d(np.arange(len(y)), rows)
         total[out] += model.predict(X[out]) == y[out]
         counts[out] += 1
     np.testing.assert_array_equal(oob.oob_counts_, counts)
     np.testing.assert_allclose(oob.values_, total / counts)
+    # The definition does not depend on what the classes are called.
+    named = DataOOB(n_estimators=30, random_state=0).fit(X, np.where(y == 1, "b", "a"))
+    np.testing.assert_array_equal(named.values_, oob.values_)
 
 
 def test_data_oob_ranks_flipped_labels_lowest(breast_cancer):
