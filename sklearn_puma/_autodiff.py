@@ -17,17 +17,31 @@ from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 from ._sparse import dense_rows
 from ._threads import imap_chunks, sum_chunks
 
-with warnings.catch_warnings():
-    # torch registers its forward-mode (jvp) decompositions through the deprecated
-    # torch.jit.script the first time forward mode runs; that warning is torch's own
-    # affair, and it would otherwise surface inside the user's first Hessian.
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*",
-                            category=DeprecationWarning)
-    # torch.func's first gradient imports sympy (through torch._dynamo), and sympy's
-    # import adds a warnings filter to the process: imported here, inside this block,
-    # the filter goes with it, and no public method changes the user's filters.
-    import sympy  # noqa: F401
-    import torch._decomp.decompositions_for_jvp  # noqa: F401
+_quiet_lock = threading.Lock()
+_quiet_done = []
+
+
+def quiet_torch_func():
+    """Import, once and quietly, what torch.func's first calls would import noisily:
+    torch registers its forward-mode (jvp) decompositions through the deprecated
+    torch.jit.script (a DeprecationWarning inside the user's first Hessian), and its
+    first reverse-mode transform (grad, jacrev) imports sympy through torch._dynamo,
+    whose import adds a warnings filter to the process.  Inside catch_warnings the
+    filter goes with it, so no public method changes the user's filters.  Called where
+    torch.func is first needed (a network's Problem, forward mode, representer points):
+    a linear model never pays the 0.35 s."""
+    if _quiet_done:
+        return
+    with _quiet_lock:
+        if _quiet_done:
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*",
+                                    category=DeprecationWarning)
+            import sympy  # noqa: F401
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        _quiet_done.append(True)
+
 
 # torch's forward-mode AD (jvp, and the jacfwd inside torch.func.hessian) keeps its dual
 # levels in process-global state: two threads in forward mode at once see each other's
@@ -38,8 +52,8 @@ _FORWARD_MODE_LOCK = threading.RLock()
 
 @contextmanager
 def forward_mode_section():
-    """Hold the forward-mode lock (sympy, which torch's first forward-mode call would
-    import with a warnings filter of its own, was imported quietly above)."""
+    """Hold the forward-mode lock (after ``quiet_torch_func``)."""
+    quiet_torch_func()
     with _FORWARD_MODE_LOCK:
         yield
 

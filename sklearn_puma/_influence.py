@@ -28,6 +28,7 @@ from ._autodiff import (
     per_sample_grads,
     per_sample_grads_times,
     quadratic_forms,
+    quiet_torch_func,
 )
 from ._curvature import collected_warnings, make_inverse, resolve_kind
 from ._linear import (
@@ -64,6 +65,8 @@ class Problem:
     def __init__(self, adapter, X, y, sample_weight, *, hessian="auto", damping="auto",
                  gauss_newton=False, random_state=None, n_jobs=None):
         self.adapter = adapter
+        if not adapter.closed_form:
+            quiet_torch_func()  # its derivatives are torch.func's
         self.theta_hat = adapter.theta
         self.X, self.y, self.s = X, y, sample_weight
         self.n = len(X)

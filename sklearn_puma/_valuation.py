@@ -836,7 +836,9 @@ class RepresenterPoints(_Valuation):
         import torch
         from scipy.optimize import minimize
 
-        from ._autodiff import forward_mode_section
+        from ._autodiff import forward_mode_section, quiet_torch_func
+
+        quiet_torch_func()  # before torch.func's first gradient below
 
         self._validate_params()
         X, y, X_eval, y_eval = self._check_data(X, y, eval_set)

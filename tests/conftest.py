@@ -12,6 +12,13 @@ torch.set_num_threads(1)
 # also uses makes a 0.05 s fit take seconds.
 threadpool_limits(1)
 
+# Tests call torch.func's forward mode (hessian, jvp) directly, as ground truths, not
+# through the library's forward_mode_section: its one-off, noisy first-call imports
+# (a DeprecationWarning, which setup.cfg makes an error) are made quietly here.
+from sklearn_puma._autodiff import quiet_torch_func  # noqa: E402
+
+quiet_torch_func()
+
 
 def _scaled(loader):
     X, y = loader(return_X_y=True)
