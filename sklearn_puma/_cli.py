@@ -1,4 +1,4 @@
-"""Command line: value every training row of a table, patch out the most harmful ones,
+"""Command line: value every training row of a table, patch out the most suspect ones,
 and report what that did to held-out performance, the criteria and the time.
 
 ``sklearn-puma`` (or ``python -m sklearn_puma``) with no arguments runs on scikit-learn's
@@ -51,7 +51,7 @@ MODELS = {
 DEFAULT_MODEL = {"classification": "logistic", "regression": "ridge"}
 
 DESCRIPTION = f"""\
-Value every training row of a table with PUMA, patch the most harmful rows out of the
+Value every training row of a table with PUMA, patch the most suspect rows out of the
 fitted model without retraining, and report held-out performance (accuracy or R^2),
 the criteria before and after, and the time of the patch against a refit.
 
@@ -77,10 +77,14 @@ that are valued and may be patched out) and validation rows the criteria are mea
 on (--eval-size); a test part (--test-size) measures accuracy (classification) or R^2
 (regression). Splits are stratified by class for classification. Values: positive =
 the row helps the criterion, negative = it hurts; the lowest are the most harmful rows.
+Ranking (--rank-by): for classification the rows most likely mislabelled come first
+(rank_label_errors: each row's probability of its own label under the model fitted
+without it, lowest first), for regression the most harmful rows; the first --remove of
+the ranking are patched out.
 
-Without --data, runs on scikit-learn's breast cancer data with 10% of the training
-labels flipped at random (--flip, --seed), and reports how many flipped rows the values
-find. Nothing is written to disk unless --output or --save-model is given."""
+Without --data, runs on scikit-learn's breast cancer data with 10% of the fitted rows'
+labels flipped at random (--flip, --seed), and reports how many flipped rows the
+ranking finds. Nothing is written to disk unless --output or --save-model is given."""
 
 EPILOG = f"""\
 output: a text report on stdout (progress lines on stderr; --quiet: one summary line).
@@ -232,9 +236,10 @@ def build_parser():
     )
     data.add_argument(
         "--flip", type=_fraction_arg(True, False), metavar="FRACTION",
-        help=f"classification only: flip this fraction of the training labels to another "
-             f"class, to see how many the values find (default: {DEFAULT_FLIP} without "
-             f"--data, none with --data)",
+        help=f"classification only: flip this fraction of the fitted rows' labels to "
+             f"another class (the validation and test rows keep theirs), to see how many "
+             f"the ranking finds (default: {DEFAULT_FLIP} without --data, none with "
+             f"--data)",
     )
     data.add_argument("--test-size", type=_fraction_arg(False, False), default=0.25,
                       metavar="FRACTION",
@@ -280,8 +285,18 @@ def build_parser():
     )
     puma.add_argument(
         "--remove", type=_remove_arg, default=0.1, metavar="N_OR_FRACTION",
-        help="how many of the most harmful fitted rows to patch out: a count (e.g. 20) "
+        help="how many of the first fitted rows of the ranking (--rank-by) to patch out: "
+             "a count (e.g. 20) "
              "or a fraction in (0, 1) (default: %(default)s)",
+    )
+    puma.add_argument(
+        "--rank-by", choices=["auto", "label_errors", "values"], default="auto",
+        help="how the fitted rows are ranked, the first --remove of them patched out: "
+             "label_errors = rank_label_errors, each row's leave-one-out probability of "
+             "its own label, lowest first (classification; the better detector of wrong "
+             "labels); values = the values against --criterion, most harmful first; "
+             "auto = label_errors for classification, values for regression "
+             "(default: %(default)s)",
     )
     puma.add_argument("--delta", type=_non_negative_float, default=0.05,
                       help="largest allowed worsening of any criterion row, in the "
@@ -293,13 +308,15 @@ def build_parser():
 
     output = parser.add_argument_group("output")
     output.add_argument("--top", type=_non_negative_int, default=10,
-                        help="most harmful rows to show (default: %(default)s)")
+                        help="first rows of the ranking to show (default: %(default)s)")
     output.add_argument(
         "--output", metavar="FILE",
         help="write the values, one record per fitted row: row (0-based position of the "
              "data row in the input table), label (classification) or target "
-             "(regression), original_label and flipped (when labels were flipped), value "
-             "(and value_<row> per criterion row), removed. Nothing is written without it",
+             "(regression), original_label and flipped (when labels were flipped), "
+             "label_proba_left_out (with --rank-by label_errors: the probability of the "
+             "row's label under the model fitted without it), value (and value_<row> "
+             "per criterion row), removed. Nothing is written without it",
     )
     output.add_argument(
         "--format", choices=["csv", "json"],
@@ -332,6 +349,9 @@ def check_task_options(args, task):
         if args.flip:
             raise CLIError("--flip applies to classification only (it flips class labels); "
                            "this is a regression target")
+        if args.rank_by == "label_errors":
+            raise CLIError("--rank-by label_errors applies to classification only (label "
+                           "errors are wrong classes); rank a regression's rows by values")
     allowed = CLASSIFICATION_CRITERIA if task == "classification" else REGRESSION_CRITERIA
     if args.criterion not in allowed:
         other = "regressors" if task == "classification" else "classifiers"

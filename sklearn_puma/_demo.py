@@ -35,6 +35,7 @@ from ._cli import (
     short_list,
 )
 from ._datasets import flip_labels
+from ._label_errors import rank_label_errors
 from ._patcher import PumaPatcher
 from ._table import read_table
 
@@ -354,16 +355,19 @@ def run(args, stream, source, progress):
     # Test rows keep their true labels: accuracy is measured against the truth.
     y_true = table.y
     train, test = _split(y_true, args.test_size, args.seed, "train/test", classification)
-    y = y_true.copy()
-    flipped = np.zeros(len(y), dtype=bool)
-    if flip > 0:
-        y[train], flipped[train] = flip_labels(y_true[train], flip, random_state=args.seed)
     if args.eval_size > 0:
-        fit_pos, val_pos = _split(y[train], args.eval_size, args.seed,
+        fit_pos, val_pos = _split(y_true[train], args.eval_size, args.seed,
                                   "fit/validation", classification)
         fit, val = train[fit_pos], train[val_pos]
     else:
         fit, val = train, train[:0]
+    # Only the fitted rows get flipped labels: the validation rows are the data the
+    # criterion is measured on, which a user would take from rows they trust (noisy
+    # ones there make removing a wrong label look like harm to the criterion).
+    y = y_true.copy()
+    flipped = np.zeros(len(y), dtype=bool)
+    if flip > 0:
+        y[fit], flipped[fit] = flip_labels(y_true[fit], flip, random_state=args.seed)
     n_fit = len(fit)
     if classification and len(np.unique(y[fit])) < 2:
         raise CLIError("too few rows: the fitted rows hold a single class")
@@ -414,15 +418,25 @@ def run(args, stream, source, progress):
         except (ValueError, UnsupportedEstimatorError) as exc:
             raise CLIError(str(exc)) from None
         total = values if values.ndim == 1 else values.sum(axis=1)
-        order = np.argsort(total, kind="stable")
-        harmful = order[:k]
+        rank_by = args.rank_by if args.rank_by != "auto" else (
+            "label_errors" if classification else "values")
+        own_label_loo = None
+        if rank_by == "label_errors":
+            progress("ranking the rows by their leave-one-out probability of their label")
+            start = time.perf_counter()
+            order, own_label_loo = rank_label_errors(puma, return_scores=True)
+            rank_time = time.perf_counter() - start
+        else:
+            order, rank_time = np.argsort(total, kind="stable"), 0.0
+        suspects = order[:k]
         score_before = puma.score(X_test, y_test)
 
-        progress(f"patching out the {k} most harmful rows, timed against a refit")
+        progress(f"patching out the first {k} rows of the ranking, timed against a refit")
         try:
-            patch_time, patch_calls, _ = _best_time(lambda: puma.patch(harmful))
+            patch_time, patch_calls, _ = _best_time(lambda: puma.patch(suspects))
         except ValueError as exc:
-            raise CLIError(f"cannot patch out the {k} most harmful rows: {exc}") from None
+            raise CLIError(f"cannot patch out the first {k} rows of the ranking: {exc}"
+                           ) from None
         refit_time, refit_calls, refit = _best_time(
             lambda: clone(estimator).fit(X_fit, y_fit, sample_weight=puma.sample_weight_)
         )
@@ -437,7 +451,7 @@ def run(args, stream, source, progress):
     names = list(puma.criterion_names_)
     crit_rows_text = "" if names == [args.criterion] else f" (rows: {', '.join(names)})"
     n_flip_fit = int(flipped[fit].sum())
-    flip_text = (f"{flip:.0%} of the training labels flipped (seed {args.seed})"
+    flip_text = (f"{flip:.0%} of the fitted rows' labels flipped (seed {args.seed})"
                  if flip > 0 else "labels as given" if classification
                  else "targets as given")
     if classification:
@@ -454,14 +468,24 @@ def run(args, stream, source, progress):
         f"  criterion: {args.criterion}{crit_rows_text}, measured on the "
         f"{'validation rows' if len(val) else 'fitted rows'}; "
         f"delta={args.delta:g}, alpha={args.alpha:g}")
+    say("  ranking: " + (
+        f"rank_label_errors, each row's probability of its label under the model fitted "
+        f"without it, lowest first ({_fmt_seconds(rank_time)}; --rank-by values ranks by "
+        "harm to the criterion)" if rank_by == "label_errors"
+        else "values, the most harmful first"))
     if flip > 0:
-        say(f"  flipped labels: {n_flip_fit} of the {n_fit} fitted rows, "
-            f"{int(flipped[val].sum())} of the {len(val)} validation rows")
+        say(f"  flipped labels: {n_flip_fit} of the {n_fit} fitted rows (the validation "
+            "and test rows keep theirs)")
 
     multi = values.ndim == 2
     label_column = "label" if classification else "target"
+    by_label = own_label_loo is not None
+    ranked = "most likely mislabelled" if by_label else "most harmful"
     if args.top:
-        header = ["rank", "row", label_column, "value"]
+        header = ["rank", "row", label_column]
+        if by_label:
+            header += ["p(label) left out"]
+        header += ["value"]
         if multi:
             header += [f"value[{name}]" for name in names]
         if flip > 0:
@@ -469,22 +493,29 @@ def run(args, stream, source, progress):
         rows = []
         for rank, i in enumerate(order[: args.top], start=1):
             shown = y_fit[i] if classification else f"{y_fit[i]:g}"
-            row = [rank, table.X.index[fit[i]], shown, f"{total[i]:+.3e}"]
+            row = [rank, table.X.index[fit[i]], shown]
+            if by_label:
+                row += [f"{own_label_loo[i]:.3f}"]
+            row += [f"{total[i]:+.3e}"]
             if multi:
                 row += [f"{v:+.3e}" for v in values[i]]
             if flip > 0:
                 row += [f"yes (was {y_true[fit[i]]})" if flipped[fit[i]] else ""]
             rows.append(row)
-        align = "".join(">" if h in ("rank", "row") or h.startswith("value") else "<"
-                        for h in header)
-        say("", "Most harmful fitted rows (value: predicted change of the criterion if the "
-                "row were left out; < 0 = harmful)",
+        align = "".join(">" if h in ("rank", "row", "p(label) left out")
+                        or h.startswith("value") else "<" for h in header)
+        legend = ("value: predicted change of the criterion if the row were left out; "
+                  "< 0 = harmful")
+        if by_label:
+            legend = ("p(label) left out: the probability of the row's label under the "
+                      f"model fitted without it, ranked lowest first; {legend}")
+        say("", f"{ranked.capitalize()} fitted rows ({legend})",
             *_fmt_table(header, rows, align))
 
-    hits = int(flipped[fit][harmful].sum())
+    hits = int(flipped[fit][suspects].sum())
     if flip > 0:
         recall = hits / n_flip_fit if n_flip_fit else float("nan")
-        say("", f"Flipped rows among the {k} most harmful: {hits} "
+        say("", f"Flipped rows among the {k} {ranked}: {hits} "
                 f"(precision {hits / k:.0%}; recall {hits}/{n_flip_fit} = {recall:.0%}, "
                 f"against {k / n_fit:.0%} expected from {k} rows picked at random)")
 
@@ -498,7 +529,7 @@ def run(args, stream, source, progress):
     ratio = patch_time / refit_time
     verdict = (f"the patch took {ratio:.2f}x the refit time" if ratio >= 1
                else f"the patch was {1 / ratio:.1f}x faster than the refit")
-    say("", f"Patch: removed the {k} most harmful rows, up-weighted {n_up}; "
+    say("", f"Patch: removed the {k} {ranked} rows, up-weighted {n_up}; "
             f"eta = {puma.eta_:.3f} ({eta_text})",
         *_fmt_table(["criterion", "before", "after", "change"], crit_rows, "<>>>"),
         f"  held-out {metric} ({len(test)} test rows): before {score_before:.3f}, "
@@ -517,6 +548,8 @@ def run(args, stream, source, progress):
     if flip > 0:
         records["original_label"] = y_true[fit]
         records["flipped"] = flipped[fit]
+    if by_label:
+        records["label_proba_left_out"] = own_label_loo
     records["value"] = total
     if multi:
         for j, name in enumerate(names):
@@ -528,7 +561,7 @@ def run(args, stream, source, progress):
         "data": table.name, "target": table.target, "task": task,
         "task_reason": table.task_reason,
         "model": repr(estimator), "preprocessing": preprocess_text,
-        "criterion": args.criterion, "criterion_rows": names,
+        "criterion": args.criterion, "criterion_rows": names, "rank_by": rank_by,
         "delta": args.delta, "alpha": args.alpha, "seed": args.seed,
         "rows": {"total": len(y), "fitted": n_fit, "validation": len(val),
                  "test": len(test)},
@@ -539,8 +572,8 @@ def run(args, stream, source, progress):
         "test_metric": "accuracy" if classification else "r2",
         "test_score": {"before": score_before, "after_patch": score_after,
                        "refit": score_refit},
-        "seconds": {"fit": fit_time, "values": value_time, "patch": patch_time,
-                    "refit": refit_time},
+        "seconds": {"fit": fit_time, "values": value_time, "ranking": rank_time,
+                    "patch": patch_time, "refit": refit_time},
         "warnings": notes,
     }
     if flip > 0:

@@ -6,7 +6,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._patcher import PumaPatcher
 
-_METHODS = ("auto", "values", "self_influence", "confident_learning", "cleanlab")
+_METHODS = ("auto", "self_confidence", "confident_learning", "cleanlab", "self_influence",
+            "values")
 
 # cleanlab's fuzzy comparison of probabilities (cleanlab.internal.constants): a point
 # whose probability equals a threshold up to rounding counts as confident, and a given
@@ -26,8 +27,14 @@ def rank_label_errors(puma, *, method="auto", return_scores=False):
     ----------
     puma : PumaPatcher
         A PumaPatcher fitted on the labelled data to check, around a classifier.
-    method : {"auto", "values", "self_influence", "confident_learning", "cleanlab"}, \
-default="auto"
+    method : {"auto", "self_confidence", "confident_learning", "cleanlab", \
+"self_influence", "values"}, default="auto"
+        - ``"self_confidence"``: each row's leave-one-out probability of its given
+          label, lowest first: equivalently its leave-one-out loss on its own label,
+          highest first. When labels are flipped uniformly at random to other classes
+          and the model's probabilities are calibrated, the chance that a row's label
+          was flipped falls as this probability rises, so no other function of the
+          probabilities ranks better (the Bayes-optimal ranking).
         - ``"values"``: the rows with the lowest ``values_`` (summed over the criterion
           rows) first, the most harmful to the criterion. Meant for a criterion
           measured on clean held-out data (``eval_set``): measured on the training
@@ -109,7 +116,9 @@ default="auto"
     if method not in _METHODS:
         raise ValueError(f"method must be one of {list(_METHODS)}; got {method!r}.")
     labels = _training_labels(puma)
-    if method in ("auto", "confident_learning"):
+    if method in ("auto", "self_confidence"):
+        scores = _given_label_proba(labels, puma.loo_predict_proba())
+    elif method == "confident_learning":
         proba = puma.loo_predict_proba()
         quality = _given_label_proba(labels, proba)
         scores = quality - _confident_learning_issues(labels, proba)
@@ -124,18 +133,19 @@ default="auto"
     return (order, scores) if return_scores else order
 
 
-def _training_labels(puma):
+def _training_labels(puma, what="rank_label_errors"):
     """The training labels as class indices 0..K-1, after checking ``puma`` can have
-    label errors at all."""
+    label errors at all (``what`` names the caller in the errors)."""
     if not isinstance(puma, PumaPatcher):
         raise TypeError(
             f"rank_label_errors takes a fitted PumaPatcher; got {type(puma).__name__}."
         )
     check_is_fitted(puma)
+    model = type(puma._problem.adapter.estimator).__name__
     if not is_classifier(puma):
         raise ValueError(
-            "rank_label_errors needs a PumaPatcher around a classifier: label errors are "
-            f"wrong classes, and {type(puma.estimator_).__name__} is a regressor. To "
+            f"{what} needs a PumaPatcher around a classifier: label errors are "
+            f"wrong classes, and {model} is a regressor. To "
             "find a regressor's harmful rows, sort puma.values_ or puma.self_influence()."
         )
     # PumaPatcher keeps the encoded training labels with the rest of the training data;
@@ -143,8 +153,8 @@ def _training_labels(puma):
     labels = np.asarray(puma._problem.y.cpu())
     if labels.ndim != 1:
         raise ValueError(
-            "rank_label_errors needs one class per row; this "
-            f"{type(puma.estimator_).__name__} was fitted on multilabel targets."
+            f"{what} needs one class per row; this "
+            f"{model} was fitted on multilabel targets."
         )
     return labels
 
@@ -186,3 +196,12 @@ def _cleanlab_scores(labels, proba):
     issues = find_label_issues(labels, proba, n_jobs=1)
     quality = get_label_quality_scores(labels, proba, method="self_confidence")
     return quality - issues
+
+
+def flagged_label_errors(puma):
+    """``remove="label_errors"``: the rows confident learning flags on the leave-one-out
+    probabilities (those ``method="confident_learning"`` ranks first), and each row's
+    leave-one-out probability of its label (lowest: most suspect), from one pass."""
+    labels = _training_labels(puma, what='remove="label_errors"')
+    proba = puma.loo_predict_proba()
+    return _confident_learning_issues(labels, proba), _given_label_proba(labels, proba)
