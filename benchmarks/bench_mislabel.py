@@ -1,6 +1,6 @@
 """Mislabelled rows: PUMA against cleanlab and Data-OOB on real tables (Fig. 5).
 
-Run: python benchmarks/bench_mislabel.py [--seeds 10] [--first-seed 0] [--large-seeds 3]
+Run: python benchmarks/bench_mislabel.py [--seeds 20] [--first-seed 0] [--large-seeds 3]
 [--tables penguins fair ...]
 (needs the benchmarks extra: ``pip install ".[benchmarks]"``)
 
@@ -290,7 +290,7 @@ def verdicts(per_seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=10,
+    parser.add_argument("--seeds", type=int, default=20,
                         help="number of flip seeds (default: %(default)s)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first flip seed (default: %(default)s)")

@@ -7,8 +7,10 @@ Confident learning (Northcutt et al., 2021; the `cleanlab` library) finds mislab
 rows from *out-of-sample* class probabilities, usually those of K-fold
 cross-validation: K refits. :meth:`~sklearn_puma.PumaPatcher.loo_predict_proba` gives
 each training row's leave-one-out probabilities from the one fitted model (a
-leverage-corrected Newton step per row, exact up to that step for linear models), and
-:func:`~sklearn_puma.rank_label_errors` runs confident learning on them.
+leverage-corrected Newton step per row, exact up to that step for linear models).
+:func:`~sklearn_puma.rank_label_errors` ranks the rows by the leave-one-out
+probability of their own label, lowest first, and its ``"confident_learning"`` method
+flags the rows confident learning would.
 
 The loop of this example: **detect** (rank the rows), **inspect** (look at the most
 suspicious images), **patch** (remove the flagged rows' influence from the fitted
@@ -42,15 +44,17 @@ y_noisy, flipped = flip_labels(y_train, 0.1, random_state=0)
 print(f"{len(y_noisy)} training rows, {flipped.sum()} of them with a flipped label")
 
 # %%
-# Detect: one fit, then confident learning on leave-one-out probabilities
-# ------------------------------------------------------------------------
+# Detect: one fit, then the leave-one-out probabilities
+# -----------------------------------------------------
 # The ranking reads only the leave-one-out probabilities, not ``values_``, so the
-# cheaper first-order values are enough at fit. Rows that confident learning flags get
-# a score below 0; the rest follow by their leave-one-out confidence in their label.
+# cheaper first-order values are enough at fit. ``rank_label_errors`` orders every row
+# by the leave-one-out probability of its label (the score); confident learning on the
+# same probabilities flags the rows another class claims confidently (a score below 0).
 model = LogisticRegression(max_iter=1000)
 puma = PumaPatcher(model, value_method="first_order").fit(X_train, y_noisy)
 order, scores = rank_label_errors(puma, return_scores=True)
-flagged = scores < 0
+_, cl_scores = rank_label_errors(puma, method="confident_learning", return_scores=True)
+flagged = cl_scores < 0
 print(f"PUMA (one fit): {flagged.sum()} rows flagged, {flipped[flagged].sum()} of them "
       f"truly flipped; {flagged[flipped].mean():.0%} of the flipped rows flagged")
 
@@ -82,8 +86,9 @@ print(f"{cv_name}: {cv_flagged.sum()} rows flagged, {flipped[cv_flagged].sum()} 
 
 # %%
 # Ranked rows, not only flags: how many flipped rows does each order find as more of
-# the data is inspected? Lowest score first: PUMA's ranking, the cross-validated
-# confidence in the given label, PUMA's self-influence (how much a row's own loss
+# the data is inspected? Lowest score first: PUMA's ranking (the leave-one-out
+# confidence in the given label), the same rows with confident learning's flags first,
+# the cross-validated confidence, PUMA's self-influence (how much a row's own loss
 # rises when it is left out) and the in-sample confidence. The model behind the last
 # one was trained on each row's own label: the blatant flips still stand out, but the
 # rows it learned to fit with their wrong label hide, and it is the one order that has
@@ -91,13 +96,14 @@ print(f"{cv_name}: {cv_flagged.sum()} rows flagged, {flipped[cv_flagged].sum()} 
 in_sample = puma.predict_proba(X_train)[np.arange(len(y_noisy)), y_noisy]
 detection = MislabelDetectionDisplay.from_predictions(flipped, {
     "PUMA rank_label_errors": scores,
+    "PUMA confident learning": cl_scores,
     "5-fold confidence": cv_proba[np.arange(len(y_noisy)), y_noisy],
     "PUMA self-influence": -puma.self_influence(),
     "in-sample confidence": in_sample,
 })
 detection.ax_.set_xlim(0, 0.3)
 for name, recall in detection.recall_at(0.1).items():
-    print(f"{name:24s}: {recall:.0%} of the flipped rows in the first 10% of the rows, "
+    print(f"{name:25s}: {recall:.0%} of the flipped rows in the first 10% of the rows, "
           f"{detection.recall_at(0.2)[name]:.0%} in the first 20%")
 plt.show()
 
