@@ -179,7 +179,7 @@ def _two_hidden():
 
 def _skorch():
     skorch = pytest.importorskip("skorch")
-    from tests.skorch_modules import LazyMLP
+    from .skorch_modules import LazyMLP
 
     X, y, Xe, ye = _classification()
     torch.manual_seed(0)
