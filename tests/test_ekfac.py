@@ -204,6 +204,7 @@ def test_layer_layout_matches_the_flat_parameters(case):
     ``[W; b]`` acting on ``[a, 1]``: checked against the model's own coefficients."""
     case, _, _ = case
     theta = case.adapter.theta
+    np.testing.assert_array_equal(theta.numpy(), case.theta.numpy())
     layers = case.adapter.linear_layers()
     if hasattr(case.model, "coefs_"):
         expected = [(c, b) for c, b in zip(case.model.coefs_, case.model.intercepts_)]
@@ -340,6 +341,35 @@ def test_patcher_runs_with_ekfac():
     assert np.isfinite(puma.values_).all()
     assert all(np.isfinite(c).all() for c in puma.estimator_.coefs_)
     assert puma.eta_ > 0
+
+
+@pytest.mark.parametrize("output", ["softmax", "squeeze"])
+def test_float32_skorch_nets(output):
+    """skorch's default float32 nets, NLLLoss on probabilities and the binary
+    classifier's single logit: the factors are accumulated in float64 and the solve
+    comes back in the net's dtype."""
+    skorch = pytest.importorskip("skorch")
+    from .skorch_modules import LazyMLP
+
+    X, y, _, _ = _classification(n=80)
+    X = X.astype(np.float32)
+    torch.manual_seed(0)
+    if output == "softmax":
+        net = skorch.NeuralNetClassifier(LazyMLP, module__n_out=3, max_epochs=3,
+                                         train_split=None, verbose=0)
+    else:
+        net = skorch.NeuralNetBinaryClassifier(LazyMLP, module__n_out=1,
+                                               module__output="squeeze", max_epochs=3,
+                                               train_split=None, verbose=0)
+        y = (y > 0).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        puma = PumaPatcher(net, hessian="ekfac").fit(X, y)
+    assert puma.hessian_ == "ekfac"
+    assert np.isfinite(puma.values_).all() and np.abs(puma.values_).max() > 0
+    inverse = puma._problem.inverse_hat
+    v = torch.ones(puma._problem.adapter.n_params, dtype=torch.float32)
+    assert inverse.solve(v).dtype == torch.float32
 
 
 def test_linear_models_and_last_layer_are_refused():
