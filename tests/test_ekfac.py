@@ -252,6 +252,24 @@ def test_one_row_is_exact(correct):
                                atol=1e-8 * float(exact.abs().max()))
 
 
+@pytest.mark.parametrize("correct", [False, True])
+def test_deep_linear_net_with_squared_loss_is_exact(correct):
+    """Identity activations and a squared loss: the back-propagated factor is the same
+    for every row, so each layer's Gauss-Newton block is one Kronecker product over
+    all rows (sample weights included) and K-FAC equals it, to rounding."""
+    X, y = make_regression(200, 5, n_targets=2, random_state=0)
+    y = y / y.std(0)
+    model = _quiet_fit(MLPRegressor(hidden_layer_sizes=(6, 4), activation="identity",
+                                    solver="lbfgs", alpha=0.0, max_iter=200,
+                                    random_state=0), X, y)
+    case = Case(model, X, y, np.random.default_rng(0).uniform(0.5, 1.5, len(X)))
+    G = _block_diagonal(case.gauss_newton(), _blocks(case))
+    op = EKFACInverse(case.adapter, case.theta, case.X, case.y, case.w, case.n,
+                      correct=correct)
+    M = op.curvature_times(torch.eye(len(G), dtype=torch.float64))
+    assert float((M - G).abs().max()) <= 1e-12 * float(G.abs().max())
+
+
 def test_eigenvalues_are_the_exact_diagonal_in_the_kronecker_basis(case):
     """EK-FAC's eigenvalue correction (George et al. 2018) is the diagonal of the exact
     Gauss-Newton block (penalty included) in the Kronecker eigenbasis ``Q_A (x) Q_S``:
