@@ -292,6 +292,20 @@ class Adapter:
     def log_proba(self, out):
         return self._log_proba(out)
 
+    def linear_layers(self):
+        """The model as a stack of dense layers, for Kronecker-factored curvature:
+        per layer ``(index, bias)``, ``index`` a (rows, n_out) LongTensor of positions
+        in theta laid out as the layer's weight matrix acting on ``[a, 1]`` (``a`` its
+        input, the last row the bias where ``bias``), or None where the model is not
+        such a stack (see ``traced_forward``)."""
+        return None
+
+    def traced_forward(self, theta, X, probes):
+        """``(outputs, inputs)``: ``forward(theta, X)`` with ``probes[l]`` (b, n_out_l)
+        added to layer l's pre-activation output, and each layer's input (b, n_in_l),
+        for the layers of ``linear_layers``."""
+        raise NotImplementedError
+
     @property
     def _loss_function(self):
         """The pointwise loss without its bound keywords (``functools.partial``)."""
@@ -532,6 +546,26 @@ class MLPAdapter(Adapter):
         batch = n if self._batch is None else min(self._batch, n)
         return 0.5 * self._alpha * (self._weight_mask * theta**2).sum() / batch
 
+    def linear_layers(self):
+        # coefs_[i] (n_in, n_out) row by row, then intercepts_[i]: the layer's block of
+        # theta is the (n_in + 1, n_out) matrix [W; b], read row by row.
+        layers, start = [], 0
+        for (n_in, n_out), _ in self._shapes:
+            size = (n_in + 1) * n_out
+            layers.append((torch.arange(start, start + size).reshape(n_in + 1, n_out),
+                           True))
+            start += size
+        return layers
+
+    def traced_forward(self, theta, X, probes):
+        layers = list(self._layers(theta))
+        h, inputs = X, []
+        for i, (W, b) in enumerate(layers):
+            inputs.append(h)
+            s = h @ W + b + probes[i]
+            h = self._activation(s) if i < len(layers) - 1 else s
+        return h, inputs
+
     def build(self, theta):
         est = copy.deepcopy(self.estimator)
         values = theta.detach().cpu().numpy()
@@ -618,6 +652,64 @@ class SkorchAdapter(Adapter):
 
     def penalty(self, theta, n):
         return 0.5 * self._weight_decay * (theta**2).sum()
+
+    def _linear_modules(self):
+        """``(name, module)`` of each module holding trainable parameters, or None
+        where one is not a ``torch.nn.Linear`` (with its weight trainable)."""
+        owners = [(name, m) for name, m in self._module.named_modules()
+                  if any(p.requires_grad for p in m.parameters(recurse=False))]
+        for _, m in owners:
+            if not isinstance(m, torch.nn.Linear) or not m.weight.requires_grad:
+                return None
+        return owners
+
+    def linear_layers(self):
+        owners = self._linear_modules()
+        if owners is None:
+            return None
+        offsets = dict(zip(self._names, np.cumsum([0] + [s.numel() for s in self._shapes])))
+        layers = []
+        for name, m in owners:
+            n_out, n_in = m.weight.shape
+            # weight (n_out, n_in) row by row: position o * n_in + i holds W[i, o] of
+            # the (n_in, n_out) layout.
+            rows = [int(offsets[f"{name}.weight"]) + torch.arange(n_out * n_in).reshape(
+                n_out, n_in).T]
+            bias = m.bias is not None and m.bias.requires_grad
+            if bias:
+                rows.append(int(offsets[f"{name}.bias"]) + torch.arange(n_out)[None, :])
+            layers.append((torch.cat(rows), bias))
+        return layers
+
+    def traced_forward(self, theta, X, probes):
+        owners = self._linear_modules()
+        inputs = [None] * len(owners)
+        calls = [0] * len(owners)
+
+        def hook(i):
+            def record(module, args, result):
+                calls[i] += 1
+                inputs[i] = args[0]
+                if args[0].ndim != 2:
+                    raise ValueError(
+                        f"hessian='ekfac' needs each Linear layer applied to (batch, "
+                        f"features) inputs; {owners[i][0]!r} got shape "
+                        f"{tuple(args[0].shape)}.")
+                return result + probes[i]
+            return record
+
+        handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(owners)]
+        try:
+            out = self.forward(theta, X)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if calls != [1] * len(owners):
+            used = {name: c for (name, _), c in zip(owners, calls) if c != 1}
+            raise ValueError(
+                "hessian='ekfac' needs each Linear layer used exactly once per forward "
+                f"pass; calls per layer: {used}.")
+        return out, inputs
 
     def build(self, theta):
         net = copy.deepcopy(self.estimator)

@@ -8,6 +8,8 @@ One small interface (``solve``, ``name``, ``damping``), chosen with ``hessian=``
 * ``"lissa"``   the Neumann series of Agarwal et al. (2017), as in Koh & Liang (2017);
 * ``"lowrank"`` the top-k eigenpairs by Lanczos; the rest of the spectrum is treated as
                 flat and only damped (Schioppa et al. 2022, "Arnoldi influence");
+* ``"ekfac"``   dense networks: the eigenvalue-corrected Kronecker-factored
+                Gauss-Newton curvature, block-diagonal over layers (``_kfac``);
 * ``"auto"``    "exact" up to ``EXACT_MAX_PARAMS`` parameters, else "cg".
 
 Each is tested against the exact solve with the same damping.  ``damping="auto"``
@@ -477,15 +479,18 @@ class LowRankInverse(_OperatorInverse):
 
 
 def make_inverse(kind, *, p, dtype, device, hessian=None, hvp=None, damping="auto",
-                 random_state=None, rank=100, flat=None):
+                 random_state=None, rank=100, flat=None, kronecker=None):
     """The inverse-curvature operator chosen by ``hessian=kind``.
 
     ``hessian`` is a callable returning the explicit matrix (used by "exact", with the
-    known ``flat`` directions), ``hvp`` a callable ``v -> H v`` (used by the others).
+    known ``flat`` directions), ``kronecker`` one returning the EK-FAC inverse (used by
+    "ekfac", see ``_kfac``), ``hvp`` a callable ``v -> H v`` (used by the others).
     """
     kind = resolve_kind(kind, p)
     if kind == "exact":
         return ExactInverse(hessian(), damping=damping, flat=flat)
+    if kind == "ekfac":
+        return kronecker()
     common = dict(dtype=dtype, device=device, damping=damping, random_state=random_state)
     if kind == "cg":
         return CGInverse(hvp, p, **common)

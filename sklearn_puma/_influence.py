@@ -31,6 +31,7 @@ from ._autodiff import (
     quiet_torch_func,
 )
 from ._curvature import collected_warnings, make_inverse, resolve_kind
+from ._kfac import EKFACInverse
 from ._linear import (
     DUAL_MAX_ROWS,
     DualInverse,
@@ -188,8 +189,9 @@ class Problem:
             return self._dual_inverse(theta, weights)
         # The explicit Hessian needs no Hessian-vector products (unless it is built
         # from them): building the closure costs a tenth of a small patch's inverse.
-        needs_hvp = self.gauss_newton or resolve_kind(self.hessian_kind,
-                                                      adapter.n_params) != "exact"
+        needs_hvp = resolve_kind(self.hessian_kind, adapter.n_params) != "ekfac" and (
+            self.gauss_newton or resolve_kind(self.hessian_kind, adapter.n_params)
+            != "exact")
         hvp = (hvp_function(adapter, theta, self.X, self.y, weights, self.n,
                             gauss_newton=self.gauss_newton) if needs_hvp else None)
 
@@ -216,7 +218,10 @@ class Problem:
         return make_inverse(self.hessian_kind, p=adapter.n_params, dtype=adapter.dtype,
                             device=adapter.device, hessian=explicit, hvp=hvp,
                             damping=self.damping, random_state=self.random_state,
-                            flat=adapter.flat_directions())
+                            flat=adapter.flat_directions(),
+                            kronecker=lambda: EKFACInverse(adapter, theta, self.X, self.y,
+                                                           weights, self.n,
+                                                           damping=self.damping))
 
 
     def _dual_inverse(self, theta, weights):

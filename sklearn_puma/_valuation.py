@@ -704,7 +704,7 @@ class InfluenceFunctions(_Valuation):
     ----------
     estimator : estimator
         A model PumaPatcher supports (fit here unless wrapped in FrozenEstimator).
-    hessian : {"auto", "exact", "cg", "lissa", "lowrank"}, default="auto"
+    hessian : {"auto", "exact", "cg", "lissa", "lowrank", "ekfac"}, default="auto"
         The inverse-Hessian solver, as ``hessian`` of :class:`~sklearn_puma.PumaPatcher`.
     damping : "auto" or float, default="auto"
         Added to the Hessian's diagonal, as ``damping`` of :class:`~sklearn_puma.PumaPatcher`.
@@ -727,7 +727,7 @@ class InfluenceFunctions(_Valuation):
 
     _parameter_constraints = {
         "estimator": [HasMethods(["fit"]), None],
-        "hessian": [StrOptions({"auto", "exact", "cg", "lissa", "lowrank"})],
+        "hessian": [StrOptions({"auto", "exact", "cg", "lissa", "lowrank", "ekfac"})],
         "damping": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
     }
 

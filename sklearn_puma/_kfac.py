@@ -1,0 +1,236 @@
+"""Eigenvalue-corrected Kronecker-factored curvature (EK-FAC) of dense networks.
+
+For a stack of dense layers ``s_l = W_l^T [a_l, 1]`` with elementwise activations, the
+Gauss-Newton curvature of ``J_w`` restricted to layer l's parameters is
+
+    G_l = sum_i c_i ([a_i, 1][a_i, 1]^T) (x) (B_i B_i^T),    c_i = w_i / n,
+
+where ``B_i = (d f_i / d s_l)^T L_i`` (n_out_l, K) back-propagates a factor of the
+loss's output Hessian ``D_i = d2 l / df2 = L_i L_i^T`` (the "type-2" Fisher: exact, no
+sampled labels).  K-FAC (Martens & Grosse 2015) replaces the sum of Kronecker
+products by the product of the means, ``G_l ~ A_l (x) S_l`` with ``A_l = sum_i c_i a a^T
+/ sum_i c_i`` and ``S_l = sum_i c_i B_i B_i^T``; EK-FAC (George et al. 2018) keeps the
+eigenbasis ``Q_A (x) Q_S`` of that product and replaces its eigenvalues by the exact
+diagonal of ``G_l`` in it, ``Lambda_l[j, k] = sum_i c_i (Q_A^T a_i)_j^2 ||(Q_S^T
+B_i)_k||^2``, the best diagonal in that basis (Frobenius norm).  Layers are
+independent blocks (the cross-layer terms are dropped).  With one data row both are
+exact (the block is then one Kronecker product).
+
+The penalty's curvature (diagonal: sklearn MLPs' ``alpha / n`` on the weights, none on
+the biases; skorch's weight decay on every parameter) is added by its exact diagonal in
+the same eigenbasis, and the damping to every eigenvalue.
+
+The same construction as Kronfluence's and pyDVL's EK-FAC, with the Gauss-Newton
+(type-2 Fisher) factor in place of their sampled or empirical gradients.
+"""
+
+import torch
+
+from ._autodiff import output_loss_derivatives, penalty_curvature, per_sample_grads
+from ._curvature import _auto_damping, _flat_tolerance
+
+# Rows per chunk of the passes over the data: activations and back-propagated
+# factors of one chunk, (b, width) and (b, width, K) per layer.
+_ROWS = 2048
+# Floats of those statistics kept between the two passes (128 MB); past it the
+# second pass recomputes them.
+_KEPT_FLOATS = 2**24
+
+
+def _unsupported(adapter):
+    name = type(adapter.estimator).__name__
+    what = ("a linear model: its exact Hessian is cheap; use hessian='exact' or 'auto'"
+            if adapter.linear_in_params else
+            "its trainable parameters are not all in dense (torch.nn.Linear) layers")
+    return ValueError(
+        f"hessian='ekfac' does not apply to this {name} ({what}). It takes networks "
+        "made of dense layers with elementwise activations, all parameters trainable: "
+        "MLPClassifier, MLPRegressor, and skorch nets whose trainable parameters all "
+        "belong to torch.nn.Linear layers (parameters='all').")
+
+
+def _layer_statistics(adapter, theta, X, y, widths):
+    """Each layer's inputs (b, n_in) and its back-propagated output-Hessian factors
+    ``B`` (b, n_out, K), for one chunk, in float64."""
+    dtype = torch.float64
+    with torch.enable_grad():
+        probes = [torch.zeros(len(X), w, dtype=theta.dtype, device=theta.device,
+                              requires_grad=True) for w in widths]
+        out, inputs = adapter.traced_forward(theta.detach(), X, probes)
+        _, D = output_loss_derivatives(adapter, out.detach(), y)
+        # D = L L^T per row (a loss convex in the outputs: no negative eigenvalue
+        # beyond rounding).
+        evals, evecs = torch.linalg.eigh(D.to(dtype))
+        L = (evecs * evals.clamp_min(0).sqrt()[:, None, :]).to(out.dtype)
+        K = L.shape[2]
+        columns = [[] for _ in widths]
+        for k in range(K):
+            grads = torch.autograd.grad(out, probes, grad_outputs=L[:, :, k],
+                                        retain_graph=k < K - 1, allow_unused=True)
+            for i, g in enumerate(grads):
+                columns[i].append(torch.zeros_like(probes[i]) if g is None else g)
+    B = [torch.stack(c, dim=2).detach().to(dtype) for c in columns]
+    return [a.detach().to(dtype) for a in inputs], B
+
+
+def _with_ones(a, bias):
+    if not bias:
+        return a
+    return torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
+
+
+def _check_structure(adapter, theta, X, y, layers):
+    """That every per-sample gradient is the sum over layers of ``[a, 1] (x) dl/ds``
+    with theta laid out as ``layers`` say, on a few rows: weight sharing, layers that
+    mix rows, or a wrong layout break it."""
+    X, y = X[:3], y[:3]
+    with torch.enable_grad():
+        probes = [torch.zeros(len(X), index.shape[1], dtype=theta.dtype,
+                              device=theta.device, requires_grad=True)
+                  for index, _ in layers]
+        out, inputs = adapter.traced_forward(theta.detach(), X, probes)
+        r, _ = output_loss_derivatives(adapter, out.detach(), y, curvature=False)
+        grads = torch.autograd.grad(out, probes, grad_outputs=r, allow_unused=True)
+    G = torch.zeros(len(X), adapter.n_params, dtype=theta.dtype, device=theta.device)
+    for (index, bias), a, g in zip(layers, inputs, grads):
+        if g is None:
+            continue
+        outer = _with_ones(a.detach(), bias)[:, :, None] * g[:, None, :]
+        G[:, index.reshape(-1).to(G.device)] = outer.reshape(len(X), -1)
+    exact = per_sample_grads(adapter, theta, X, y)
+    tol = 1e-4 if theta.dtype == torch.float32 else 1e-8
+    if not bool(torch.allclose(G, exact, rtol=tol, atol=tol * float(exact.abs().max()))):
+        raise _unsupported(adapter)
+
+
+def _layers(adapter):
+    layers = None if adapter.linear_in_params else adapter.linear_layers()
+    if layers is None:
+        raise _unsupported(adapter)
+    covered = torch.cat([index.reshape(-1) for index, _ in layers])
+    if len(covered) != adapter.n_params or not bool(
+            (torch.sort(covered).values == torch.arange(adapter.n_params)).all()):
+        raise _unsupported(adapter)
+    return layers
+
+
+class EKFACInverse:
+    """``solve(B) = (G~ + damping I)^{-1} B`` for the (E)K-FAC approximation ``G~`` of
+    a dense network's Gauss-Newton curvature of ``J_w`` at theta (module docstring).
+
+    Parameters
+    ----------
+    adapter : Adapter
+        A network adapter with ``linear_layers`` (sklearn MLPs, skorch nets of Linear
+        layers).
+    theta : torch.Tensor of shape (p,)
+        Where the curvature is taken.
+    X, y : torch.Tensor
+        The training rows, encoded.
+    weights : torch.Tensor of shape (n,)
+        Per-row weights ``w_i`` of ``J_w``.
+    n : int
+        The mean form's denominator.
+    damping : "auto" or float, default="auto"
+        Added to every eigenvalue. "auto": none on a positive semi-definite curvature
+        (always, unless some weight is negative), else twice the most negative one.
+    correct : bool, default=True
+        EK-FAC's eigenvalue correction; False gives plain K-FAC.
+
+    Attributes
+    ----------
+    name : str
+        "ekfac" (or "kfac").
+    damping : float
+        The damping applied.
+    """
+
+    def __init__(self, adapter, theta, X, y, weights, n, *, damping="auto", correct=True):
+        self.name = "ekfac" if correct else "kfac"
+        self.dtype, self.p = adapter.dtype, adapter.n_params
+        layers = _layers(adapter)
+        self._index = [index.to(theta.device).reshape(-1) for index, _ in layers]
+        widths = [index.shape[1] for index, _ in layers]
+        if not adapter.__dict__.get("_kfac_checked"):
+            _check_structure(adapter, theta, X, y, layers)
+            adapter._kfac_checked = True
+        c = (weights / n).to(torch.float64)
+        total = float(c.sum())
+        if not total > 0:
+            raise ValueError("hessian='ekfac' needs a positive total sample weight.")
+        f64 = dict(dtype=torch.float64, device=theta.device)
+        A = [torch.zeros(index.shape[0], index.shape[0], **f64) for index, _ in layers]
+        S = [torch.zeros(index.shape[1], index.shape[1], **f64) for index, _ in layers]
+        chunks = range(0, len(X), _ROWS)
+        # The first pass's statistics are kept for the second where they are small.
+        kept, size = [], 0
+        for start in chunks:
+            sl = slice(start, start + _ROWS)
+            inputs, B = _layer_statistics(adapter, theta, X[sl], y[sl], widths)
+            size += sum(a.numel() + b.numel() for a, b in zip(inputs, B))
+            kept = kept + [(inputs, B)] if kept is not None and size <= _KEPT_FLOATS \
+                else None
+            for i, (_, bias) in enumerate(layers):
+                a = _with_ones(inputs[i], bias)
+                A[i] += (c[sl, None] * a).T @ a
+                S[i] += torch.einsum("bok,bqk->oq", B[i] * c[sl, None, None], B[i])
+        self._QA, self._QS, self._values = [], [], []
+        for i in range(len(layers)):
+            eA, QA = torch.linalg.eigh((A[i] + A[i].T) / (2 * total))
+            eS, QS = torch.linalg.eigh((S[i] + S[i].T) / 2)
+            self._QA.append(QA)
+            self._QS.append(QS)
+            self._values.append(eA[:, None] * eS[None, :])
+        if correct:
+            self._values = [torch.zeros_like(v) for v in self._values]
+            for number, start in enumerate(chunks):
+                sl = slice(start, start + _ROWS)
+                inputs, B = (kept[number] if kept is not None else
+                             _layer_statistics(adapter, theta, X[sl], y[sl], widths))
+                for i, (_, bias) in enumerate(layers):
+                    pa = _with_ones(inputs[i], bias) @ self._QA[i]  # (b, rows)
+                    ps = torch.einsum("bok,oj->bjk", B[i], self._QS[i])  # (b, n_out, K)
+                    self._values[i] += (c[sl, None] * pa**2).T @ (ps**2).sum(dim=2)
+        # The penalty's curvature, ``diag(pen)`` with one value per row of a layer's
+        # layout (its weights', its bias's), enters by its exact diagonal in the
+        # layer's eigenbasis: ``sum_r pen_r QA[r, j]^2`` (1 on every column of QS).
+        penalty = penalty_curvature(adapter, theta, n).to(torch.float64)
+        self.penalty = []
+        for (index, _), QA in zip(layers, self._QA):
+            per_row = penalty[index.to(penalty.device)].mean(dim=1)
+            self.penalty.append((per_row[:, None] * QA**2).sum(dim=0)[:, None])
+        curv = [v + r for v, r in zip(self._values, self.penalty)]
+        low = min(float(v.min()) for v in curv)
+        top = max(float(v.abs().max()) for v in curv)
+        if damping == "auto":
+            damping = _auto_damping(low, top, torch.float64, stacklevel=6)
+        self.damping = float(damping)
+        tol = _flat_tolerance(top, torch.float64)
+        # Eigenvalues at rounding level of the largest are flat directions: pseudo-
+        # inverted (left out), as the exact inverse does.
+        self._inverse = []
+        for v in curv:
+            shifted = v + self.damping
+            keep = shifted > tol
+            self._inverse.append(torch.where(keep, 1.0 / torch.where(keep, shifted, 1.0),
+                                             torch.zeros_like(shifted)))
+
+    def _apply(self, B, scales):
+        vector = B.ndim == 1
+        V = (B[:, None] if vector else B).to(torch.float64)
+        out = torch.zeros_like(V)
+        m = V.shape[1]
+        for index, QA, QS, scale in zip(self._index, self._QA, self._QS, scales):
+            M = V[index].reshape(QA.shape[0], QS.shape[0], m).permute(2, 0, 1)
+            T = QA.T @ M @ QS * scale
+            out[index] = (QA @ T @ QS.T).permute(1, 2, 0).reshape(-1, m)
+        out = out.to(B.dtype)
+        return out[:, 0] if vector else out
+
+    def solve(self, B):
+        """``(G~ + damping I)^{-1} B`` for B of shape (p,) or (p, m)."""
+        return self._apply(B, self._inverse)
+
+    def curvature_times(self, V):
+        """``G~ V`` (the penalty included, no damping), for V of shape (p,) or (p, m)."""
+        return self._apply(V, [v + r for v, r in zip(self._values, self.penalty)])
