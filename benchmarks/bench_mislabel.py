@@ -46,8 +46,9 @@ loss), lowest first: the seed's detector, which measures harm to a criterion, no
 wrong label. A generated 100,000-row, 4-class table (``--large-seeds`` flip seeds)
 shows the cost where the refits are longest.
 
-Every pipeline runs on one thread (BLAS and torch): all get the same compute, and on a
-shared machine BLAS threads spinning against each other swamp timings this short.
+Every pipeline runs on one thread (BLAS, torch, and PUMA's own passes: ``n_jobs=1``): all
+get the same compute, and on a shared machine BLAS threads spinning against each other
+swamp timings this short.
 """
 
 import argparse
@@ -165,7 +166,9 @@ def datasets(names, large):
 
 
 def puma_pipeline(estimator, settings, X, y):
-    puma = PumaPatcher(estimator, **settings).fit(X, y)
+    # n_jobs=1: PUMA's passes in one thread, like the peers' fits (its default runs
+    # them in one worker thread per CPU).
+    puma = PumaPatcher(estimator, n_jobs=1, **settings).fit(X, y)
     return puma, rank_label_errors(puma, return_scores=True)[1]
 
 
