@@ -555,7 +555,7 @@ def _dual_corrected(problem, inverse, y, weights):
     return out, M[:, :, 0], c, z
 
 
-def loo_own_outputs(problem, X, y, weights, _verify=True):
+def loo_own_outputs(problem, X, y, weights, _verify=True, check_far_steps=True):
     """Each labelled point's model output under the model refit without it, (len(X), K).
 
     Models linear in theta with an explicit inverse: the leverage-corrected step of
@@ -594,8 +594,8 @@ def loo_own_outputs(problem, X, y, weights, _verify=True):
         if _verify:
             training = X is problem.X and weights is problem.s
             # The far-step check reads these same outputs: handed over, not recomputed.
-            _warn_leverage_one(parts, problem if X is problem.X else None,
-                               own=own if training else None)
+            _warn_leverage_one(parts, problem if X is problem.X and check_far_steps
+                               else None, own=own if training else None)
         return own
 
     def first_order(sl):
@@ -611,9 +611,11 @@ def loo_own_outputs(problem, X, y, weights, _verify=True):
     return torch.cat(map_chunks(first_order, len(X), chunk_size(p * K)))
 
 
-def loo_log_proba(problem, X, y, weights):
-    """Log class probabilities of each labelled point under the model refit without it."""
-    return problem.adapter.log_proba(loo_own_outputs(problem, X, y, weights))
+def loo_log_proba(problem, X, y, weights, check_far_steps=True):
+    """Log class probabilities of each labelled point under the model refit without it
+    (``check_far_steps``: see ``_verify_far_steps``)."""
+    return problem.adapter.log_proba(loo_own_outputs(problem, X, y, weights,
+                                                     check_far_steps=check_far_steps))
 
 
 def self_influence(problem, X, y, weights):

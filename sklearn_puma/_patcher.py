@@ -1057,8 +1057,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             in the order of ``classes_``.
         """
         check_is_fitted(self)
+        return self._loo_proba(X, y)
+
+    @on_fitted_model
+    def _loo_proba(self, X=None, y=None, check_far_steps=True):
+        # check_far_steps=False: rank_label_errors, which reads only the order of these
+        # probabilities, does not pay for the check of the longest leave-one-out steps
+        # against their refits' optima (values_ and patch run it, and warn from it).
         proba = _np(loo_log_proba(self._problem,
-                                  *self._labelled(X, y, "loo_predict_proba")).exp())
+                                  *self._labelled(X, y, "loo_predict_proba"),
+                                  check_far_steps=check_far_steps).exp())
         return _check_finite(proba, "leave-one-out probabilities", _NON_FINITE_OUTPUTS)
 
     @on_fitted_model

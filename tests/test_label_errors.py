@@ -119,6 +119,27 @@ def test_label_errors_policy_needs_a_classifier(diabetes):
         PumaPatcher(Ridge(), remove="label_errors").fit(*diabetes)
 
 
+def test_ranking_reads_only_the_probabilities(breast_cancer, monkeypatch):
+    # The far-step check (a gradient pass per checked row, and the curvature's
+    # eigenvalues for its warning) serves values_ and patches; a ranking reads only the
+    # order of the leave-one-out probabilities, so it does not pay for it.
+    from sklearn_puma import _influence
+
+    X, y = breast_cancer
+    y_noisy, _ = flip_labels(y, 0.1, random_state=0)
+    checked = []
+    original = _influence._verify_far_steps
+    monkeypatch.setattr(_influence, "_verify_far_steps",
+                        lambda *args, **kwargs: checked.append(1) or original(*args,
+                                                                              **kwargs))
+    puma = PumaPatcher(LogisticRegression(max_iter=1000)).fit(X, y_noisy)
+    for method in ["auto", "confident_learning"]:
+        rank_label_errors(puma, method=method)
+    assert checked == []
+    puma.loo_predict_proba()  # the public method checks, once per fitted model
+    assert checked == [1]
+
+
 def test_scores_are_sorted_by_order(noisy_cancer):
     puma = noisy_cancer[0]
     order, scores = rank_label_errors(puma, method="self_influence", return_scores=True)
