@@ -223,7 +223,6 @@ class Problem:
                                                            weights, self.n,
                                                            damping=self.damping))
 
-
     def _dual_inverse(self, theta, weights):
         adapter = self.adapter
         _, D = output_loss_derivatives(adapter, adapter.outputs(theta, self.X), self.y)
