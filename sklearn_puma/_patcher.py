@@ -258,8 +258,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         each refit near the fitted minimum (Spearman 0.84-0.99 with ``alpha=1`` on
         three real tables, a 16-unit ``MLPClassifier``), loosely under weak penalties
         (0.24-0.72 with ``alpha`` 1e-2 and 1e-4, where removing one row moves the net
-        10-40 times farther than its first-order step), with no warning: the fit is
-        converged and its Hessian positive definite there. With
+        out of the fitted minimum's quadratic neighbourhood, up to 40 times farther
+        than its first-order step), with no warning: the fit is converged and its
+        Hessian positive definite there. With
         ``parameters="last_layer"`` they are the exact leave-one-out values of the last
         layer refitted alone. See ``benchmarks/bench_network_values.py`` and the user
         guide's section on networks.
