@@ -853,14 +853,23 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         self.sample_weight_ = self._user_weights(result.sample_weight)
         self.eta_ = float(result.eta)
         self.removal_residual_ = float(result.residual)
-        if result.eta == 1.0 and not self.removal_residual_ <= _UNCONVERGED:
+        linear = problem.adapter.linear_in_params
+        if result.eta == 1.0 and not (result.converged
+                                      and self.removal_residual_ <= _UNCONVERGED):
+            measure = ("reweighted objective's Newton decrement where it ended is "
+                       f"{self.removal_residual_:.3g} of the removal's first step"
+                       if linear else
+                       "reweighted objective's gradient where its L-BFGS polish ended "
+                       f"is {self.removal_residual_:.3g} of its norm at the fitted "
+                       "model (converged: 1e-3)")
+            advice = ("Raise n_steps." if linear else
+                      "A near-interpolating or ReLU net's objective is flat or kinked "
+                      "where the removed points were; parameters='last_layer' "
+                      "converges.")
             warnings.warn(
                 f"The patch stopped short of the model optimal for sample_weight_: the "
-                f"reweighted objective's Newton decrement where it ended is "
-                f"{self.removal_residual_:.3g} of the removal's first step "
-                f"(removal_residual_), so the marked points' influence is only partly "
-                f"removed although eta_=1. Raise n_steps, or use "
-                "parameters='last_layer' for a network (its patch converges).",
+                f"{measure} (removal_residual_), so the marked points' influence is "
+                f"only partly removed although eta_=1. {advice}",
                 PartialRemovalWarning, stacklevel=3)
         self.criterion_before_ = result.before
         self.criterion_after_ = result.after
@@ -873,7 +882,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     def _n_steps(self):
         if self.n_steps != "auto":
             return self.n_steps
-        return 1 if self._problem.adapter.linear_in_params else 3
+        return 1
 
     def _most_valuable(self, fraction, kept):
         if not 0 < fraction < 1:
