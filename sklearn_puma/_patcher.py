@@ -40,6 +40,7 @@ from ._adapters import (
 )
 from ._criteria import CRITERION_NAMES, BoundCriterion, resolve_criteria
 from ._influence import (
+    _NET_RTOL,
     Problem,
     _np,
     compute_values,
@@ -861,7 +862,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                        if linear else
                        "reweighted objective's gradient where its L-BFGS polish ended "
                        f"is {self.removal_residual_:.3g} of its norm at the fitted "
-                       "model (converged: 1e-3)")
+                       f"model (converged: {_NET_RTOL:g})")
             advice = ("Raise n_steps." if linear else
                       "A near-interpolating or ReLU net's objective is flat or kinked "
                       "where the removed points were; parameters='last_layer' "
