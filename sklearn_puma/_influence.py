@@ -123,9 +123,15 @@ class Problem:
             warnings.warn(
                 f"The fitted {type(self.adapter.estimator).__name__} is not at an optimum "
                 f"of its objective (gradient {gap:.2g} times a typical per-sample "
-                "gradient). Values and patches treat it as one (of a tilted objective); "
-                "a retrain on sample_weight_ will land elsewhere. Train to convergence "
-                "for exact comparisons.",
+                "gradient). "
+                + ("Values treat it as one; its patch converges on the reweighted "
+                   "objective, so it also finishes the fit's own convergence (as a "
+                   "retrain from its weights on sample_weight_ would). Train to "
+                   "convergence for a patch that moves by the removal only."
+                   if not self.adapter.linear_in_params else
+                   "Values and patches treat it as one (of a tilted objective); a "
+                   "retrain on sample_weight_ will land elsewhere. Train to "
+                   "convergence for exact comparisons."),
                 PumaWarning,
                 stacklevel=4,
             )
