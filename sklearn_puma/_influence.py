@@ -969,9 +969,13 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     removed_rows = torch.as_tensor(np.flatnonzero(remove_mask), device=device)
 
     def removed_outputs(theta):
-        out = problem.adapter.forward(theta, problem.X[removed_rows])
-        return problem.adapter.log_proba(out).exp() if problem.adapter.is_classifier \
-            else out
+        adapter = problem.adapter
+        out = adapter.forward(theta, problem.X[removed_rows])
+        if not adapter.is_classifier:
+            return out
+        if getattr(adapter, "multilabel", False):
+            return torch.sigmoid(out)  # one independent logistic output per label
+        return adapter.log_proba(out).exp()
 
     start_outputs = []
 
