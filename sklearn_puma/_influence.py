@@ -1436,6 +1436,8 @@ _LBFGS_MEMORY = 20
 # A preconditioned step cut below this share of its length by the line search ends the
 # preconditioning.
 _PRECONDITION_MIN_STEP = 1 / 16
+# Passes over the data a polish may make per iteration it is allowed, on average.
+_PASSES_PER_ITERATION = 3
 
 
 class PolishResult:
@@ -1520,11 +1522,16 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
         if time.monotonic() > deadline:
             reason = "time"
             break
+        if passes > _PASSES_PER_ITERATION * max_iter:
+            # Line searches that keep halving (a ReLU net's kinks: 32 passes an
+            # iteration on a 4-unit net) are bounded by passes, not iterations.
+            reason = "pass"
+            break
         accepted = None
         for kind, direction, predicted in candidates:
             slope = float(g @ direction)
             t = 1.0
-            for _ in range(40):
+            for _ in range(20):
                 candidate = theta + t * direction
                 g_new, J_new = problem.value_and_grad(candidate, weights)
                 passes += 1
