@@ -1288,8 +1288,10 @@ _TRIAL_RTOL = 1e-4
 _NET_RTOL = 1e-4
 # ... and the share of the removed rows' move (mean absolute change of their predicted
 # probabilities or outputs) the next quasi-Newton step still predicts, at most: the
-# gradient alone missed a flat objective (a tanh MLP on 2,000 rows stopped at a
-# gradient 9e-5 of the first having covered 0.73 of the way to the warm retrain).
+# gradient alone can stop early on a flat objective.  It does not catch everything: a
+# tanh MLP on 2,000 rows (771 parameters, a 5% cluster removed) passes both tests at a
+# point 0.73 of the way to the warm retrain (another stationary point of a flat
+# objective), with no warning: an open problem.
 _NET_OUTPUT_RTOL = 1e-2
 _NET_TRIAL_OUTPUT_RTOL = 1e-1
 _NET_TRIAL_RTOL = 1e-2
