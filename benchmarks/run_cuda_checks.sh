@@ -20,5 +20,5 @@ print("torch", torch.__version__, "| scikit-learn", sklearn.__version__, "| skor
 PY
 PUMA_TEST_DEVICE=cuda timeout 300 python3 -m pytest tests/test_skorch.py -q \
   -p no:cacheprovider 2>&1 | tail -12 | tee "$out/skorch_cuda_tests.txt"
-timeout 240 python3 benchmarks/bench_networks.py --nets skorch --device cuda 2>&1 \
+timeout 240 python3 benchmarks/bench_networks.py --nets skorch --device cuda --n 20000 --cap 150 2>&1 \
   | tee "$out/bench_networks_cuda.txt"

@@ -12,7 +12,7 @@ import warnings
 from contextlib import contextmanager
 
 import torch
-from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
+from torch.func import grad, grad_and_value, hessian, jacrev, jvp, vjp, vmap
 
 from ._sparse import dense_rows
 from ._threads import imap_chunks, sum_chunks
@@ -176,6 +176,23 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None, with_pena
                                 with_penalty=False)
     value = float(value) + (float(adapter.penalty(theta, n)) if with_penalty else 0.0)
     return total, (value if tilt is None else value - float(tilt @ theta))
+
+
+def value_and_gradient(adapter, theta, X, y, weights, n, tilt=None):
+    """``(grad J_w(theta), J_w(theta))`` from one reverse pass per chunk of rows (the
+    value is the forward pass the gradient makes anyway): what a quasi-Newton polish
+    of a network's patch reads at every point it tries."""
+    total, value = None, 0.0
+    for start in range(0, len(X), _SUM_ROWS):
+        sl = slice(start, start + _SUM_ROWS)
+        g, v = grad_and_value(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
+        total = g if total is None else total + g
+        value += float(v)
+    total = total + penalty_curvature(adapter, theta, n) * theta
+    value += float(adapter.penalty(theta, n))
+    if tilt is not None:
+        total, value = total - tilt, value - float(tilt @ theta)
+    return total, value
 
 
 def hessian_matrix(adapter, theta, X, y, weights, n, n_jobs=None, with_penalty=True):

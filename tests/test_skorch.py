@@ -132,7 +132,10 @@ def test_patched_weights_are_written_back(fitted_net):
                                                           device=patched.device))
     if patched.is_classifier:
         np.testing.assert_allclose(puma.predict_proba(X),
-                                   patched.log_proba(out).exp().cpu().numpy(), rtol=1e-6)
+                                   patched.log_proba(out).exp().cpu().numpy(), rtol=1e-6,
+                                   # a converged patch of a net trained for 20 epochs
+                                   # fits some rows to 1e-15: 1 - p rounds there
+                                   atol=1e-12)
     else:
         np.testing.assert_allclose(puma.predict(X), out.detach().cpu().numpy(), rtol=1e-10)
 

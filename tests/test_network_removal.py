@@ -1,0 +1,117 @@
+"""A network's all-parameter patch removes the marked rows (issue 12).
+
+Ground truth: the same net retrained from its fitted weights on ``sample_weight_``
+(removed rows at weight 0, up-weighted rows at theirs) by a generic optimiser, scipy's
+L-BFGS on the net's objective to a gradient of 1e-9 (``test_networks.retrain``, which
+checks it converged): the "warm retrain".  Completeness is the share of the way from
+the fitted net to the warm retrain that the patch covers on the removed rows'
+predictions, ``1 - gap(patch, warm) / gap(fitted, warm)``, ``gap`` the mean absolute
+difference of predicted probabilities (or predictions).  Each net is first driven to
+a tight optimum of its own objective, as influence assumes.  Patches run at default
+settings; the removals are compact k-means-like clusters, the hard case for a patch
+(the region they leave is then held by no data).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_classification, make_regression
+from sklearn.frozen import FrozenEstimator
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.preprocessing import StandardScaler
+
+from sklearn_puma import PartialRemovalWarning, PumaPatcher
+from sklearn_puma._adapters import make_adapter
+
+from .conftest import cluster_mask
+from .test_networks import retrain
+
+
+def _tight(model, X, y, **adapter_kw):
+    adapter = make_adapter(model, **adapter_kw)
+    return adapter.build(retrain(adapter, adapter.theta, X, y, np.ones(len(X))))
+
+
+def _completeness(model, X, y, remove, **adapter_kw):
+    """Patch ``model`` (at a tight optimum) at default settings; return the patcher
+    and its completeness against the warm retrain."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        puma = PumaPatcher(FrozenEstimator(model)).fit(X, y, remove=remove)
+    partial = [w for w in caught if issubclass(w.category, PartialRemovalWarning)]
+    adapter = make_adapter(model, **adapter_kw)
+    warm = adapter.build(retrain(adapter, adapter.theta, X, y, puma.sample_weight_))
+
+    def outputs(m):
+        method = getattr(m, "predict_proba", None)
+        if method is None or not hasattr(m, "classes_"):
+            return np.asarray(m.predict(X[remove]), dtype=np.float64)
+        return method(X[remove])
+
+    gap_fit = np.abs(outputs(model) - outputs(warm)).mean()
+    gap_patch = np.abs(outputs(puma) - outputs(warm)).mean()
+    completeness = 1 - gap_patch / gap_fit
+    print(f"completeness {completeness:.4f}; removal_residual_ {puma.removal_residual_:.3g}"
+          f"; eta_ {puma.eta_}; {int(remove.sum())} of {len(X)} rows removed")
+    return puma, completeness, partial
+
+
+def _check(puma, completeness, partial):
+    assert puma.eta_ == 1.0
+    assert not partial, str(partial[0].message)
+    assert puma.removal_residual_ <= 1e-4
+    assert completeness >= 0.8
+
+
+def test_mlp_classifier_cluster_removal_is_complete():
+    X, y = make_classification(1000, 12, n_informative=8, n_classes=3, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    est = MLPClassifier((24,), activation="tanh", solver="lbfgs", alpha=1e-2,
+                        max_iter=2000, random_state=0).fit(X, y)
+    model = _tight(est, X, y)
+    _check(*_completeness(model, X, y, cluster_mask(X, 0.05, 0)))
+
+
+def test_mlp_regressor_cluster_removal_is_complete():
+    X, y = make_regression(1000, 8, n_informative=6, noise=60.0, random_state=1)
+    X = StandardScaler().fit_transform(X)
+    y = (y - y.mean()) / y.std()
+    est = MLPRegressor(hidden_layer_sizes=(32,), activation="tanh", solver="lbfgs",
+                       alpha=1e-1, max_iter=2000, random_state=0).fit(X, y)
+    model = _tight(est, X, y)
+    _check(*_completeness(model, X, y, cluster_mask(X, 0.05, 1)))
+
+
+def test_skorch_net_cluster_removal_is_complete():
+    pytest.importorskip("skorch")
+    from skorch import NeuralNetClassifier
+
+    from .skorch_modules import LazyMLP
+
+    X, y = make_classification(1000, 10, n_informative=6, n_classes=3, random_state=2)
+    X = StandardScaler().fit_transform(X)
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(LazyMLP, module__n_out=3, module__hidden=32,
+                              module__output="logits", module__dtype=torch.float64,
+                              criterion=torch.nn.CrossEntropyLoss,
+                              optimizer__weight_decay=1e-3, max_epochs=30, lr=0.1,
+                              train_split=None, verbose=0).fit(X, y)
+    model = _tight(net, X, y, n_features=X.shape[1])
+    _check(*_completeness(model, X, y, cluster_mask(X, 0.05, 2),
+                          n_features=X.shape[1]))
+
+
+def test_penguins_species_removal_is_complete():
+    """A real table shipped offline: Palmer penguins, a k-means-like tenth of the
+    birds (one region of bill and flipper measurements) removed."""
+    palmerpenguins = pytest.importorskip("palmerpenguins")
+    frame = palmerpenguins.load_penguins().dropna()
+    columns = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+    X = StandardScaler().fit_transform(frame[columns].to_numpy(dtype=np.float64))
+    y = frame["species"].to_numpy()
+    est = MLPClassifier((64,), activation="tanh", solver="lbfgs", alpha=1e-1,
+                        max_iter=2000, random_state=0).fit(X, y)
+    model = _tight(est, X, y)
+    _check(*_completeness(model, X, y, cluster_mask(X, 0.1, 3)))
