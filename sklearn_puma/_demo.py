@@ -479,7 +479,7 @@ def run(args, stream, source, progress):
 
     multi = values.ndim == 2
     label_column = "label" if classification else "target"
-    by_label = own_label_loo is not None
+    by_label = rank_by == "label_errors"
     ranked = "most likely mislabelled" if by_label else "most harmful"
     if args.top:
         header = ["rank", "row", label_column]

@@ -1092,7 +1092,6 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 problem.ones(X.shape[0]))
 
     @available_if(_estimator_has("predict_proba"))
-    @on_fitted_model
     def loo_predict_proba(self, X=None, y=None):
         """Leave-one-out class probabilities of labelled training points, without refits.
 
