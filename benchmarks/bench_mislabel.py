@@ -25,7 +25,7 @@ then split along that order, which flatters cross-validated probabilities (recal
 0.586 against 0.568 with the rows shuffled, measured on seeds 0-9).
 
 The methods, each a whole pipeline from the labelled table (``s``: its wall time, the
-median over the seeds of the best of up to 3 runs, one thread for every method):
+median over the seeds of the best of up to 3 runs, the same threads for every method):
 
 - PUMA: ``PumaPatcher(estimator).fit(X, y)`` (the model fit included), then
   ``rank_label_errors(puma)``: each row's leave-one-out probability of its given
@@ -46,9 +46,11 @@ loss), lowest first: the seed's detector, which measures harm to a criterion, no
 wrong label. A generated 100,000-row, 4-class table (``--large-seeds`` flip seeds)
 shows the cost where the refits are longest.
 
-Every pipeline runs on one thread (BLAS, torch, and PUMA's own passes: ``n_jobs=1``): all
-get the same compute, and on a shared machine BLAS threads spinning against each other
-swamp timings this short.
+By default every pipeline runs on one thread (BLAS, torch, and PUMA's own passes:
+``n_jobs=1``): all get the same compute, and on a shared machine BLAS threads spinning
+against each other swamp timings this short. ``--threads default`` runs every method
+with the thread settings a user gets instead (no limits; PUMA's passes on one worker
+thread per CPU, cleanlab's and Data-OOB's fits with their own defaults).
 """
 
 import argparse
@@ -165,10 +167,13 @@ def datasets(names, large):
             yield name, X, y, linear, {"all": {}}, None
 
 
+# PUMA's passes: 1 (one thread, like the peers' fits under --threads one) or None (its
+# default, one worker thread per CPU, under --threads default).
+PUMA_N_JOBS = 1
+
+
 def puma_pipeline(estimator, settings, X, y):
-    # n_jobs=1: PUMA's passes in one thread, like the peers' fits (its default runs
-    # them in one worker thread per CPU).
-    puma = PumaPatcher(estimator, n_jobs=1, **settings).fit(X, y)
+    puma = PumaPatcher(estimator, n_jobs=PUMA_N_JOBS, **settings).fit(X, y)
     return puma, rank_label_errors(puma, return_scores=True)[1]
 
 
@@ -302,6 +307,9 @@ def main():
     parser.add_argument("--large-seeds", type=int, default=3,
                         help="flip seeds on the generated 100,000-row table (0: skip "
                              "it; default: %(default)s)")
+    parser.add_argument("--threads", choices=["one", "default"], default="one",
+                        help="one thread for every method, or every method with its "
+                             "default threads (default: %(default)s)")
     parser.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES),
                         help="tables to run (default: all)")
     args = parser.parse_args()
@@ -311,8 +319,13 @@ def main():
     # table; they do not change what is measured.
     warnings.simplefilter("ignore", PumaWarning)
     warnings.simplefilter("ignore", ConvergenceWarning)
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # every BLAS loaded by now: numpy's, scipy's
+    if args.threads == "one":
+        torch.set_num_threads(1)
+        with threadpool_limits(1):  # every BLAS loaded by now: numpy's, scipy's
+            per_seed = run(args.tables, seeds, args.large_seeds)
+    else:
+        global PUMA_N_JOBS
+        PUMA_N_JOBS = None
         per_seed = run(args.tables, seeds, args.large_seeds)
     recalls, comparisons = summarise(per_seed)
     print(f"Recall of flipped rows ({FLIP:.0%} of the labels) after inspecting 10% and "
@@ -327,7 +340,7 @@ def main():
             print(recalls[columns].to_string(index=False))
         print("\nPaired differences (mean +- standard error), W/T/L at 20% (seeds on "
               "which PUMA found more / as many / fewer), wall time in seconds (median, "
-              "one thread)")
+              f"{'one thread' if args.threads == 'one' else 'default threads'})")
         print(comparisons.to_string(index=False))
     print()
     print("\n".join(verdicts(per_seed)))
