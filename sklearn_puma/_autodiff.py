@@ -130,34 +130,48 @@ def objective_value(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None,
 
 
 def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None, with_penalty=True,
-             remember=False, with_value=False):
+             remember=False, with_value=False, with_hessian=False):
     """``grad J_w(theta)``; without the penalty, that of the data term alone.
 
     ``remember``: a model linear in theta keeps the outputs this pass makes on its way
     (``adapter.remember``), so that the criteria measured next at theta cost no pass.
     ``with_value``: ``(gradient, J_w(theta))``, the value from the same pass's outputs
-    where the model is linear in theta (a line search then needs no pass of its own)."""
+    where the model is linear in theta (a line search then needs no pass of its own).
+    ``with_hessian`` (a model in closed form only): ``(gradient, J_w(theta), H)``, the
+    exact Hessian (``hessian_matrix``) from the same outputs: a Newton step's one pass,
+    where apart they cost two forward passes and two calls' fixed costs (most of a
+    step on a few hundred rows)."""
     size = _SUM_ROWS
-    value = None
+    value = hessian = None
+    if with_hessian and not adapter.closed_form:
+        raise ValueError("with_hessian needs the loss derivatives in closed form")
     if adapter.linear_in_params:
-        from ._linear import design_rmatmul
+        from ._linear import design_rmatmul, gram_blocks, rows_per_chunk, upper
+
+        if with_hessian:  # the Gram's chunks bound its memory, as in hessian_matrix
+            size = min(size, rows_per_chunk(adapter.n_params))
 
         def linear_part(sl):
             # sum_i (w_i/n) dl/df_i (x) x_i: one product, no backward pass.
             out = adapter.forward(theta, X[sl])
-            r, _ = output_loss_derivatives(adapter, out, y[sl], curvature=False)
-            g = design_rmatmul(X[sl], (weights[sl] / n)[:, None] * r,
+            r, D = output_loss_derivatives(adapter, out, y[sl], curvature=with_hessian)
+            scaled = weights[sl] / n
+            g = design_rmatmul(X[sl], scaled[:, None] * r,
                                adapter.fit_intercept).T.reshape(-1)
             loss = ((weights[sl] * adapter.sample_loss(out, y[sl])).sum() / n
-                    if with_value else None)
-            return g, loss, out
+                    if with_value or with_hessian else None)
+            H = (gram_blocks(adapter, X[sl], scaled[:, None] * upper(D))
+                 if with_hessian else None)
+            return g, loss, out, H
 
         total, outs = None, []
-        for g, loss, out in imap_chunks(linear_part, len(X), size, n_jobs,
-                                        thread_safe=adapter.closed_form):
+        for g, loss, out, H in imap_chunks(linear_part, len(X), size, n_jobs,
+                                           thread_safe=adapter.closed_form):
             total = g if total is None else total + g
-            if with_value:
+            if with_value or with_hessian:
                 value = loss if value is None else value + loss
+            if with_hessian:
+                hessian = H if hessian is None else hessian + H
             if remember:
                 outs.append(out)
         if remember:
@@ -168,14 +182,17 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None, with_pena
             len(X), size, n_jobs, thread_safe=adapter.closed_form)
     if with_penalty:
         total = total + penalty_curvature(adapter, theta, n) * theta
+        if with_hessian:
+            hessian = hessian + torch.diag(penalty_curvature(adapter, theta, n))
     total = total if tilt is None else total - tilt
-    if not with_value:
+    if not (with_value or with_hessian):
         return total
     if value is None:
         value = objective_value(adapter, theta, X, y, weights, n, n_jobs=n_jobs,
                                 with_penalty=False)
     value = float(value) + (float(adapter.penalty(theta, n)) if with_penalty else 0.0)
-    return total, (value if tilt is None else value - float(tilt @ theta))
+    value = value if tilt is None else value - float(tilt @ theta)
+    return (total, value, hessian) if with_hessian else (total, value)
 
 
 def value_and_gradient(adapter, theta, X, y, weights, n, tilt=None):

@@ -342,7 +342,12 @@ class CGInverse(_OperatorInverse):
     def __init__(self, hvp, p, *, tol=1e-6, max_iter=None, **kwargs):
         super().__init__(hvp, p, **kwargs)
         self.tol, self.max_iter = tol, max_iter or 10 * p
-        if self.min_eigenvalue is not None and self.min_eigenvalue + self.damping <= 0:
+        # A smallest eigenvalue at rounding level of zero (either sign: -1e-16 on one
+        # CPU, +1e-17 on another, for the same singular curvature) is a flat direction,
+        # along which CG from zero never moves (it gives the pseudo-inverse); only a
+        # negative one beyond rounding breaks it.
+        if self.min_eigenvalue is not None and self.min_eigenvalue + self.damping < \
+                -_flat_tolerance(self.max_eigenvalue, self.dtype):
             _warn(
                 f"CG needs positive definite curvature; the damped smallest eigenvalue is "
                 f"{self.min_eigenvalue + self.damping:.3g}. Pass a larger damping.",

@@ -217,7 +217,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         approximation of the Gauss-Newton curvature (George et al. 2018), one block
         per layer, built in two passes over the data whatever ``curvature`` says: no
         p x p matrix and no iterations, so it scales to nets far past the explicit
-        Hessian, but it is an approximation (cosines of 0.1-0.8 with the exact
+        Hessian, but it is an approximation (cosines of 0.07-0.8 with the exact
         Gauss-Newton solve on small nets); other models raise a ``ValueError``.
         "auto" is "exact" up to 3000 parameters, else "dual"
         where it applies (at most 5000 rows), else "cg" (``hessian_`` says which).

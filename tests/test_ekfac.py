@@ -289,23 +289,28 @@ def test_eigenvalues_are_the_exact_diagonal_in_the_kronecker_basis(case):
 # measured (damping: none, the library's "auto" on this positive semi-definite
 # curvature; and a Kronfluence-style 0.1 times the mean curvature diagonal), for
 # values (held-out loss gradient) and patches (10 removed rows' gradients, their
-# weight set to 0 in the curvature):
+# weight set to 0 in the curvature), on two machines (an Intel one, then an AMD EPYC
+# one: scikit-learn's lbfgs fits of these unregularised nets land at different
+# optima on the two CPUs' BLAS kernels; the skorch net, fitted by torch, is the same):
 #
-#   case                  values 0   patch 0   values 0.1   patch 0.1
-#   mlp-classifier         0.13      0.30       0.62         0.62
-#   mlp-regressor          0.29      0.51       0.83         0.79
-#   two-hidden-layers      0.53      0.12       0.59         0.39
-#   skorch                 0.57      0.50       0.77         0.63
+#   case                  values 0     patch 0      values 0.1   patch 0.1
+#   mlp-classifier         0.13 0.69    0.30 0.43    0.62 0.71    0.62 0.64
+#   mlp-regressor          0.29 0.29    0.51 0.26    0.83 0.80    0.79 0.71
+#   two-hidden-layers      0.53 0.32    0.12 0.07    0.59 0.61    0.39 0.49
+#   skorch                 0.57 0.57    0.50 0.50    0.77 0.77    0.63 0.63
 #
 # far from 1: the exact block-diagonal Gauss-Newton reaches 0.74-0.99 (0.38 for one
 # patch), so most of the loss is the Kronecker factorisation within each layer, not
-# the dropped cross-layer terms.  The floors below are 0.8 times those figures (a
-# regression guard, not a claim of accuracy).  Without damping EK-FAC always beats the
-# uninverted vector (no curvature at all); with damping it does not in one case.
+# the dropped cross-layer terms.  Undamped, the cosines follow the smallest
+# eigen-directions of the fit at hand (0.13 or 0.69 for one case).  The floors below
+# are 0.8 times the lower figure (a regression guard, not a claim of accuracy).
+# Without damping EK-FAC beats the uninverted vector (no curvature at all) on every
+# value; on one patch it does not (0.07 against 0.08, the AMD fit of the two-layer
+# net); with damping it does not in one case either.
 MEASURED = {
     ("mlp-classifier", 0.0): (0.129, 0.304), ("mlp-classifier", 0.1): (0.618, 0.618),
-    ("mlp-regressor", 0.0): (0.290, 0.509), ("mlp-regressor", 0.1): (0.828, 0.788),
-    ("two-hidden-layers", 0.0): (0.525, 0.117), ("two-hidden-layers", 0.1): (0.594, 0.394),
+    ("mlp-regressor", 0.0): (0.290, 0.264), ("mlp-regressor", 0.1): (0.798, 0.709),
+    ("two-hidden-layers", 0.0): (0.324, 0.067), ("two-hidden-layers", 0.1): (0.594, 0.394),
     ("skorch", 0.0): (0.573, 0.500), ("skorch", 0.1): (0.765, 0.633),
 }
 
@@ -328,7 +333,7 @@ def test_inverse_products_against_exact_gauss_newton(case, request, relative_dam
                           damping=damping)
         cos = _cosine(op.solve(rhs), exact)
         assert cos >= 0.8 * MEASURED[name, relative_damping][column]
-        if relative_damping == 0:
+        if relative_damping == 0 and column == 0:
             assert cos > _cosine(rhs, exact)
 
 

@@ -92,6 +92,18 @@ def test_derivatives_equal_autodiff(case, breast_cancer, wine, diabetes):
     J = objective(problem.adapter, problem.X, problem.y, problem.s, problem.n)
     assert _relative(hessian_matrix(problem.adapter, theta, problem.X, problem.y,
                                     problem.s, problem.n), hessian(J)(theta)) < 1e-10
+    if problem.fused_newton:
+        # A Newton step's one pass (the patch's polish), away from the optimum, on
+        # uneven weights: gradient, objective and Hessian of the objective the patch
+        # minimises (tilted or not), each against autograd.
+        weights = problem.s * torch.linspace(0.0, 2.0, problem.n, dtype=problem.s.dtype)
+        point = theta + 0.1 * torch.linspace(-1.0, 1.0, len(theta), dtype=theta.dtype)
+        J_w = objective(problem.adapter, problem.X, problem.y, weights, problem.n,
+                        tilt=problem._patch_tilt)
+        g, value, H = problem.grad(point, weights, with_hessian=True)
+        assert _relative(g, jacrev(J_w)(point)) < 1e-10
+        assert abs(value - float(J_w(point))) <= 1e-12 * abs(float(J_w(point)))
+        assert _relative(H, hessian(J_w)(point)) < 1e-10
 
 
 @pytest.mark.parametrize("case", CASES)
