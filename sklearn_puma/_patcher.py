@@ -883,7 +883,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         objective apart: a 2,000-row tanh MLP passed both at 0.73 of the way.
         Measured (``tests/test_network_removal.py``): completeness against the warm
         retrain 0.9998-1.0000 on tanh MLPClassifier, MLPRegressor, skorch and Palmer
-        penguins nets. Near-interpolating ReLU nets may stop on the iteration bound,
+        penguins nets; on another CPU the classifier's warm retrain ended in a
+        different minimum (completeness 0.62), higher than the patch's (a retrain
+        from the patch stays there): the reweighted objective of a net is not convex,
+        and two optimisers from the same start may settle apart. Near-interpolating ReLU nets may stop on the iteration bound,
         with a ``PartialRemovalWarning`` giving ``removal_residual_``; on a flat
         objective a warm retrain by another optimiser may also stop elsewhere in the
         valley, so compare with ``sample_weight_`` retrains, not from-scratch ones.
