@@ -12,7 +12,7 @@ import warnings
 from contextlib import contextmanager
 
 import torch
-from torch.func import grad, grad_and_value, hessian, jacrev, jvp, vjp, vmap
+from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
 from ._sparse import dense_rows
 from ._threads import imap_chunks, sum_chunks
@@ -200,9 +200,15 @@ def value_and_gradient(adapter, theta, X, y, weights, n, tilt=None):
     value is the forward pass the gradient makes anyway): what a quasi-Newton polish
     of a network's patch reads at every point it tries."""
     total, value = None, 0.0
+    # Plain autograd, not torch.func's grad_and_value: the same numbers (to the bit,
+    # measured) at 0.44 ms a pass instead of 0.79 ms on a 1,000-row, 387-parameter MLP,
+    # and a polish makes hundreds of passes.  (Never called under a transform.)
+    leaf = theta.detach().requires_grad_(True)
     for start in range(0, len(X), _SUM_ROWS):
         sl = slice(start, start + _SUM_ROWS)
-        g, v = grad_and_value(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta)
+        with torch.enable_grad():
+            v = _data_term(adapter, X[sl], y[sl], weights[sl], n)(leaf)
+        g = torch.autograd.grad(v, leaf)[0]
         total = g if total is None else total + g
         value += float(v)
     total = total + penalty_curvature(adapter, theta, n) * theta
