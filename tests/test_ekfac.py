@@ -156,7 +156,7 @@ def _classification(n=300, classes=3, seed=0):
 
 def _mlp_classifier():
     X, y, Xe, ye = _classification()
-    model = _quiet_fit(MLPClassifier((16,), solver="lbfgs", alpha=1e-2, max_iter=500,
+    model = _quiet_fit(MLPClassifier((16,), solver="lbfgs", alpha=1e-2, max_iter=100,
                                      random_state=0), X, y)
     weights = np.random.default_rng(0).uniform(0.5, 1.5, len(X))
     return Case(model, X, y, weights), Xe, ye
@@ -165,7 +165,7 @@ def _mlp_classifier():
 def _mlp_regressor():
     X, y = make_regression(500, 5, n_targets=2, noise=5.0, random_state=0)
     y = y / y.std(0)
-    model = _quiet_fit(MLPRegressor(hidden_layer_sizes=(16,), solver="lbfgs", alpha=1e-2, max_iter=500,
+    model = _quiet_fit(MLPRegressor(hidden_layer_sizes=(16,), solver="lbfgs", alpha=1e-2, max_iter=100,
                                     random_state=0), X[:300], y[:300])
     return Case(model, X[:300], y[:300]), X[300:], y[300:]
 
@@ -173,7 +173,7 @@ def _mlp_regressor():
 def _two_hidden():
     X, y, Xe, ye = _classification(classes=2, seed=1)
     model = _quiet_fit(MLPClassifier((12, 8), activation="tanh", solver="lbfgs",
-                                     alpha=1e-2, max_iter=500, random_state=0), X, y)
+                                     alpha=1e-2, max_iter=100, random_state=0), X, y)
     return Case(model, X, y), Xe, ye
 
 
@@ -289,28 +289,31 @@ def test_eigenvalues_are_the_exact_diagonal_in_the_kronecker_basis(case):
 # measured (damping: none, the library's "auto" on this positive semi-definite
 # curvature; and a Kronfluence-style 0.1 times the mean curvature diagonal), for
 # values (held-out loss gradient) and patches (10 removed rows' gradients, their
-# weight set to 0 in the curvature), on two machines (an Intel one, then an AMD EPYC
-# one: scikit-learn's lbfgs fits of these unregularised nets land at different
-# optima on the two CPUs' BLAS kernels; the skorch net, fitted by torch, is the same):
+# weight set to 0 in the curvature):
 #
-#   case                  values 0     patch 0      values 0.1   patch 0.1
-#   mlp-classifier         0.13 0.69    0.30 0.43    0.62 0.71    0.62 0.64
-#   mlp-regressor          0.29 0.29    0.51 0.26    0.83 0.80    0.79 0.71
-#   two-hidden-layers      0.53 0.32    0.12 0.07    0.59 0.61    0.39 0.49
-#   skorch                 0.57 0.57    0.50 0.50    0.77 0.77    0.63 0.63
+#   case                  values 0   patch 0       values 0.1   patch 0.1
+#   mlp-classifier         0.47      0.49          0.57         0.63
+#   mlp-regressor          0.37      0.59          0.87         0.86
+#   two-hidden-layers      0.69-0.72 -0.11--0.08   0.76-0.81    0.75-0.78
+#   skorch                 0.57      0.50          0.77         0.63
 #
-# far from 1: the exact block-diagonal Gauss-Newton reaches 0.74-0.99 (0.38 for one
-# patch), so most of the loss is the Kronecker factorisation within each layer, not
-# the dropped cross-layer terms.  Undamped, the cosines follow the smallest
-# eigen-directions of the fit at hand (0.13 or 0.69 for one case).  The floors below
-# are 0.8 times the lower figure (a regression guard, not a claim of accuracy).
-# Without damping EK-FAC beats the uninverted vector (no curvature at all) on every
-# value; on one patch it does not (0.07 against 0.08, the AMD fit of the two-layer
-# net); with damping it does not in one case either.
+# (the uninverted vector's: 0.01-0.33 undamped, 0.33-0.51 damped).  The scikit-learn
+# nets are fitted for 100 lbfgs iterations, not to convergence: at 500, the undamped
+# cosines were chaotic in the data's last bits (X scaled by 1 +- 1e-15 moved the
+# classifier's values cosine anywhere in -0.29..0.69, and two CPUs' BLAS kernels gave
+# 0.13 and 0.69); at 100 they do not move on three of the nets, and by the ranges above
+# on the two-layer one.  Far from 1: the exact block-diagonal Gauss-Newton reaches
+# 0.74-0.99 (0.38 for one patch), so most of the loss is the Kronecker factorisation
+# within each layer, not the dropped cross-layer terms.  The floors below are the
+# lowest figure less 0.05 (a regression guard, not a claim of accuracy).  Without
+# damping EK-FAC beats the uninverted vector on every value; on the two-layer net's
+# patch it does not (-0.09 against 0.08: its undamped patch direction is no better
+# than none).
 MEASURED = {
-    ("mlp-classifier", 0.0): (0.129, 0.304), ("mlp-classifier", 0.1): (0.618, 0.618),
-    ("mlp-regressor", 0.0): (0.290, 0.264), ("mlp-regressor", 0.1): (0.798, 0.709),
-    ("two-hidden-layers", 0.0): (0.324, 0.067), ("two-hidden-layers", 0.1): (0.594, 0.394),
+    ("mlp-classifier", 0.0): (0.465, 0.494), ("mlp-classifier", 0.1): (0.569, 0.629),
+    ("mlp-regressor", 0.0): (0.369, 0.585), ("mlp-regressor", 0.1): (0.868, 0.856),
+    ("two-hidden-layers", 0.0): (0.690, -0.109),
+    ("two-hidden-layers", 0.1): (0.760, 0.751),
     ("skorch", 0.0): (0.573, 0.500), ("skorch", 0.1): (0.765, 0.633),
 }
 
@@ -332,7 +335,7 @@ def test_inverse_products_against_exact_gauss_newton(case, request, relative_dam
         op = EKFACInverse(case.adapter, case.theta, case.X, case.y, w, case.n,
                           damping=damping)
         cos = _cosine(op.solve(rhs), exact)
-        assert cos >= 0.8 * MEASURED[name, relative_damping][column]
+        assert cos >= MEASURED[name, relative_damping][column] - 0.05
         if relative_damping == 0 and column == 0:
             assert cos > _cosine(rhs, exact)
 
@@ -340,8 +343,8 @@ def test_inverse_products_against_exact_gauss_newton(case, request, relative_dam
 @pytest.mark.parametrize("make, floor", [(_mlp_regressor, 0.4), (_skorch, 0.6)])
 def test_values_rank_like_exact_values(make, floor):
     """Values (``g_i . H^-1 grad C``) from EK-FAC rank like those from the exact
-    Gauss-Newton inverse (Spearman; measured 0.51 and 0.75 here, 0.26 and 0.15 on the
-    classifiers above), and better than without curvature (0.26, 0.45)."""
+    Gauss-Newton inverse (Spearman; measured 0.57 and 0.75 here), and better than
+    without curvature (0.22, 0.45)."""
     case, Xe, ye = make()
     G = case.grads()
     direction = case.criterion_gradient(Xe, ye)
