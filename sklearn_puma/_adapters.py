@@ -292,6 +292,15 @@ class Adapter:
     def log_proba(self, out):
         return self._log_proba(out)
 
+    def predictions(self, out):
+        """What the model predicts from its outputs: class probabilities (one
+        independent probability per label for a multilabel net), else the outputs."""
+        if not self.is_classifier:
+            return out
+        if self.multilabel:
+            return torch.sigmoid(out)
+        return self.log_proba(out).exp()
+
     def linear_layers(self):
         """The model as a stack of dense layers, for Kronecker-factored curvature:
         per layer ``(index, bias)``, ``index`` a (rows, n_out) LongTensor of positions

@@ -181,9 +181,10 @@ def gradient(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None, with_pena
             lambda sl: grad(_data_term(adapter, X[sl], y[sl], weights[sl], n))(theta),
             len(X), size, n_jobs, thread_safe=adapter.closed_form)
     if with_penalty:
-        total = total + penalty_curvature(adapter, theta, n) * theta
+        curvature = penalty_curvature(adapter, theta, n)
+        total = total + curvature * theta
         if with_hessian:
-            hessian = hessian + torch.diag(penalty_curvature(adapter, theta, n))
+            hessian = hessian + torch.diag(curvature)
     total = total if tilt is None else total - tilt
     if not (with_value or with_hessian):
         return total

@@ -256,7 +256,7 @@ class _CallableCriterion(_Criterion):
         self._n_rows = None
 
     def _call(self, adapter, out, y, w, ctx):
-        output = adapter.log_proba(out).exp() if adapter.is_classifier else out
+        output = adapter.predictions(out)
         keep = ctx["keep"]
         kwargs = {}
         if "sample_weight" in self._takes:

@@ -106,8 +106,7 @@ class Problem:
         # an L-BFGS polish on it ran off to J_w = -1 (a 600-row MLP, gap 0.02); on
         # its own objective the patch lands where the net retrained from its fitted
         # weights on sample_weight_ (the warm retrain) lands.
-        self.tilted = not ((adapter.linear_in_params and self.optimality_gap <= 1e-2)
-                           or not adapter.linear_in_params)
+        self.tilted = adapter.linear_in_params and not self.optimality_gap <= 1e-2
         self._patch_tilt = self.tilt if self.tilted else None
         self._hessian_hat = self._objective_hat = None
         self._inverse_hat = self.inverse(self.theta_hat, sample_weight)
@@ -996,12 +995,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
 
     def removed_outputs(theta):
         adapter = problem.adapter
-        out = adapter.forward(theta, problem.X[removed_rows])
-        if not adapter.is_classifier:
-            return out
-        if getattr(adapter, "multilabel", False):
-            return torch.sigmoid(out)  # one independent logistic output per label
-        return adapter.log_proba(out).exp()
+        return adapter.predictions(adapter.forward(theta, problem.X[removed_rows]))
 
     start_outputs = []
 
@@ -1015,7 +1009,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         moved = float((now - start_outputs[0]).abs().mean())
         ahead = float((removed_outputs(theta + direction).detach() - now).abs().mean())
         return ahead / max(moved, 1e-300) if ahead > 0 else 0.0
-  # ||grad J_w|| at the fitted model; the polishes run
+
     decrements, stopped = [], []  # stopped: a bound or a stall ended the steps for good
 
     def bounded_step(theta, weights, inverse, rtol=_POLISH_RTOL):
@@ -1362,11 +1356,10 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
     p = problem.adapter.n_params
     fused = (line_search and problem.fused_newton
              and problem.n * p * p / 2 / _GEMM_SPEEDUP <= _CALL_FLOPS)
-    H = None  # the Hessian at theta, where the last pass gave it
     for _ in range(max_iter):
         # The objective only where a test reads it (its loss costs a tenth of a pass);
         # the first gradient where the caller has it at this theta already.
-        H = None
+        H = None  # the Hessian at theta, where this pass gives it
         if gradient is not None:
             g, J, gradient = gradient, None, None
         elif fused and rebuilt:
@@ -1487,14 +1480,19 @@ _PRECONDITION_MIN_STEP = 1 / 16
 _PASSES_PER_ITERATION = 3
 
 
+@dataclass
 class PolishResult:
     """Where a network's polish ended: ``theta``, its gradient, the iterations and
-    passes it took, and why it stopped ("converged", "time", "iterations", "line
-    search")."""
+    passes it took, why it stopped ("converged", "time", "iterations", "pass", "line
+    search"), and ``remaining``, the share of the removed rows' move a further step
+    still predicted where the gradient test last passed (inf where it never did)."""
 
-    def __init__(self, theta, gradient, iterations, passes, reason):
-        self.theta, self.gradient = theta, gradient
-        self.iterations, self.passes, self.reason = iterations, passes, reason
+    theta: torch.Tensor
+    gradient: torch.Tensor
+    iterations: int
+    passes: int
+    reason: str
+    remaining: float = float("inf")
 
 
 def cheap_solve(inverse):
@@ -1509,13 +1507,17 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
     ``max_iter`` iterations, the wall-clock ``deadline``, or a line search that finds
     no decrease along the quasi-Newton direction nor along the gradient.
 
-    The first step is the influence (Newton) step on the fitted curvature
-    ``inverse`` where the objective, measured, behaves as its quadratic model
-    predicts (actual decrease at least a quarter of the predicted, a trust-region
-    test); else the gradient's.  L-BFGS then goes on from a scaled identity (the
-    fitted curvature as its initial matrix was tried and rejected: on a tanh MLP it
-    converged, gradient 2e-3 of the removal's, into another basin than the warm
-    retrain, completeness 0.09 against 0.999 for plain L-BFGS).  Why L-BFGS for a
+    With ``precondition`` (the reweighted objective's curvature at the fitted model,
+    where it is explicit) that is L-BFGS's initial matrix, until a step on it must be
+    cut below ``_PRECONDITION_MIN_STEP`` (then a scaled identity, as without it); its
+    line searches start at the step last accepted.  Without it, the first step is
+    the influence (Newton) step on the fitted curvature ``inverse`` where the
+    objective, measured, behaves as its quadratic model predicts (actual decrease at
+    least a quarter of the predicted, a trust-region test), else the gradient's, and
+    L-BFGS goes on from a scaled identity (the *fitted* curvature as its initial
+    matrix was tried and rejected: on a tanh MLP it converged, gradient 2e-3 of the
+    removal's, into another basin than the warm retrain, completeness 0.09 against
+    0.999 for plain L-BFGS).  Why L-BFGS for a
     network, measured on MLPs of 160-1,400 parameters: the exact Hessian of a ReLU net
     is blind to its kinks (near an interpolating fit the objective's slope along a
     Newton step measured a tenth of the gradient's prediction at steps of 1e-6), so
@@ -1616,8 +1618,8 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
                 pairs.pop(0)
         theta, g, J = candidate, g_new, J_new
     else:
-        if float(g.norm()) <= gtol and (watch is None or watch(theta, -g) <= watch_tol):
-            reason = "converged"
-    result = PolishResult(theta, g, iteration, passes, reason)
-    result.remaining = remaining
-    return result
+        if float(g.norm()) <= gtol:
+            remaining = 0.0 if watch is None else watch(theta, -g)
+            if remaining <= watch_tol:
+                reason = "converged"
+    return PolishResult(theta, g, iteration, passes, reason, remaining)

@@ -40,6 +40,7 @@ from ._adapters import (
 )
 from ._criteria import CRITERION_NAMES, BoundCriterion, resolve_criteria
 from ._influence import (
+    _NET_OUTPUT_RTOL,
     _NET_RTOL,
     Problem,
     _np,
@@ -887,8 +888,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         penguins nets; on another CPU the classifier's warm retrain ended in a
         different minimum (completeness 0.62), higher than the patch's (a retrain
         from the patch stays there): the reweighted objective of a net is not convex,
-        and two optimisers from the same start may settle apart. Near-interpolating ReLU nets may stop on the iteration bound,
-        with a ``PartialRemovalWarning`` giving ``removal_residual_``; on a flat
+        and two optimisers from the same start may settle apart. Near-interpolating
+        ReLU nets may stop on the iteration bound, with a ``PartialRemovalWarning``
+        giving ``removal_residual_``; on a flat
         objective a warm retrain by another optimiser may also stop elsewhere in the
         valley, so compare with ``sample_weight_`` retrains, not from-scratch ones.
         """
@@ -940,9 +942,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             measure = ("reweighted objective's Newton decrement where it ended is "
                        f"{self.removal_residual_:.3g} of the removal's first step"
                        if linear else
-                       "reweighted objective's gradient where its L-BFGS polish ended "
-                       f"is {self.removal_residual_:.3g} of its norm at the fitted "
-                       f"model (converged: {_NET_RTOL:g})")
+                       "larger of the reweighted objective's gradient where its L-BFGS "
+                       "polish ended (over its norm at the fitted model) and the share "
+                       "of the removed rows' move a further step still predicts is "
+                       f"{self.removal_residual_:.3g} (converged: {_NET_RTOL:g} and "
+                       f"{_NET_OUTPUT_RTOL:g})")
             advice = ("Raise n_steps." if linear else
                       "A near-interpolating or ReLU net's objective is flat or kinked "
                       "where the removed points were; parameters='last_layer' "
