@@ -113,8 +113,9 @@ def reweighted_objective(model, X, y, weights, n_features):
                               torch.as_tensor(weights, dtype=adapter.dtype), len(X))
 
 
-def warm_retrain(model, X, y, weights, n_features):
-    """The net retrained from its fitted weights on ``weights`` (scipy L-BFGS, tight)."""
+def warm_retrain(model, X, y, weights, n_features, maxiter=3000):
+    """``(net, largest gradient entry)``: the net retrained from its fitted weights on
+    ``weights`` (scipy L-BFGS to a gradient of 1e-8, or ``maxiter`` iterations)."""
     adapter, J = reweighted_objective(model, X, y, weights, n_features)
 
     def f(t):
@@ -127,7 +128,7 @@ def warm_retrain(model, X, y, weights, n_features):
     result = minimize(f, adapter.theta.detach().cpu().numpy().astype(np.float64),
                       jac=True,
                       method="L-BFGS-B",
-                      options=dict(ftol=0, gtol=1e-8, maxiter=3000, maxcor=30))
+                      options=dict(ftol=0, gtol=1e-8, maxiter=maxiter, maxcor=30))
     return adapter.build(torch.as_tensor(result.x, dtype=adapter.dtype,
                                          device=adapter.device)), \
         float(np.abs(result.jac).max())

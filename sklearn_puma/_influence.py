@@ -961,10 +961,10 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             return theta, inverse
         if stopped:  # a bound or a stall ended the steps: no further curvature
             return theta, inverse_last[0]
-        # A network: the influence step (a Newton step on the fitted curvature, with
-        # Armijo's test) where the patch is still at the fitted model, then L-BFGS on
-        # J_w until its gradient is a small fraction of the removal's gradient at the
-        # fitted model (the patch's first): see _lbfgs_polish.
+        # A network: L-BFGS on J_w until its gradient is a small fraction of the
+        # removal's gradient at the fitted model (the patch's first), preconditioned by
+        # the reweighted curvature there, or started by the influence step, where
+        # that curvature is convex: see _lbfgs_polish.
         if not net_scale:
             net_scale.append(float(problem.grad(theta_hat, weights).norm()))
         tol = _NET_RTOL if rtol == _POLISH_RTOL else _NET_TRIAL_RTOL
@@ -972,9 +972,20 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             # The reweighted objective's curvature at the fitted model (its Hessian
             # updated over the rows whose weight changed): the removed rows no longer
             # hold the directions they held, which the fitted curvature misses.
-            net_inverse.append(curvature(theta_hat, weights)
-                               if cheap_solve(problem.inverse_hat) else None)
-        polished = _lbfgs_polish(problem, theta, weights, problem.inverse_hat,
+            reweighted = (curvature(theta_hat, weights)
+                          if cheap_solve(problem.inverse_hat) else None)
+            # Where it is not convex there (damping="auto" had to shift it), its
+            # damped inverse is long along the directions of negative curvature: a
+            # step on it can cross into another basin of J_w than the warm retrain's
+            # (measured, 1,200-1,500-row tanh nets: a minimum 6e-4 higher, completeness
+            # 0.67; another 2.5e-2 lower, completeness 0.24 with no warning), where
+            # plain L-BFGS from the fitted model, the warm retrain's own path, reached
+            # 0.9999-1.0000 on both.  There the polish is plain L-BFGS.
+            plain = _indefinite(reweighted) or _indefinite(problem.inverse_hat)
+            net_inverse.append(None if plain else reweighted)
+            net_plain.append(plain)
+        polished = _lbfgs_polish(problem, theta, weights,
+                                 None if net_plain[0] else problem.inverse_hat,
                                  precondition=net_inverse[0], watch=watch,
                                  watch_tol=(_NET_OUTPUT_RTOL if rtol == _POLISH_RTOL
                                             else _NET_TRIAL_OUTPUT_RTOL),
@@ -990,7 +1001,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
     # A network's Newton steps (n_steps of them, in the linearisations and in converge)
     # and its L-BFGS polish stop once converged, and all together at a wall-clock bound.
     deadline = time.monotonic() + MAX_PATCH_SECONDS
-    net_scale, polishes, net_inverse = [], [], []
+    net_scale, polishes, net_inverse, net_plain = [], [], [], []
     removed_rows = torch.as_tensor(np.flatnonzero(remove_mask), device=device)
 
     def removed_outputs(theta):
@@ -1495,6 +1506,12 @@ class PolishResult:
     remaining: float = float("inf")
 
 
+def _indefinite(inverse):
+    """Whether ``damping="auto"`` shifted this curvature for a negative eigenvalue."""
+    low = getattr(inverse, "min_eigenvalue", None)
+    return low is not None and low < 0 and inverse.damping > 0
+
+
 def cheap_solve(inverse):
     """Whether ``inverse.solve`` is a product with matrices at hand (the exact or the
     low-rank inverse), not an iterative solve of Hessian-vector products."""
@@ -1511,7 +1528,8 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
     where it is explicit) that is L-BFGS's initial matrix, until a step on it must be
     cut below ``_PRECONDITION_MIN_STEP`` (then a scaled identity, as without it); its
     line searches start at the step last accepted.  Without it, the first step is
-    the influence (Newton) step on the fitted curvature ``inverse`` where the
+    the influence (Newton) step on the fitted curvature ``inverse`` (where given: not
+    where either curvature is indefinite, see ``patch``) where the
     objective, measured, behaves as its quadratic model predicts (actual decrease at
     least a quarter of the predicted, a trust-region test), else the gradient's, and
     L-BFGS goes on from a scaled identity (the *fitted* curvature as its initial
@@ -1535,7 +1553,7 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
     start_step = 1.0
     for iteration in range(max_iter):
         candidates = []
-        if first and not precondition:
+        if first and not precondition and inverse is not None:
             step = inverse.solve(g)
             decrement = float(g @ step)
             if decrement > 0:
