@@ -335,7 +335,7 @@ def main():
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--max-iter", type=int, default=1000,
-                        help="the trainers' L-BFGS iteration bound")
+                        help="the MLPClassifier's lbfgs iteration bound")
     parser.add_argument("--nets", nargs="+", default=["mlp", "skorch"],
                         choices=["mlp", "skorch"])
     parser.add_argument("--ekfac", action="store_true",

@@ -211,7 +211,7 @@ def value_and_gradient(adapter, theta, X, y, weights, n, tilt=None):
             v = _data_term(adapter, X[sl], y[sl], weights[sl], n)(leaf)
         g = torch.autograd.grad(v, leaf)[0]
         total = g if total is None else total + g
-        value += float(v)
+        value += float(v.detach())
     total = total + penalty_curvature(adapter, theta, n) * theta
     value += float(adapter.penalty(theta, n))
     if tilt is not None:

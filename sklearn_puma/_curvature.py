@@ -266,6 +266,17 @@ class ExactInverse:
         return self._matrix
 
 
+def positive_semidefinite(H):
+    """Whether the symmetric ``H`` has no eigenvalue negative beyond rounding, judged
+    in the basis where each parameter has unit curvature (as ``ExactInverse`` does:
+    congruence keeps the signs, and the scaled spectrum resolves a negative direction
+    the raw one may put within its rounding)."""
+    H = (H + H.T) / 2
+    scale = ExactInverse._jacobi(H)
+    values = torch.linalg.eigvalsh(scale[:, None] * H * scale[None, :])
+    return float(values[0]) >= -_flat_tolerance(float(values.abs().max()), H.dtype)
+
+
 def lanczos(hvp, p, k, *, dtype, device, generator=None):
     """Ritz values (ascending) and vectors of the symmetric operator ``hvp``, k steps.
 

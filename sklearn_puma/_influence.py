@@ -31,7 +31,12 @@ from ._autodiff import (
     quiet_torch_func,
     value_and_gradient,
 )
-from ._curvature import collected_warnings, make_inverse, resolve_kind
+from ._curvature import (
+    collected_warnings,
+    make_inverse,
+    positive_semidefinite,
+    resolve_kind,
+)
 from ._kfac import EKFACInverse
 from ._linear import (
     DUAL_MAX_ROWS,
@@ -229,26 +234,7 @@ class Problem:
                             gauss_newton=self.gauss_newton) if needs_hvp else None)
 
         def explicit():
-            if hessian is not None:
-                return hessian
-            if self.gauss_newton:
-                return matrix_from_hvp(hvp, adapter.n_params, adapter.dtype, adapter.device)
-            if theta is self.theta_hat and self._hessian_hat is not None:
-                # At the fitted model only the rows whose weight changed (the removed
-                # ones and the sparse up-weights) move the Hessian: a patch's first step
-                # costs a pass over those rows instead of over all n.
-                changed = torch.nonzero(weights != self.s).flatten()
-                if len(changed) == 0:
-                    return self._hessian_hat
-                return self._hessian_hat + hessian_matrix(
-                    adapter, theta, self.X[changed], self.y[changed],
-                    (weights - self.s)[changed], self.n, n_jobs=self.n_jobs,
-                    with_penalty=False)
-            H = hessian_matrix(adapter, theta, self.X, self.y, weights, self.n,
-                               n_jobs=self.n_jobs)
-            if theta is self.theta_hat and weights is self.s:
-                self._hessian_hat = H
-            return H
+            return hessian if hessian is not None else self.hessian(theta, weights, hvp)
 
         return make_inverse(self.hessian_kind, p=adapter.n_params, dtype=adapter.dtype,
                             device=adapter.device, hessian=explicit, hvp=hvp,
@@ -257,6 +243,31 @@ class Problem:
                             kronecker=lambda: EKFACInverse(adapter, theta, self.X, self.y,
                                                            weights, self.n,
                                                            damping=self.damping))
+
+    def hessian(self, theta, weights, hvp=None):
+        """The explicit p x p curvature of ``J_w`` at theta: the Gauss-Newton matrix
+        (from ``hvp`` where given) where configured, else the exact Hessian."""
+        adapter = self.adapter
+        if self.gauss_newton:
+            hvp = hvp or hvp_function(adapter, theta, self.X, self.y, weights, self.n,
+                                      gauss_newton=True)
+            return matrix_from_hvp(hvp, adapter.n_params, adapter.dtype, adapter.device)
+        if theta is self.theta_hat and self._hessian_hat is not None:
+            # At the fitted model only the rows whose weight changed (the removed ones
+            # and the sparse up-weights) move the Hessian: a patch's first step costs a
+            # pass over those rows instead of over all n.
+            changed = torch.nonzero(weights != self.s).flatten()
+            if len(changed) == 0:
+                return self._hessian_hat
+            return self._hessian_hat + hessian_matrix(
+                adapter, theta, self.X[changed], self.y[changed],
+                (weights - self.s)[changed], self.n, n_jobs=self.n_jobs,
+                with_penalty=False)
+        H = hessian_matrix(adapter, theta, self.X, self.y, weights, self.n,
+                           n_jobs=self.n_jobs)
+        if theta is self.theta_hat and weights is self.s:
+            self._hessian_hat = H
+        return H
 
     def _dual_inverse(self, theta, weights):
         adapter = self.adapter
@@ -969,24 +980,9 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             net_scale.append(float(problem.grad(theta_hat, weights).norm()))
         tol = _NET_RTOL if rtol == _POLISH_RTOL else _NET_TRIAL_RTOL
         if not net_inverse:
-            # The reweighted objective's curvature at the fitted model (its Hessian
-            # updated over the rows whose weight changed): the removed rows no longer
-            # hold the directions they held, which the fitted curvature misses.
-            reweighted = (curvature(theta_hat, weights)
-                          if cheap_solve(problem.inverse_hat) else None)
-            # Where it is not convex there (damping="auto" had to shift it), its
-            # damped inverse is long along the directions of negative curvature: a
-            # step on it can cross into another basin of J_w than the warm retrain's
-            # (measured, 1,200-1,500-row tanh nets: a minimum 6e-4 higher, completeness
-            # 0.67; another 2.5e-2 lower, completeness 0.24 with no warning), where
-            # plain L-BFGS from the fitted model, the warm retrain's own path, reached
-            # 0.9999-1.0000 on both.  There the polish is plain L-BFGS.
-            plain = _indefinite(reweighted) or _indefinite(problem.inverse_hat)
-            net_inverse.append(None if plain else reweighted)
-            net_plain.append(plain)
-        polished = _lbfgs_polish(problem, theta, weights,
-                                 None if net_plain[0] else problem.inverse_hat,
-                                 precondition=net_inverse[0], watch=watch,
+            net_inverse.append(convex_curvature(weights))
+        polished = _lbfgs_polish(problem, theta, weights, precondition=net_inverse[0],
+                                 watch=watch,
                                  watch_tol=(_NET_OUTPUT_RTOL if rtol == _POLISH_RTOL
                                             else _NET_TRIAL_OUTPUT_RTOL),
                                  gtol=tol * net_scale[0],
@@ -998,10 +994,34 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             stopped.append(True)
         return polished.theta, inverse_last[0] if start is None else start
 
+    def convex_curvature(weights):
+        """The reweighted objective's inverse curvature at the fitted model (the
+        fitted Hessian updated over the rows whose weight changed: the removed rows no
+        longer hold the directions they held), where it is explicit and measured
+        positive semi-definite; else None.
+
+        Only such a curvature preconditions a network's polish: where it is
+        indefinite (as it often is once a cluster is removed), its damped inverse is
+        longest along the directions of negative curvature, and a step on it crossed
+        into other minima of J_w than the warm retrain's (measured: a 1,500-row skorch
+        net 6e-4 higher, completeness 0.67, and a numeric damping of 1e-6, 0.42, both
+        reported converged with no warning; the influence step on a CG solve of the
+        fitted curvature, whose Lanczos estimate called it convex, 0.41).  Without it
+        the polish is plain L-BFGS from the fitted model, the warm retrain's own path
+        (0.9999 on that net).  The positive part of that curvature, with the
+        diagonal's along its negative directions, did worse (0.56 on the test suite's
+        skorch net)."""
+        if problem.hessian_kind != "exact":
+            return None
+        H = problem.hessian(theta_hat, weights)
+        if not positive_semidefinite(H):
+            return None
+        return curvature(theta_hat, weights, at=theta_hat, hessian=H)
+
     # A network's Newton steps (n_steps of them, in the linearisations and in converge)
     # and its L-BFGS polish stop once converged, and all together at a wall-clock bound.
     deadline = time.monotonic() + MAX_PATCH_SECONDS
-    net_scale, polishes, net_inverse, net_plain = [], [], [], []
+    net_scale, polishes, net_inverse = [], [], []
     removed_rows = torch.as_tensor(np.flatnonzero(remove_mask), device=device)
 
     def removed_outputs(theta):
@@ -1147,10 +1167,13 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
                      and last_polish.reason == "converged")
         # The removal diagnostic of a network: the larger of the relative gradient and
         # the share of the removed rows' move still predicted where the polish ended.
-        residual[0] = max(relative_gradient,
-                          last_polish.remaining if converged else
-                          watch(theta, -(net_inverse[0] if net_inverse and net_inverse[0]
-                                         is not None else problem.inverse_hat).solve(g)))
+        if converged:
+            remaining = last_polish.remaining
+        elif net_inverse and net_inverse[0] is not None:
+            remaining = watch(theta, -net_inverse[0].solve(g))
+        else:  # no curvature trusted to predict the rest: the gradient's share alone
+            remaining = 0.0
+        residual[0] = max(relative_gradient, remaining)
         if polishes and polishes[-1].reason not in ("converged",):
             warnings.warn(
                 f"The patch's L-BFGS polish stopped on its {polishes[-1].reason} bound "
@@ -1506,33 +1529,24 @@ class PolishResult:
     remaining: float = float("inf")
 
 
-def _indefinite(inverse):
-    """Whether ``damping="auto"`` shifted this curvature for a negative eigenvalue."""
-    low = getattr(inverse, "min_eigenvalue", None)
-    return low is not None and low < 0 and inverse.damping > 0
-
-
 def cheap_solve(inverse):
     """Whether ``inverse.solve`` is a product with matrices at hand (the exact or the
     low-rank inverse), not an iterative solve of Hessian-vector products."""
     return hasattr(inverse, "matrix") or hasattr(inverse, "_vectors")
 
 
-def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
+def _lbfgs_polish(problem, theta, weights, *, gtol, max_iter, deadline,
                   precondition=None, watch=None, watch_tol=0.0):
     """Minimise ``J_w`` from ``theta`` by L-BFGS until ``||grad J_w|| <= gtol``,
     ``max_iter`` iterations, the wall-clock ``deadline``, or a line search that finds
     no decrease along the quasi-Newton direction nor along the gradient.
 
     With ``precondition`` (the reweighted objective's curvature at the fitted model,
-    where it is explicit) that is L-BFGS's initial matrix, until a step on it must be
-    cut below ``_PRECONDITION_MIN_STEP`` (then a scaled identity, as without it); its
-    line searches start at the step last accepted.  Without it, the first step is
-    the influence (Newton) step on the fitted curvature ``inverse`` (where given: not
-    where either curvature is indefinite, see ``patch``) where the
-    objective, measured, behaves as its quadratic model predicts (actual decrease at
-    least a quarter of the predicted, a trust-region test), else the gradient's, and
-    L-BFGS goes on from a scaled identity (the *fitted* curvature as its initial
+    where it is explicit and convex: see ``patch``) that is L-BFGS's initial matrix,
+    its first step the influence (Newton) step, until a step on it must be cut below
+    ``_PRECONDITION_MIN_STEP`` (then a scaled identity, as without it); its line
+    searches start at the step last accepted.  Without it, plain L-BFGS from a scaled
+    identity, the first step the gradient's (the *fitted* curvature as its initial
     matrix was tried and rejected: on a tanh MLP it converged, gradient 2e-3 of the
     removal's, into another basin than the warm retrain, completeness 0.09 against
     0.999 for plain L-BFGS).  Why L-BFGS for a
@@ -1553,11 +1567,6 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
     start_step = 1.0
     for iteration in range(max_iter):
         candidates = []
-        if first and not precondition and inverse is not None:
-            step = inverse.solve(g)
-            decrement = float(g @ step)
-            if decrement > 0:
-                candidates.append(("newton", -step, 0.5 * decrement))
         if pairs or precondition:
             q = g.clone()
             alphas = []
@@ -1573,17 +1582,20 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
             for (s_k, y_k, rho), a in zip(pairs, reversed(alphas)):
                 r += (a - rho * float(y_k @ r)) * s_k
             if float(g @ r) > 0:
-                candidates.append(("preconditioned" if precondition else "lbfgs", -r,
-                                   None))
+                candidates.append(("preconditioned" if precondition else "lbfgs", -r))
         # The gradient, first scaled to a unit step (as scipy's L-BFGS-B starts).
         candidates.append(("gradient", -g / max(float(g.norm()), 1e-300)
                            * (1.0 if first or not pairs else
-                              float(pairs[-1][0].norm())), None))
-        if float(g.norm()) <= gtol:
+                              float(pairs[-1][0].norm()))))
+        # The first plain step has no curvature to size the step the watch reads: it
+        # is taken (a pair follows) unless there is no gradient at all.
+        informed = bool(pairs) or precondition is not None
+        if float(g.norm()) <= gtol and (informed or float(g.norm()) == 0.0):
             # A small gradient is not enough where the objective is flat (the region
             # the removed rows leave): the step still predicted must move the
             # watched outputs by a negligible share of what the patch moved them.
-            remaining = 0.0 if watch is None else watch(theta, candidates[0][1])
+            remaining = (0.0 if watch is None or not informed
+                         else watch(theta, candidates[0][1]))
             if remaining <= watch_tol:
                 reason = "converged"
                 break
@@ -1596,7 +1608,7 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
             reason = "pass"
             break
         accepted = None
-        for kind, direction, predicted in candidates:
+        for kind, direction in candidates:
             slope = float(g @ direction)
             # A quasi-Newton step starts where the last one was accepted (doubled where
             # that one passed at once): a preconditioned direction is often 2-4x too
@@ -1612,8 +1624,6 @@ def _lbfgs_polish(problem, theta, weights, inverse, *, gtol, max_iter, deadline,
                 t /= 2
             else:
                 continue
-            if kind == "newton" and not (t == 1.0 and J - J_new >= 0.25 * predicted):
-                continue  # outside the quadratic model's region: not a local step
             if kind == "preconditioned" and t < _PRECONDITION_MIN_STEP:
                 # The curvature's step had to be cut far: the objective is not near
                 # its quadratic model at that scale (a ReLU net's kinks, which its

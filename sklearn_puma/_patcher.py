@@ -870,18 +870,20 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         per step of a retrain from scratch: its own objective (not tilted, even where
         the fit stopped short of an optimum: a tilted net objective is unbounded below
         along the unpenalised intercepts) is minimised from the fitted model by
-        L-BFGS whose initial curvature is the reweighted Hessian at the fitted model
-        (the fitted Hessian updated over the rows whose weight changed) when it is
-        explicit (up to 3,000 parameters) and convex, its quasi-Newton pairs
-        correcting it as the patch moves; where a step on that curvature must be
-        cut below 1/16 by the line search (a ReLU net's kinks, which its Hessian does
-        not see), or where the curvature is an iterative solver, L-BFGS goes on from a
-        scaled identity.  Where that Hessian, or the fitted one, is indefinite (a
-        removed cluster often leaves it so), the patch is plain L-BFGS from the fitted
-        model, the warm retrain's own path: a step on the damped inverse, long along
-        the negative directions, crossed into other minima (a skorch net: 6e-4
-        higher than the warm retrain's, completeness 0.67, with no warning; plain:
-        0.9999). The line search only accepts steps that lower the
+        L-BFGS.  Its initial curvature, and so its first step the influence step, is
+        the reweighted Hessian at the fitted model (the fitted Hessian updated over
+        the rows whose weight changed) only where that is explicit (up to 3,000
+        parameters) and measured positive semi-definite, its quasi-Newton pairs
+        correcting it as the patch moves (where a step on it must be cut below 1/16
+        by the line search, a ReLU net's kinks that its Hessian does not see,
+        L-BFGS goes on from a scaled identity).  Elsewhere (indefinite, as a removed
+        cluster often leaves it, or solved iteratively: "cg", "lowrank", "ekfac")
+        the patch is plain L-BFGS from the fitted model, the warm retrain's own
+        path: a step on a damped indefinite inverse, long along the negative
+        directions, crossed into other minima (a skorch net: 6e-4 higher than the
+        warm retrain's, completeness 0.67, reported converged; plain: 0.9999), and
+        so did the influence step on a CG solve whose Lanczos estimate called the
+        curvature convex (0.41).  The line search only accepts steps that lower the
         reweighted objective, so a non-convex objective is descended, never climbed.
         It stops when the reweighted gradient is 1e-4 of its norm at the fitted model
         *and* a further step would move the removed rows' predictions by under 1% of
@@ -889,7 +891,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         objective is flat). Neither test tells two stationary points of a flat
         objective apart: a 2,000-row tanh MLP passed both at 0.73 of the way.
         Measured (``tests/test_network_removal.py``): completeness against the warm
-        retrain 0.9996-1.0000 on tanh MLPClassifier, MLPRegressor, skorch and Palmer
+        retrain 0.9994-1.0000 on tanh MLPClassifier, MLPRegressor, skorch and Palmer
         penguins nets; on another CPU the classifier's warm retrain ended in a
         different minimum (completeness 0.62), higher than the patch's (a retrain
         from the patch stays there): the reweighted objective of a net is not convex,
