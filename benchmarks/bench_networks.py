@@ -134,6 +134,24 @@ def warm_retrain(model, X, y, weights, n_features, maxiter=3000):
         float(np.abs(result.jac).max())
 
 
+def trained_to_optimum(est, X, y, maxiter=3000):
+    """``(model, its largest gradient entry, trainer seconds, drive seconds)``: ``est``
+    fitted by its own trainer (torch seeded), then driven on to a tight optimum of its
+    objective (``warm_retrain`` on unit weights), as influence assumes a model is: the
+    trainers stop on their iteration bounds or epochs first."""
+    torch.manual_seed(0)
+    fitted, t_train = timed(lambda: clone(est).fit(X, y))
+    (model, gradient), t_drive = timed(lambda: warm_retrain(
+        fitted, X, y, np.ones(len(X)), X.shape[1], maxiter=maxiter))
+    return model, gradient, t_train, t_drive
+
+
+def objective_at(J, model, n_features):
+    """``J(theta)`` at ``model``'s parameters, as a float."""
+    with torch.no_grad():
+        return float(J(make_adapter(model, n_features=n_features).theta))
+
+
 def adapter_y(model, y):
     # skorch takes the labels as given; scikit-learn's MLP encodes them itself.
     return y
@@ -156,9 +174,7 @@ def run_case(name, est, model, removal, remove, X, y, X_test, y_test, rows):
     # Retrained from scratch as the model itself was made: the trainer, then driven on
     # to a tight optimum (without the second half the retrain's membership AUC is that
     # of a net short of its optimum, which the patch, patching an optimum, never is).
-    trained, t_train = timed(lambda: clone(est).fit(X[kept], y[kept]))
-    (retrained, _), t_drive = timed(lambda: warm_retrain(
-        trained, X[kept], y[kept], np.ones(int(kept.sum())), n_features))
+    retrained, _, t_train, t_drive = trained_to_optimum(est, X[kept], y[kept])
     t_retrain = t_train + t_drive
     puma = PumaPatcher(FrozenEstimator(model))
     with warnings.catch_warnings(record=True) as caught:
@@ -185,9 +201,8 @@ def run_case(name, est, model, removal, remove, X, y, X_test, y_test, rows):
     # convex, and the two can settle in different minima (a lower J_w at the patch is
     # then no partial removal, whatever the completeness says).
     _, J = reweighted_objective(model, X, y, puma.sample_weight_, n_features)
-    with torch.no_grad():
-        J_patch = float(J(make_adapter(puma.estimator_, n_features=n_features).theta))
-        J_warm = float(J(make_adapter(warm, n_features=n_features).theta))
+    J_patch = objective_at(J, puma.estimator_, n_features)
+    J_warm = objective_at(J, warm, n_features)
     auc = {label: member_auc(m, X[remove], y[remove], X_test, y_test)
            for label, m in (("original", model), ("patch", puma), ("retrain", retrained),
                             ("warm", warm))}
@@ -374,15 +389,12 @@ def main():
             skipped += [(name, r) for r in args.removals]
             continue
         est = nets[name]
-        torch.manual_seed(0)
-        model, t_fit = timed(lambda: clone(est).fit(X, y))
+        # Driven on to a tight optimum after its trainer, so that the warm retrain
+        # moves it by the removal only, not also by the rest of the fit's convergence
+        # (which the patch, stopping relative to the removal's gradient, does not
+        # chase as far).
+        model, fit_grad, t_fit, _ = trained_to_optimum(est, X, y)
         adapter = make_adapter(model, n_features=X.shape[1])
-        # The trainer stops on its iteration bound at this size (scikit-learn warns):
-        # driven on to a tight optimum of its own objective, as influence assumes, so
-        # that the warm retrain moves it by the removal only, not also by the rest of
-        # the fit's convergence (which the patch, stopping relative to the removal's
-        # gradient, does not chase as far).
-        model, fit_grad = warm_retrain(model, X, y, np.ones(len(X)), X.shape[1])
         print(f"{name}: one hidden layer of {args.hidden} tanh units, "
               f"{adapter.n_params} parameters, {args.n} rows: fit {t_fit:.1f}s, then "
               f"driven to a gradient of {fit_grad:.1e}", flush=True)

@@ -25,23 +25,24 @@ with the figure, or a lower minimum) in at most 0.5x the retrain from scratch.
 """
 
 import argparse
-import time
 import warnings
 
 import numpy as np
 import torch
 from bench_networks import (  # benchmarks/ is on the path of a script run here
+    TanhMLP,
+    objective_at,
     reweighted_objective,
+    timed,
+    trained_to_optimum,
     warm_retrain,
 )
-from sklearn.base import clone
 from sklearn.datasets import make_classification, make_moons, make_regression
 from sklearn.frozen import FrozenEstimator
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_puma import PartialRemovalWarning, PumaPatcher
-from sklearn_puma._adapters import make_adapter
 
 
 def near_rows(X, fraction, seed):
@@ -50,17 +51,6 @@ def near_rows(X, fraction, seed):
     mask = np.zeros(len(X), dtype=bool)
     mask[np.argsort(np.linalg.norm(X - centre, axis=1))[: int(round(fraction * len(X)))]] = 1
     return mask
-
-
-class TanhMLP(torch.nn.Module):
-    def __init__(self, n_features, n_classes, hidden):
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(n_features, hidden, dtype=torch.float64), torch.nn.Tanh(),
-            torch.nn.Linear(hidden, n_classes, dtype=torch.float64))
-
-    def forward(self, X):
-        return self.net(X)
 
 
 def cases():
@@ -105,32 +95,17 @@ def cases():
                                train_split=None, verbose=0), X, y, near_rows(X, 0.05, 4))
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
 # scipy L-BFGS iterations at most, driving a net to its optimum (a tanh net here
 # reaches a gradient of 1e-8 in 1,000-3,000; a ReLU net's kinks stall it near 1e-3).
 DRIVE_ITERATIONS = 5000
 
 
 def made(est, X, y):
-    """``(model, its largest gradient entry, trainer seconds, drive seconds)``: fitted,
-    then driven to its optimum."""
-    torch.manual_seed(0)
+    """The net as influence assumes it: ``trained_to_optimum``, the trainers'
+    convergence notes silenced."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the trainers' convergence notes
-        fitted, t_train = timed(lambda: clone(est).fit(X, y))
-    (model, gradient), t_drive = timed(lambda: warm_retrain(
-        fitted, X, y, np.ones(len(X)), X.shape[1], maxiter=DRIVE_ITERATIONS))
-    return model, gradient, t_train, t_drive
-
-
-def objective_at(J, model, n_features):
-    with torch.no_grad():
-        return float(J(make_adapter(model, n_features=n_features).theta))
+        warnings.simplefilter("ignore")
+        return trained_to_optimum(est, X, y, maxiter=DRIVE_ITERATIONS)
 
 
 def outputs(model, X):

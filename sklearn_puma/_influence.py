@@ -1529,12 +1529,6 @@ class PolishResult:
     remaining: float = float("inf")
 
 
-def cheap_solve(inverse):
-    """Whether ``inverse.solve`` is a product with matrices at hand (the exact or the
-    low-rank inverse), not an iterative solve of Hessian-vector products."""
-    return hasattr(inverse, "matrix") or hasattr(inverse, "_vectors")
-
-
 def _lbfgs_polish(problem, theta, weights, *, gtol, max_iter, deadline,
                   precondition=None, watch=None, watch_tol=0.0):
     """Minimise ``J_w`` from ``theta`` by L-BFGS until ``||grad J_w|| <= gtol``,
