@@ -18,8 +18,9 @@ from ._names import CRITERION_NAMES, GROUP_CRITERIA
 
 DEFAULT_FLIP = 0.1
 MIN_ROWS = 20
-# Timings repeat while they are cheap: best of up to this many calls, within this budget.
-TIMING_REPEATS = 3
+# Timings repeat while they are cheap: best of up to this many calls of each side,
+# within this budget for both.
+TIMING_REPEATS = 50
 TIMING_BUDGET_S = 1.0
 
 # Task detection from the target column (``--task auto``). A whole-number target is a set
