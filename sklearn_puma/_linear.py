@@ -211,9 +211,11 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
     # Each worker thread writes its chunks' J_i V_r into one buffer of its own: a fresh
     # (b, K q) block per chunk and row, freed a moment later, is what glibc's malloc
     # keeps (its mmap threshold rises to the size freed, and each thread's arena holds
-    # its own blocks): the resident set grew by 1.1-1.7x X.nbytes over this pass
-    # (multinomial K=10, 10^5 x 50; the whole valuing's peak 2.7-3.0x), where the
-    # chunks in flight hold a fifth of that.
+    # its own blocks).  Multinomial K=10, 10^5 x 50: the peak added while valuing was
+    # 2.2-3.0x X.nbytes (3.38 once), 1.1-2.7x with the buffers (six runs each), where
+    # the chunks in flight hold 0.5x.  (A malloc_trim after each threaded pass gave
+    # no clear further gain and made a 28,000-row patch 40% slower: the trimmed pages
+    # fault back in on the next pass.)
     buffers, dense = threading.local(), not isinstance(X, SparseRows)
 
     def part(sl):

@@ -284,29 +284,6 @@ def _imap_chunks(fn, n, size, n_jobs, thread_safe):
         finally:
             for _, future in pending:
                 future.cancel()
-            _return_freed_memory()
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None (another C library)."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return None
-
-
-def _return_freed_memory():
-    """Hands what a threaded pass freed back to the system.  glibc's malloc keeps the
-    blocks its worker threads freed in their own arenas (and, once a large block is
-    freed, serves blocks of that size from them rather than fresh mappings), so the
-    resident set grew pass after pass: valuing a multinomial model (K=10, 10^5 x 50)
-    peaked at 2.7-3.0x X.nbytes, 1.25-1.3x with those mappings kept fixed."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _apply(fn, sl):
