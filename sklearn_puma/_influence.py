@@ -7,6 +7,7 @@ Everything here works on flat parameter vectors and an adapter's pure functions
 import functools
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -1376,6 +1377,11 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
     # A Newton step whose sufficient decrease (Armijo) is tested by the next pass, which
     # gives the objective with the gradient: (start, J there, direction, slope, t).
     pending, decrement = None, float("nan")
+    back = None  # the last chord step: (from, direction, slope there)
+    # Secant pairs (s, y, 1 / s^T y) of the steps since the last rebuild: the chord
+    # steps are taken as L-BFGS steps whose initial inverse is the chord curvature
+    # rather than a scalar, so they pick up how the curvature changed along the way.
+    pairs, last = deque(maxlen=_CHORD_MEMORY), None
     line_search = not problem.adapter.quadratic
     # Where the Hessian can come with the gradient from one pass (a model in closed
     # form) and its Gram costs less than a call's fixed cost (a few hundred or thousand
@@ -1410,7 +1416,30 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
                 theta = start - (t / 2) * direction
                 continue
             pending = None
-        decrement = float(g @ inverse.solve(g))
+        chord = inverse.solve(g)
+        decrement = float(g @ chord)
+        if previous is not None and back is not None and decrement > previous \
+                and line_search:
+            # A chord step that raised the decrement overshot: the curvature it used
+            # (the fitted model's, nearly flat along a saturated softmax) no longer
+            # holds a full step away.  Rebuilt where it landed, the Newton steps had to
+            # crawl back (digits, C=100, 1% removed: the decrement 1e-3 -> 147, which
+            # also became the scale the tolerance is relative to; then 11 halvings and
+            # 10 rebuilds of the 650 x 650 curvature).  Instead the step is halved
+            # from where it started, under a Newton step's sufficient-decrease test.
+            start, direction, slope = back
+            back = None
+            pairs.clear()
+            pending = (start, problem.objective(start, weights), direction, slope, 0.5)
+            theta = start - 0.5 * direction
+            continue
+        back = None
+        if last is not None:
+            step, change = theta - last[0], g - last[1]
+            curvature = float(step @ change)
+            if curvature > 0:
+                pairs.append((step, change, 1.0 / curvature))
+        last = (theta, g)
         first = decrement if first is None else max(first, decrement)
         # Mean-form objectives are O(1): a decrement of 1e-24 is rounding noise.
         if decrement <= rtol**2 * first or decrement <= 1e-24:
@@ -1419,7 +1448,7 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
             rate = decrement / previous
             still_needed = (np.log(rtol**2 * first / decrement) / np.log(rate)
                             if 0 < rate < 1 else np.inf)
-            if rate > 0.25 or still_needed > rebuild_cost + 2:
+            if still_needed > rebuild_cost + 2:
                 if rebuilt and rate > 0.25 and decrement <= 1e-12 * first:
                     # A step on the exact curvature did not contract a gradient already
                     # a millionth of the first: it is at the rounding floor of its sum
@@ -1430,6 +1459,7 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
                     g, J, H = problem.grad(theta, weights, with_hessian=True)
                 inverse = (problem.inverse if rebuild is None else rebuild)(
                     theta, weights, hessian=H)
+                pairs.clear()  # the new curvature holds what they said, and more
                 direction = inverse.solve(g)
                 previous, rebuilt = float(g @ direction), True
                 if previous > 0 and line_search:
@@ -1440,12 +1470,35 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
                 theta = theta - direction
                 continue
         previous, rebuilt = decrement, False
-        theta = theta - inverse.solve(g)
+        direction = _two_loop(g, pairs, inverse.solve) if pairs else chord
+        slope = float(g @ direction)
+        if not slope > 0:  # (rounding: the pairs' curvature is positive)
+            direction, slope = chord, decrement
+        back = (theta, direction, slope)
+        theta = theta - direction
     warnings.warn(
         f"The patch's polishing steps stopped after {max_iter} with a Newton decrement "
         f"of {decrement / first:.3g} of the first: the patch is close to, not at, the "
         "optimum for sample_weight_.", SolverWarning, stacklevel=4)
     return theta, inverse, first, decrement
+
+
+# Secant pairs an L-BFGS chord step keeps.
+_CHORD_MEMORY = 8
+
+
+def _two_loop(g, pairs, solve):
+    """L-BFGS's two-loop recursion: ``g`` times the inverse curvature that starts at
+    ``solve`` and is updated by the secant ``pairs`` (oldest first)."""
+    q, scales = g, []
+    for step, change, rho in reversed(pairs):
+        a = rho * float(step @ q)
+        scales.append(a)
+        q = q - a * change
+    r = solve(q)
+    for (step, change, rho), a in zip(pairs, reversed(scales)):
+        r = r + (a - rho * float(change @ r)) * step
+    return r
 
 
 # A call's fixed cost in flops (the torch and Python overheads of a pass, about 20 us):
