@@ -13,7 +13,8 @@ of one class), with the default ``delta``:
   refit on ``sample_weight_`` by the same estimator with ``tol=1e-12`` (the ground
   truth; for LogisticRegression its lbfgs still stops 1e-5 to 1e-4 from the optimum);
 * ``patch/refit``: the patch's wall time over the user's estimator refitted on
-  ``sample_weight_``, best of three each, taken in turn, one thread for both;
+  ``sample_weight_``, best of three each, taken in turn, one thread for both (BLAS
+  and PUMA's passes: ``n_jobs=1``);
 * ``eta_``, how many rows were up-weighted, and any warning.
 
 The last lines give the median and range of the time ratios and the worst errors.
@@ -74,7 +75,7 @@ def run_case(table, name, estimator, truth, X, y, classes):
                                   np.random.default_rng(0)).items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            puma = PumaPatcher(estimator).fit(X, y)
+            puma = PumaPatcher(estimator, n_jobs=1).fit(X, y)
             puma.patch(mask)
             patch_s, refit_s = _best_in_turn(
                 lambda: puma.patch(mask),

@@ -441,14 +441,15 @@ def run(args, stream, source, progress):
 
         progress(f"patching out the first {k} rows of the ranking, timed against a refit")
         try:
-            puma.patch(suspects)  # sample_weight_, which the refit reads
+            # Each round patches before it refits on the sample_weight_ it gives.
+            (patch_time, patch_calls, _), (refit_time, _, refit) = _best_times(
+                lambda: puma.patch(suspects),
+                lambda: clone(estimator).fit(X_fit, y_fit,
+                                             sample_weight=puma.sample_weight_),
+            )
         except ValueError as exc:
             raise CLIError(f"cannot patch out the first {k} rows of the ranking: {exc}"
                            ) from None
-        (patch_time, patch_calls, _), (refit_time, _, refit) = _best_times(
-            lambda: puma.patch(suspects),
-            lambda: clone(estimator).fit(X_fit, y_fit, sample_weight=puma.sample_weight_),
-        )
     # Each timing repeat warns alike: keep one copy of each message.
     notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     notes += _many_categories(table.X, fit, args.preprocess)

@@ -1370,10 +1370,11 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
     Armijo test is made on the objective the next gradient pass gives) where the steps
     still needed at the measured rate would cost more than the rebuild and the step or
     two that follow it (``_rebuild_cost``): a small patch never pays for a Hessian, a
-    large one (a weakly regularised model moving far) gets Newton's rate.  (Rebuilding
-    also wherever a step contracted by less than 4x made the rounds of a 10% removal
-    from digits, 650 parameters, rebuild twice each, at 55 gradient passes a rebuild.)
-    A warning gives the figure if ``max_iter`` is reached."""
+    large one (a weakly regularised model moving far) gets Newton's rate.  A warning
+    gives the figure if ``max_iter`` is reached."""
+    # (Rebuilding also wherever a step contracted by less than 4x, as chord steps did,
+    # made each round of a 10% removal from digits, 650 parameters, rebuild twice, at
+    # 55 gradient passes a rebuild.)
     first, previous = scale or None, None
     rebuilt = False
     rebuild_cost = _rebuild_cost(problem.n, problem.adapter.n_params)
@@ -1422,7 +1423,7 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
         chord = inverse.solve(g)
         decrement = float(g @ chord)
         if previous is not None and back is not None and decrement > previous \
-                and line_search:
+                and line_search and decrement > 1e-12 * first:
             # A chord step that raised the decrement overshot: the curvature it used
             # (the fitted model's, nearly flat along a saturated softmax) no longer
             # holds a full step away.  Rebuilt where it landed, the Newton steps had to
@@ -1440,7 +1441,9 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
         if last is not None:
             step, change = theta - last[0], g - last[1]
             curvature = float(step @ change)
-            if curvature > 0:
+            # (Relative: a pair from a step at rounding level is noise, its 1/s^T y
+            # huge.)
+            if curvature > 1e-10 * float(step.norm() * change.norm()):
                 pairs.append((step, change, 1.0 / curvature))
         last = (theta, g)
         first = decrement if first is None else max(first, decrement)
@@ -1451,12 +1454,14 @@ def _chord_polish(problem, theta, weights, inverse, rtol=_POLISH_RTOL, max_iter=
             rate = decrement / previous
             still_needed = (np.log(rtol**2 * first / decrement) / np.log(rate)
                             if 0 < rate < 1 else np.inf)
-            if still_needed > rebuild_cost + 2:
-                if rebuilt and rate > 0.25 and decrement <= 1e-12 * first:
-                    # A step on the exact curvature did not contract a gradient already
-                    # a millionth of the first: it is at the rounding floor of its sum
-                    # over the rows, the optimum reached.
-                    return theta, inverse, first, decrement
+            # A step that did not contract a gradient already a millionth of the
+            # first may be at the rounding floor of its sum over the rows: after a
+            # step on the exact curvature it is (the optimum reached); after another,
+            # the curvature is rebuilt to tell.
+            floor = rate > 0.25 and decrement <= 1e-12 * first
+            if floor and rebuilt:
+                return theta, inverse, first, decrement
+            if floor or still_needed > rebuild_cost + 2:
                 if fused and H is None:
                     # The Hessian and the line search's objective from one pass.
                     g, J, H = problem.grad(theta, weights, with_hessian=True)

@@ -57,8 +57,8 @@ def _rmatmul_chunk(X, R, intercept):
 
 
 def design_matmul(X, B, intercept, out=None):
-    """``[X, 1] @ B`` for B of shape (d + intercept, q); into ``out`` (b, q) where given
-    and X is dense."""
+    """``[X, 1] @ B`` for B of shape (d + intercept, q), written into ``out`` (b, q)
+    where X is dense; for sparse X ``out`` is ignored: use the result."""
     d = X.shape[1]
     if isinstance(X, SparseRows):
         return X @ B[:d] + B[d] if intercept else X @ B
@@ -81,6 +81,25 @@ def _gram_chunk(Xn, wn):
             np.multiply(Xn[part], np.sqrt(sign * wn[part])[:, None], out=A)
         G += sign * (A.T @ A)
     return G
+
+
+class _ThreadBuffers:
+    """One scratch tensor per thread, grown as needed and reused by each chunk the
+    thread runs.  Pickled empty: a chunk function sent to another process (a Dask
+    worker) carries no thread-local state, and each worker's threads make their own."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __reduce__(self):
+        return type(self), ()
+
+    def rows(self, n, width, like):
+        """This thread's (n, width) scratch tensor, of ``like``'s dtype and device."""
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or len(buffer) < n or buffer.shape[1] != width:
+            buffer = self._local.buffer = like.new_empty(n, width)
+        return buffer[:n]
 
 
 def design_gram(X, w, intercept):
@@ -216,14 +235,11 @@ def loo_second_order(problem, H_inv, G_C, H_C, X, y, weights, leverage_corrected
     # the chunks in flight hold 0.5x.  (A malloc_trim after each threaded pass gave
     # no clear further gain and made a 28,000-row patch 40% slower: the trimmed pages
     # fault back in on the next pass.)
-    buffers, dense = threading.local(), not isinstance(X, SparseRows)
+    buffers, dense = _ThreadBuffers(), not isinstance(X, SparseRows)
 
     def part(sl):
         values = []
-        rows = sl.stop - sl.start
-        if dense and (getattr(buffers, "Z", None) is None or len(buffers.Z) < rows):
-            buffers.Z = X.new_empty(rows, K * q)
-        out = buffers.Z[:rows] if dense else None
+        out = buffers.rows(sl.stop - sl.start, K * q, X) if dense else None
         for r, (stacked, lam, g) in enumerate(rotations):
             Z = design_matmul(X[sl], stacked, adapter.fit_intercept, out=out
                               ).reshape(-1, K, q)

@@ -40,12 +40,16 @@ def test_values_and_patch_on_a_local_cluster_equal_serial(client, estimator):
 
     with distributed.get_task_stream(client) as stream, joblib.parallel_config("dask"):
         on_cluster = PumaPatcher(estimator).fit(X, y)
+        # values_ is computed on first read: read here, its passes run on the cluster
+        # (read after the block they ran locally, and a leave-one-out chunk function
+        # that could not be sent to a worker went unnoticed).
+        values = on_cluster.values_
         on_cluster.patch(removed)
     workers = {task["worker"] for task in stream.data}
     assert len(stream.data) >= 10 and len(workers) == 2
 
     scale = np.abs(serial.values_).max()
-    np.testing.assert_allclose(on_cluster.values_, serial.values_, rtol=0,
+    np.testing.assert_allclose(values, serial.values_, rtol=0,
                                atol=1e-12 * scale)
     np.testing.assert_array_equal(on_cluster.sample_weight_, serial.sample_weight_)
     coef = serial.estimator_.coef_
