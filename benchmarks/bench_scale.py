@@ -7,7 +7,9 @@ For each case, in one process with the same thread settings on both sides:
 * peak memory added while valuing, as a multiple of ``X.nbytes`` (the resident set
   sampled every millisecond in a fresh subprocess that holds only X and the model);
 * patch / refit: ``patch`` of 1% of the rows against the same estimator refitted on
-  ``sample_weight_`` (LogisticRegression and Ridge).
+  ``sample_weight_`` (LogisticRegression and Ridge), and the command line's demo
+  (``sklearn-puma``) with 1% removed and with its own removal (the 10% of the rows
+  most likely mislabelled), as the demo times them.
 
 Each timing is the best of ``--repeats`` after one warm-up call on small data (the
 one-off import and first-call costs of torch are not a per-fit cost).
@@ -151,6 +153,29 @@ def run_case(name, n, p, n_classes, kind, repeats, threads, patch):
     return row
 
 
+def command_line_demo(remove):
+    """The command line's demo (``sklearn-puma``, breast cancer) with ``--remove``:
+    its patch and its refit on ``sample_weight_``, as it times them (in turn, best of up
+    to 50 each, one BLAS thread for both)."""
+    import contextlib
+    import io
+
+    from sklearn_puma._cli import main as cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "run.json")
+        with contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            cli(["--remove", str(remove), "--quiet", "--output", path])
+        with open(path) as f:
+            summary = json.load(f)["summary"]
+    seconds = summary["seconds"]
+    return {"case": f"CLI demo, {remove:g} removed ({summary['removed']} rows)",
+            "n": summary["rows"]["fitted"], "patch_s": seconds["patch"],
+            "refit_s": seconds["refit"],
+            "patch/refit": seconds["patch"] / seconds["refit"], "eta": summary["eta"]}
+
+
 def kernels(n=1_000_000, p=100, repeats=3):
     """The measurement behind sklearn_puma._threads: ``X^T X`` of a tall X by
     OpenBLAS with its default threads, with one thread, and by PUMA's design_gram
@@ -199,9 +224,11 @@ def main(argv=None):
     header = ["case", "n", "fit_s", "values_s", "values/fit", "peak_added/X",
               "patch_s", "refit_s", "patch/refit", "eta"]
     print(" | ".join(header))
-    for case in cases:
-        row = run_case(*case[:5], repeats=args.repeats, threads=args.threads,
-                       patch=case[5])
+    rows = (run_case(*case[:5], repeats=args.repeats, threads=args.threads,
+                     patch=case[5]) for case in cases)
+    # The demo's own removal (the 10% most likely mislabelled) beside a 1% one.
+    demos = (command_line_demo(remove) for remove in (0.01, 0.1))
+    for row in (*rows, *demos):
         print(" | ".join(f"{row[h]:.3g}" if isinstance(row.get(h), float)
                          else str(row.get(h, "")) for h in header), flush=True)
 
