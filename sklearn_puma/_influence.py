@@ -1497,7 +1497,8 @@ _CHORD_MEMORY = 8
 
 def _two_loop(g, pairs, solve):
     """L-BFGS's two-loop recursion: ``g`` times the inverse curvature that starts at
-    ``solve`` and is updated by the secant ``pairs`` (oldest first)."""
+    ``solve`` and is updated by the secant ``pairs`` ``(s, y, 1 / s^T y)``, oldest
+    first (a linear patch's chord steps and a network's polish)."""
     q, scales = g, []
     for step, change, rho in reversed(pairs):
         a = rho * float(step @ q)
@@ -1623,19 +1624,13 @@ def _lbfgs_polish(problem, theta, weights, *, gtol, max_iter, deadline,
     for iteration in range(max_iter):
         candidates = []
         if pairs or precondition:
-            q = g.clone()
-            alphas = []
-            for s_k, y_k, rho in reversed(pairs):
-                a = rho * float(s_k @ q)
-                q -= a * y_k
-                alphas.append(a)
             if precondition:
-                r = precondition.solve(q)
+                initial = precondition.solve
             else:
-                s_k, y_k, rho = pairs[-1]
-                r = q / (rho * float(y_k @ y_k))  # gamma = s.y / y.y
-            for (s_k, y_k, rho), a in zip(pairs, reversed(alphas)):
-                r += (a - rho * float(y_k @ r)) * s_k
+                _, y_k, rho = pairs[-1]
+                scale = rho * float(y_k @ y_k)  # 1 / gamma, gamma = s.y / y.y
+                initial = functools.partial(torch.div, other=scale)
+            r = _two_loop(g, pairs, initial)
             if float(g @ r) > 0:
                 candidates.append(("preconditioned" if precondition else "lbfgs", -r))
         # The gradient, first scaled to a unit step (as scipy's L-BFGS-B starts).
