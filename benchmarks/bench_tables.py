@@ -1,10 +1,10 @@
 """Linear patches against refits on ``sample_weight_``, across real tables.
 
-Run: python benchmarks/bench_tables.py [--tables penguins fair ...]
+Run: python benchmarks/bench_tables.py [--threads default|one] [--tables penguins fair ...]
 (needs the benchmarks extra: ``pip install ".[benchmarks]"``)
 
-For each table (the real tables of ``bench_mislabel.py``, shipped offline by
-scikit-learn and other packages, plus diabetes), each model (LogisticRegression at
+For each table (``_tables.py``: the real tables shipped offline by scikit-learn
+and other packages, plus diabetes), each model (LogisticRegression at
 C = 1, 0.01 and 100; Ridge and LinearRegression predicting the first feature from the
 others) and each removal (1% and 10% at random, a 5% cluster around a random row, 30%
 of one class), with the default ``delta``:
@@ -13,27 +13,29 @@ of one class), with the default ``delta``:
   refit on ``sample_weight_`` by the same estimator with ``tol=1e-12`` (the ground
   truth; for LogisticRegression its lbfgs still stops 1e-5 to 1e-4 from the optimum);
 * ``patch/refit``: the patch's wall time over the user's estimator refitted on
-  ``sample_weight_``, best of three each, taken in turn, one thread for both (BLAS
-  and PUMA's passes: ``n_jobs=1``);
+  ``sample_weight_``, taken in turn as the command line times them (best of up to 50
+  each within a second), with the threads a user gets (``--threads one``: BLAS,
+  OpenMP and PUMA's passes all on one thread, for both sides);
 * ``eta_``, how many rows were up-weighted, and any warning.
 
 The last lines give the median and range of the time ratios and the worst errors.
 """
 
 import argparse
-import time
+import contextlib
 import warnings
 
 import numpy as np
-from bench_mislabel import TABLES  # benchmarks/ is on the path of a script run here
 from sklearn.base import clone
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from _tables import TABLES  # benchmarks/ is on the path of a script run here
 from sklearn_puma import PumaPatcher
 from sklearn_puma._adapters import make_adapter
+from sklearn_puma._demo import _best_times
 
 
 def _theta(estimator):
@@ -59,25 +61,15 @@ def removals(X, y, rng):
     return masks
 
 
-def _best_in_turn(*funcs, repeats=3):
-    best = [np.inf] * len(funcs)
-    for _ in range(repeats):
-        for i, func in enumerate(funcs):
-            start = time.perf_counter()
-            func()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
-
-
-def run_case(table, name, estimator, truth, X, y, classes):
+def run_case(table, name, estimator, truth, X, y, classes, n_jobs):
     rows = []
     for removal, mask in removals(X, y if classes else None,
                                   np.random.default_rng(0)).items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            puma = PumaPatcher(estimator, n_jobs=1).fit(X, y)
-            puma.patch(mask)
-            patch_s, refit_s = _best_in_turn(
+            puma = PumaPatcher(estimator, n_jobs=n_jobs).fit(X, y)
+            # Timed as the command line times them: in turn, best of up to 50 each.
+            (patch_s, _, _), (refit_s, _, _) = _best_times(
                 lambda: puma.patch(mask),
                 lambda: clone(estimator).fit(X, y, sample_weight=puma.sample_weight_))
         refit = clone(truth).fit(X, y, sample_weight=puma.sample_weight_)
@@ -102,9 +94,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", nargs="+", default=[t for t in TABLES
                                                         if t != "two moons"])
+    parser.add_argument("--threads", choices=["default", "one"], default="default")
     args = parser.parse_args()
+    one = args.threads == "one"
+    n_jobs = 1 if one else None
+    print(f"threads: {args.threads}")
     rows = []
-    with threadpool_limits(1):
+    with threadpool_limits(1) if one else contextlib.nullcontext():
         for table in args.tables:
             X, y = TABLES[table]()
             _, y = np.unique(y, return_inverse=True)
@@ -112,13 +108,15 @@ def main():
             for C in (1.0, 0.01, 100.0):
                 rows += run_case(table, f"LR C={C:g}", LogisticRegression(C=C, max_iter=1000),
                                  LogisticRegression(C=C, tol=1e-12, max_iter=100_000),
-                                 X, y, classes=True)
+                                 X, y, classes=True, n_jobs=n_jobs)
             for name, model in (("Ridge", Ridge(alpha=1.0)), ("LinReg", LinearRegression())):
-                rows += run_case(table, name, model, model, X[:, 1:], X[:, 0], classes=False)
+                rows += run_case(table, name, model, model, X[:, 1:], X[:, 0], classes=False,
+                                 n_jobs=n_jobs)
         X, y = load_diabetes(return_X_y=True)
         X, y = StandardScaler().fit_transform(X), (y - y.mean()) / y.std()
         for name, model in (("Ridge", Ridge(alpha=1.0)), ("LinReg", LinearRegression())):
-            rows += run_case("diabetes", name, model, model, X, y, classes=False)
+            rows += run_case("diabetes", name, model, model, X, y, classes=False,
+                             n_jobs=n_jobs)
     ratios = np.array([r["ratio"] for r in rows])
     # A patch that warned (a fitted model short of its optimum, say: the patch is
     # then that of a tilted objective, and a retrain lands elsewhere, as it says) is
