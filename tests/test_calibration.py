@@ -25,10 +25,13 @@ is under-confident (ECE ~0.1, confidence capped near 0.9), and a patch against a
 clean validation set removes that (ECE 0.01-0.04, 64-90% lower, over seeds 0-9; clean
 accuracy within 0.01 on 9 of those 10 seeds, 0.019 lower on seed 4). Measured against
 the noisy labels, that patched net then looks worse (ECE 0.06-0.09): it is calibrated to
-the true labels, no longer to the noise.
+the true labels, no longer to the noise.  That fix is asserted of the last-layer patch,
+which converges (seed 0: ECE 0.095 -> 0.021); this ReLU net's all-parameter patch does
+not (see the test), and only its honest report is asserted.
 """
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -36,7 +39,7 @@ from sklearn.datasets import make_moons
 from sklearn.frozen import FrozenEstimator
 from sklearn.neural_network import MLPClassifier
 
-from sklearn_puma import PumaPatcher
+from sklearn_puma import PartialRemovalWarning, PumaPatcher
 from sklearn_puma.metrics import expected_calibration_error
 
 N_TRAIN, N_VAL, N_TEST = 800, 200, 2000
@@ -113,8 +116,18 @@ def test_patch_calibrates_mlp_trained_on_asymmetric_label_noise(seed, parameters
     assert precision > 0.5
 
 
-def test_symmetric_label_noise_leaves_the_net_nearly_calibrated_on_noisy_labels():
-    """Symmetric 10% noise, reported honestly: on equally noisy labels nothing to fix."""
+@pytest.mark.parametrize("parameters", ["last_layer", "all"])
+def test_symmetric_label_noise_leaves_the_net_nearly_calibrated_on_noisy_labels(parameters):
+    """Symmetric 10% noise, reported honestly: on equally noisy labels nothing to fix.
+
+    The trusted-label fix is asserted of the last-layer patch, which converges (its
+    figures do not move with threads or optimiser settings: clean ECE 0.095 -> 0.021,
+    eta_ 1.0).  The all-parameter patch of this ReLU net does not converge (its polish
+    stops on the 2,000-iteration bound at a residual of 0.01-0.03, the full patch would
+    cost 0.014-0.020 of validation accuracy, and it is shortened to eta_ 0.002-0.09,
+    warned): how far that short step goes is decided by where the unconverged polish
+    stopped (L-BFGS memories of 10 to 200 pairs, one thread, measured: clean ECE 0.038
+    to 0.106), so only what it reports is asserted of it."""
     d = _experiment(0, "symmetric")
     rng = np.random.default_rng(100)
     y_val_noisy = _flip(d["y_val"], rng.choice(N_VAL, N_VAL // 10, replace=False))
@@ -124,9 +137,18 @@ def test_symmetric_label_noise_leaves_the_net_nearly_calibrated_on_noisy_labels(
     clean_before, clean_acc_before = _ece_acc(model, X_test, d["y_test"])
 
     def patched(y_val):
-        return PumaPatcher(FrozenEstimator(model), criterion=["ece", "accuracy"],
-                           remove="auto", delta=DELTA).fit(
-            d["X_train"], d["y_noisy"], eval_set=(d["X_val"], y_val))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            puma = PumaPatcher(FrozenEstimator(model), criterion=["ece", "accuracy"],
+                               remove="auto", delta=DELTA, parameters=parameters).fit(
+                d["X_train"], d["y_noisy"], eval_set=(d["X_val"], y_val))
+        # A patch shortened or unconverged says so, with the figure.
+        partial = [str(w.message) for w in caught
+                   if issubclass(w.category, PartialRemovalWarning)]
+        assert (puma.eta_ == 1.0 and puma.removal_residual_ <= 1e-4) or partial
+        if puma.eta_ < 1:
+            assert any(f"eta={puma.eta_:.3f}" in message for message in partial)
+        return puma
 
     # No trusted labels: the validation set is as noisy as the training set.
     untrusted = patched(y_val_noisy)
@@ -134,15 +156,15 @@ def test_symmetric_label_noise_leaves_the_net_nearly_calibrated_on_noisy_labels(
     # A trusted clean validation set.
     trusted = patched(d["y_val"])
     clean_after, clean_acc_after = _ece_acc(trusted, X_test, d["y_test"])
-    print(f"\n[symmetric 10% noise, seed 0] against noisy test labels: ECE "
-          f"{noisy_before:.3f} -> {noisy_after:.3f}, accuracy {noisy_acc_before:.3f} -> "
-          f"{noisy_acc_after:.3f} (noisy eval_set, eta_ = {untrusted.eta_:.2f}, "
-          f"{len(untrusted.removed_)} removed)")
-    print(f"[symmetric 10% noise, seed 0] against clean test labels: ECE "
-          f"{clean_before:.3f} -> {clean_after:.3f}, accuracy {clean_acc_before:.3f} -> "
-          f"{clean_acc_after:.3f} (trusted eval_set, eta_ = {trusted.eta_:.2f}, "
-          f"{len(trusted.removed_)} removed); ECE on noisy labels after it: "
-          f"{_ece_acc(trusted, X_test, y_test_noisy)[0]:.3f}")
+    print(f"\n[symmetric 10% noise, seed 0, parameters={parameters!r}] against noisy "
+          f"test labels: ECE {noisy_before:.3f} -> {noisy_after:.3f}, accuracy "
+          f"{noisy_acc_before:.3f} -> {noisy_acc_after:.3f} (noisy eval_set, eta_ = "
+          f"{untrusted.eta_:.3f}, {len(untrusted.removed_)} removed)")
+    print(f"[symmetric 10% noise, seed 0, parameters={parameters!r}] against clean test "
+          f"labels: ECE {clean_before:.3f} -> {clean_after:.3f}, accuracy "
+          f"{clean_acc_before:.3f} -> {clean_acc_after:.3f} (trusted eval_set, eta_ = "
+          f"{trusted.eta_:.3f}, {len(trusted.removed_)} removed); ECE on noisy labels "
+          f"after it: {_ece_acc(trusted, X_test, y_test_noisy)[0]:.3f}")
 
     # Nearly calibrated against equally noisy labels, and a patch does not change that
     # by more than a small margin (no improvement is claimed: there is little to gain).
@@ -151,5 +173,7 @@ def test_symmetric_label_noise_leaves_the_net_nearly_calibrated_on_noisy_labels(
     assert noisy_acc_after >= noisy_acc_before - DELTA
     # Against clean labels the net is under-confident, and trusted labels fix that.
     assert clean_before > 0.07
-    assert clean_after <= 0.7 * clean_before
+    if parameters == "last_layer":
+        assert trusted.eta_ == 1.0
+        assert clean_after <= 0.7 * clean_before
     assert clean_acc_after >= clean_acc_before - DELTA

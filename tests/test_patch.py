@@ -234,3 +234,50 @@ def test_patch_starts_from_the_fitted_model(breast_cancer):
     np.testing.assert_allclose(_theta(puma.estimator_), once)
     assert not np.allclose(once, base)
     np.testing.assert_array_equal(puma.removed_, np.flatnonzero(first))
+
+
+def _bfgs_inverse(H, pairs):
+    """The BFGS inverse update of ``H`` by the secant ``pairs``, oldest first."""
+    for s, y in pairs:
+        rho = 1 / (s @ y)
+        E = np.eye(len(s)) - rho * np.outer(s, y)
+        H = E @ H @ E.T + rho * np.outer(s, s)
+    return H
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_compact_lbfgs_inverse_is_the_bfgs_update_of_its_pairs(preconditioned):
+    """The network polish's compact L-BFGS inverse equals the BFGS inverse update
+    applied, pair after pair, to its initial matrix (the definition, written out as
+    p x p matrices here), after its memory has wrapped around; and, its
+    preconditioner dropped, to the update of the scaled identity."""
+    import torch
+
+    from sklearn_puma._influence import _CompactInverse
+
+    rng = np.random.default_rng(0)
+    p, memory = 30, 7
+    A = rng.normal(size=(p, p))
+    A = A @ A.T + np.eye(p)
+    P = rng.normal(size=(p, p))
+    P_inverse = np.linalg.inv(P @ P.T / p + np.eye(p))
+    initial = ((lambda v: torch.from_numpy(P_inverse) @ v) if preconditioned else None)
+    compact = _CompactInverse(memory, torch.zeros(p, dtype=torch.float64), initial)
+    pairs = []
+    for _ in range(3 * memory - 2):
+        s = rng.normal(size=p)
+        y = A @ s + 0.1 * rng.normal(size=p)  # not one fixed quadratic
+        if s @ y <= 0:
+            continue
+        compact.add(torch.from_numpy(s), torch.from_numpy(y))
+        pairs = (pairs + [(s, y)])[-memory:]
+    assert len(compact) == memory
+    g = rng.normal(size=p)
+    s, y = pairs[-1]
+    scaled_identity = (s @ y) / (y @ y) * np.eye(p)
+    expected = _bfgs_inverse(P_inverse if preconditioned else scaled_identity, pairs) @ g
+    for _ in range(1 + preconditioned):
+        np.testing.assert_allclose(compact.apply(torch.from_numpy(g)).numpy(), expected,
+                                   rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+        compact.drop_initial()
+        expected = _bfgs_inverse(scaled_identity, pairs) @ g
