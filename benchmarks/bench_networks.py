@@ -134,13 +134,17 @@ def warm_retrain(model, X, y, weights, n_features, maxiter=3000):
         float(np.abs(result.jac).max())
 
 
-def trained_to_optimum(est, X, y, maxiter=3000):
+def trained_to_optimum(est, X, y, maxiter=3000, seed=0):
     """``(model, its largest gradient entry, trainer seconds, drive seconds)``: ``est``
-    fitted by its own trainer (torch seeded), then driven on to a tight optimum of its
-    objective (``warm_retrain`` on unit weights), as influence assumes a model is: the
-    trainers stop on their iteration bounds or epochs first."""
-    torch.manual_seed(0)
-    fitted, t_train = timed(lambda: clone(est).fit(X, y))
+    fitted by its own trainer (torch and any ``random_state`` seeded by ``seed``), then
+    driven on to a tight optimum of its objective (``warm_retrain`` on unit weights),
+    as influence assumes a model is: the trainers stop on their iteration bounds or
+    epochs first."""
+    torch.manual_seed(seed)
+    est = clone(est)
+    if "random_state" in est.get_params():
+        est.set_params(random_state=seed)
+    fitted, t_train = timed(lambda: est.fit(X, y))
     (model, gradient), t_drive = timed(lambda: warm_retrain(
         fitted, X, y, np.ones(len(X)), X.shape[1], maxiter=maxiter))
     return model, gradient, t_train, t_drive
@@ -168,13 +172,17 @@ def member_auc(model, X_removed, y_removed, X_held, y_held):
     return roc_auc_score(labels, scores)
 
 
-def run_case(name, est, model, removal, remove, X, y, X_test, y_test, rows):
+def run_case(name, est, model, removal, remove, X, y, X_test, y_test, rows,
+             retrain_seeds=1):
     n_features = X.shape[1]
     kept = ~remove
     # Retrained from scratch as the model itself was made: the trainer, then driven on
     # to a tight optimum (without the second half the retrain's membership AUC is that
     # of a net short of its optimum, which the patch, patching an optimum, never is).
-    retrained, _, t_train, t_drive = trained_to_optimum(est, X[kept], y[kept])
+    # Further seeds measure how far retrains from scratch disagree among themselves.
+    retrains = [trained_to_optimum(est, X[kept], y[kept], seed=seed)
+                for seed in range(retrain_seeds)]
+    retrained, _, t_train, t_drive = retrains[0]
     t_retrain = t_train + t_drive
     puma = PumaPatcher(FrozenEstimator(model))
     with warnings.catch_warnings(record=True) as caught:
@@ -214,7 +222,13 @@ def run_case(name, est, model, removal, remove, X, y, X_test, y_test, rows):
                t_retrain=t_retrain, ratio=t_patch / t_retrain,
                ratio_trainer=t_patch / t_train, warm_grad=warm_grad,
                dJ=(J_patch - J_warm) / abs(J_warm))
+    row["auc_retrains"] = [member_auc(m, X[remove], y[remove], X_test, y_test)
+                           for m, *_ in retrains]
     rows.append(row)
+    if retrain_seeds > 1:
+        print(f"  {name} / {removal}: AUC of the retrains from scratch, seeds 0-"
+              f"{retrain_seeds - 1}: {' '.join(f'{a:.4f}' for a in row['auc_retrains'])} "
+              f"(spread {_spread(row['auc_retrains'])})", flush=True)
     print(f"  {name} / {removal}: completeness {completeness:.4f} (warm retrain's "
           f"gradient {warm_grad:.1e}), removal_residual_ {puma.removal_residual_:.2g}"
           f"{' WARNED: ' + partial[0] if partial else ''}"
@@ -226,10 +240,14 @@ def run_case(name, est, model, removal, remove, X, y, X_test, y_test, rows):
           f"J_w at the patch {J_patch:.8g}, at the warm retrain {J_warm:.8g}", flush=True)
 
 
+def _spread(aucs):
+    return f"{np.ptp(aucs):.4f}" if len(aucs) > 1 else "-"
+
+
 def print_table(rows, skipped):
     print()
     header = (f"{'net':8s} {'removal':8s} {'rows':>5s} {'complete':>8s} {'residual':>8s} "
-              f"{'AUC patch':>9s} {'AUC retr':>8s} {'AUC warm':>8s} {'|dAUC|':>7s} "
+              f"{'AUC patch':>9s} {'AUC retr':>8s} {'spread':>6s} {'AUC warm':>8s} {'|dAUC|':>7s} "
               f"{'patch s':>8s} "
               f"{'retrain s':>9s} {'ratio':>6s} {'/trainer':>8s} {'dJ_w':>8s}  targets met")
     print(header)
@@ -238,6 +256,7 @@ def print_table(rows, skipped):
         met = [r["completeness"] >= 0.9, abs(r["dauc"]) <= 0.02, r["ratio"] <= 0.2]
         print(f"{r['net']:8s} {r['removal']:8s} {r['removed']:5d} {r['completeness']:8.4f} "
               f"{r['residual']:8.1e} {r['auc_patch']:9.4f} {r['auc_retrain']:8.4f} "
+              f"{_spread(r['auc_retrains']):>6s} "
               f"{r['auc_warm']:8.4f} "
               f"{abs(r['dauc']):7.4f} {r['t_patch']:8.1f} {r['t_retrain']:9.1f} "
               f"{r['ratio']:6.3f} {r['ratio_trainer']:8.3f} {r['dJ']:8.1e}  {'/'.join('yes' if m else 'NO' for m in met)}"
@@ -246,7 +265,8 @@ def print_table(rows, skipped):
         print(f"{name:8s} {removal:8s}  not run: the --cap on wall time was reached")
     print("targets: completeness >= 0.9 / |dAUC| <= 0.02 / patch <= 0.2x retrain (the "
           "trainer, then driven to its optimum, as the model was; /trainer: over the "
-          "trainer alone); AUC warm: the warm retrain's; dJ_w: "
+          "trainer alone); spread: max - min of the retrains' AUCs over --retrain-seeds "
+          "seeds; AUC warm: the warm retrain's; dJ_w: "
           "(J_w(patch) - J_w(warm retrain)) / |J_w(warm retrain)|, negative where the "
           "patch settled in a lower minimum than the warm retrain")
 
@@ -362,6 +382,10 @@ def main():
                         choices=["random", "cluster"])
     parser.add_argument("--cap", type=float, default=3600.0,
                         help="wall-time bound in seconds: later cases are skipped")
+    parser.add_argument("--retrain-seeds", type=int, default=1,
+                        help="retrains from scratch per removal, seeds 0.. (their "
+                             "membership AUCs' spread is printed: how far retrains "
+                             "disagree among themselves)")
     parser.add_argument("--device", default="cpu",
                         help="where the skorch net trains and is patched")
     args = parser.parse_args()
@@ -404,7 +428,7 @@ def main():
                 continue
             torch.manual_seed(0)
             run_case(name, est, model, removal, removals[removal], X, y, X_test, y_test,
-                     rows)
+                     rows, args.retrain_seeds)
     print_table(rows, skipped)
 
 
