@@ -121,6 +121,26 @@ def _estimator_has(attr):
     return check
 
 
+
+def _unfinished_fit(problem, sample_weight):
+    """Where a network's fitted model is itself further from its optimum than the
+    patch's tolerance (its own gradient over the reweighted one at the fitted model, as
+    measured), the advice that says so: the polish then has to finish the fit's
+    convergence too, which is what held it back (measured: the 50,000-row MLP of
+    benchmarks/bench_networks.py, its own gradient 0.01 of a random 1% removal's after
+    scipy's 3,000-iteration drive, its polish stopped on the iteration bound at 0.0065);
+    else an empty string."""
+    weights = torch.as_tensor(sample_weight, dtype=problem.adapter.dtype,
+                              device=problem.adapter.device)
+    share = float(problem.tilt.norm()) / max(
+        float(problem.grad(problem.theta_hat, weights).norm()), 1e-300)
+    if share <= _NET_RTOL:
+        return ""
+    return (f"The fitted model is itself further from its optimum than that: its own "
+            f"gradient is {share:.2g} of the reweighted one at the fitted model, so the "
+            "patch had to finish the fit's convergence too; train it further (more "
+            "iterations, a tighter tol) before patching. ")
+
 class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     """Value training points against a performance criterion and patch them out.
 
@@ -955,6 +975,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                        f"{self.removal_residual_:.3g} (converged: {_NET_RTOL:g} and "
                        f"{_NET_OUTPUT_RTOL:g})")
             advice = ("Raise n_steps." if linear else
+                      _unfinished_fit(problem, result.sample_weight) +
                       "A near-interpolating or ReLU net's objective is flat or kinked "
                       "where the removed points were; parameters='last_layer' "
                       "converges.")

@@ -672,6 +672,60 @@ def test_an_unconverged_network_patch_never_reports_full_removal_silently():
     assert linear.removal_residual_ < 1e-6
 
 
+@pytest.mark.parametrize("tight", [False, True])
+def test_a_patch_held_back_by_an_unfinished_fit_says_so(tight, monkeypatch):
+    """A network patch converges on the reweighted objective, so from a fit that is
+    not at its optimum it also finishes the fit's convergence.  Where it stops short
+    and the fit's own gradient is more than the polish's tolerance (1e-4) of the
+    reweighted one, the warning gives that share, computed here independently by
+    autograd on the net's objective; from a fit driven to a tight optimum it does
+    not.  The polish is bounded at 2 iterations so that it stops short."""
+    import torch
+    from sklearn.datasets import make_classification
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.neural_network import MLPClassifier
+
+    import sklearn_puma._influence as influence
+    from sklearn_puma import PartialRemovalWarning
+    from sklearn_puma._adapters import make_adapter
+    from sklearn_puma._autodiff import objective
+
+    from .conftest import cluster_mask
+    from .test_network_removal import _tight
+
+    X, y = make_classification(400, 6, n_informative=4, random_state=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MLPClassifier((8,), activation="tanh", solver="lbfgs", alpha=1e-2,
+                              max_iter=40, random_state=0).fit(X, y)
+    if tight:
+        model = _tight(model, X, y)
+    remove = cluster_mask(X, 0.1, 0)
+    monkeypatch.setattr(influence, "_NET_MAX_ITER", 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        puma = PumaPatcher(FrozenEstimator(model)).fit(X, y, remove=remove)
+    partial = [str(w.message) for w in caught
+               if issubclass(w.category, PartialRemovalWarning)]
+    assert partial, "a 2-iteration polish stops short and says so"
+    adapter = make_adapter(model)
+    theta = adapter.theta.clone().requires_grad_(True)
+
+    def gradient_norm(weights):
+        J = objective(adapter, adapter.encode_X(X), adapter.encode_y(y),
+                      torch.as_tensor(weights, dtype=torch.float64), len(X))
+        return float(torch.autograd.grad(J(theta), theta)[0].norm())
+
+    share = gradient_norm(np.ones(len(X))) / gradient_norm(puma.sample_weight_)
+    print(f"fit's own gradient over the reweighted one: {share:.3g}")
+    if tight:
+        assert share < 1e-4
+        assert "its own gradient" not in partial[0]
+    else:
+        assert share > 1e-2
+        assert f"its own gradient is {share:.2g} of the reweighted one" in partial[0]
+
+
 @pytest.mark.parametrize("first_call", ["PumaPatcher(MLPClassifier)", "RepresenterPoints"])
 def test_torch_funcs_first_use_leaves_the_warnings_filters(first_call):
     """torch.func's first gradient imports sympy, which adds a warnings filter to the
