@@ -60,7 +60,8 @@ def _completeness(model, X, y, remove, **adapter_kw):
     gap_fit = np.abs(outputs(model) - outputs(warm)).mean()
     gap_patch = np.abs(outputs(puma) - outputs(warm)).mean()
     completeness = 1 - gap_patch / gap_fit
-    print(f"completeness {completeness:.4f}; removal_residual_ {puma.removal_residual_:.3g}"
+    print(f"gaps: fit {gap_fit:.3g}, patch {gap_patch:.3g}; "
+          f"completeness {completeness:.4f}; removal_residual_ {puma.removal_residual_:.3g}"
           f"; eta_ {puma.eta_}; {int(remove.sum())} of {len(X)} rows removed")
     other_minimum = False
     if completeness < 0.8:
@@ -140,6 +141,30 @@ def test_penguins_species_removal_is_complete():
     model = _tight(est, X, y)
     _check(*_completeness(model, X, y, cluster_mask(X, 0.1, 3)))
 
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "open problem: the net interpolates its training data and its reweighted "
+    "objective is flat; the patch converges (residual 9.2e-5, unwarned) to a minimum "
+    "0.08% above the warm retrain's that a retrain from it keeps: completeness 0.62"))
+def test_interpolating_mlp_cluster_removal_is_complete_or_warned():
+    """A 2,000-row, 771-parameter tanh MLP fitted to training accuracy 1.0 (log loss
+    7e-5), a 5% cluster removed.  Of four such nets (data seeds 100-103), two patches
+    reach the warm retrain (0.9999), one stops short and warns (0.32), and this one,
+    the second, does neither: its polish and scipy's L-BFGS-B from the same fitted
+    model settle in different minima (with 20 L-BFGS pairs instead of 100 the patch
+    stopped short, warned, at 0.32).  Nothing the patch measures tells them apart yet.
+    Not strict: which minimum a flat objective's polish reaches can move with the
+    CPU's floating-point kernels, and an unexpected pass on another machine is not a
+    fix."""
+    X, y = make_classification(2000, 20, n_informative=10, n_classes=3, random_state=101)
+    X = StandardScaler().fit_transform(X)
+    est = MLPClassifier((32,), activation="tanh", solver="lbfgs", alpha=1e-3,
+                        max_iter=3000, random_state=1).fit(X, y)
+    model = _tight(est, X, y)
+    puma, completeness, partial, other_minimum = _completeness(
+        model, X, y, cluster_mask(X, 0.05, 1))
+    assert completeness >= 0.8 or partial or other_minimum
 
 class _TanhMLP(torch.nn.Module):
     def __init__(self):
