@@ -1498,7 +1498,12 @@ _CHORD_MEMORY = 8
 def _two_loop(g, pairs, solve):
     """L-BFGS's two-loop recursion: ``g`` times the inverse curvature that starts at
     ``solve`` and is updated by the secant ``pairs`` ``(s, y, 1 / s^T y)``, oldest
-    first (a linear patch's chord steps and a network's polish)."""
+    first: a linear patch's chord steps.  (The same product as ``_CompactInverse``,
+    which a network's polish uses at 100 pairs.  At the chord steps' 8 pairs on
+    sub-millisecond patches the compact form's buffers and extra small operations
+    cost more: breast cancer, 10% removed, 2.2 -> 2.7 ms a patch with the compact
+    form, digits unchanged, so each route keeps the form that is faster where it
+    runs.)"""
     q, scales = g, []
     for step, change, rho in reversed(pairs):
         a = rho * float(step @ q)

@@ -121,7 +121,6 @@ def _estimator_has(attr):
     return check
 
 
-
 def _unfinished_fit(problem, sample_weight):
     """Where a network's fitted model is itself further from its optimum than the
     patch's tolerance (its own gradient over the reweighted one at the fitted model, as
