@@ -889,6 +889,9 @@ class PatchResult:
     # Whether the full patch reached the optimum of J_w for its weights: a linear
     # model's residual at most 0.1, a network's polish at its gradient tolerance.
     converged: bool = True
+    # A network's: the fitted model's own gradient over the reweighted one at the
+    # fitted model, the norm the polish's residual is relative to (nan elsewhere).
+    fit_share: float = float("nan")
 
 
 def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, solver,
@@ -1199,7 +1202,9 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         _warn_partial(criterion.names, full_change, eta, delta, rounds, lam_up, max_weight)
     return PatchResult(theta_mod.detach(), lam, sample_weight, eta, residual[0], _np(C0),
                        _np(after), full_change,
-                       residual[0] <= 0.1 if converged is None else converged)
+                       residual[0] <= 0.1 if converged is None else converged,
+                       float(problem.tilt.norm()) / max(net_scale[0], 1e-300)
+                       if net_scale else float("nan"))
 
 
 def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up_idx, *,

@@ -121,20 +121,16 @@ def _estimator_has(attr):
     return check
 
 
-def _unfinished_fit(problem, sample_weight):
+def _unfinished_fit(share):
     """Where a network's fitted model is itself further from its optimum than the
-    patch's tolerance (its own gradient over the reweighted one at the fitted model, as
-    measured), the advice that says so: the polish then has to finish the fit's
-    convergence too, part of what held it back (measured: the 50,000-row MLP of
-    benchmarks/bench_networks.py, its own gradient 0.01 of a random 1% removal's after
-    scipy's 3,000-iteration drive, its polish stopped on the iteration bound at 0.0065;
-    driven to a gradient of 9e-9 first, at 0.0015, the rest being the objective's
-    conditioning); else an empty string."""
-    weights = torch.as_tensor(sample_weight, dtype=problem.adapter.dtype,
-                              device=problem.adapter.device)
-    share = float(problem.tilt.norm()) / max(
-        float(problem.grad(problem.theta_hat, weights).norm()), 1e-300)
-    if share <= _NET_RTOL:
+    patch's tolerance (``share``: its own gradient over the reweighted one at the
+    fitted model, as the patch measured them), the advice that says so: the polish
+    then has to finish the fit's convergence too, part of what held it back
+    (measured: the 50,000-row MLP of benchmarks/bench_networks.py, its own gradient
+    0.01 of a random 1% removal's after scipy's 3,000-iteration drive, its polish
+    stopped on the iteration bound at 0.0065; driven to a gradient of 9e-9 first, at
+    0.0015, the rest being the objective's conditioning); else an empty string."""
+    if not share > _NET_RTOL:
         return ""
     return (f"The fitted model itself is not at its optimum to the polish's tolerance "
             f"({_NET_RTOL:g}): its own gradient is {share:.2g} times the reweighted one "
@@ -979,7 +975,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                        f"{self.removal_residual_:.3g} (converged: {_NET_RTOL:g} and "
                        f"{_NET_OUTPUT_RTOL:g})")
             advice = ("Raise n_steps." if linear else
-                      _unfinished_fit(problem, result.sample_weight) +
+                      _unfinished_fit(result.fit_share) +
                       "A near-interpolating or ReLU net's objective is flat or kinked "
                       "where the removed points were; parameters='last_layer' "
                       "converges.")
