@@ -40,8 +40,11 @@ from ._adapters import (
 )
 from ._criteria import CRITERION_NAMES, BoundCriterion, resolve_criteria
 from ._influence import (
+    _INTERPOLATION_SHARE,
     _NET_OUTPUT_RTOL,
     _NET_RTOL,
+    _SECOND_PATH_AGREEMENT,
+    _SECOND_PATH_MEMORY,
     Problem,
     _np,
     compute_values,
@@ -905,11 +908,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         It stops when the reweighted gradient is 1e-4 of its norm at the fitted model
         *and* a further step would move the removed rows' predictions by under 1% of
         what the patch moved them (the gradient alone can stop early where the
-        objective is flat). Neither test tells two stationary points of a flat
-        objective apart: a 2,000-row tanh MLP that interpolates its training data
-        passed both at 0.62 of the way (where scipy's L-BFGS-B itself, from the same
-        fitted weights, lands 0.22-0.29 of the way with 10 or 100 pairs instead of
-        30).
+        objective is flat). Neither test tells two minima of a flat objective apart:
+        a 2,000-row tanh MLP that interpolates its training data passed both at 0.62
+        of the way (where scipy's L-BFGS-B itself, from the same fitted weights,
+        lands 0.22-0.29 of the way with 10 or 100 pairs instead of 30). So where the
+        net fits its training data almost exactly (loss under 1% of a constant
+        prediction's) a converged patch is checked against a second path, plain
+        L-BFGS from the fitted model with 10 pairs: where they agree on less than
+        0.8 of the removed rows' move, a ``PartialRemovalWarning`` says the removal
+        is not unique and gives the figure (0.24 on that net; 1.000 on its
+        neighbours, whose retrains agree). The check costs a second polish.
         Measured (``tests/test_network_removal.py``): completeness against the warm
         retrain 0.9994-1.0000 on tanh MLPClassifier, MLPRegressor, skorch and Palmer
         penguins nets; on another CPU the classifier's warm retrain ended in a
@@ -983,6 +991,22 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 f"The patch stopped short of the model optimal for sample_weight_: the "
                 f"{measure} (removal_residual_), so the marked points' influence is "
                 f"only partly removed although eta_=1. {advice}",
+                PartialRemovalWarning, stacklevel=3)
+        if result.second_path is not None \
+                and result.second_path[0] < _SECOND_PATH_AGREEMENT:
+            agreement, other = result.second_path
+            warnings.warn(
+                "The removal is not unique on this net: it fits its training data "
+                f"almost exactly (loss under {_INTERPOLATION_SHARE:g} of a constant "
+                "prediction's), and a second path to the model optimal for "
+                f"sample_weight_ (plain L-BFGS from the fitted model with "
+                f"{_SECOND_PATH_MEMORY} pairs, as scikit-learn's lbfgs would retrain "
+                f"it; relative gradient {other:.2g} where it ended) agrees with the "
+                f"patch on only {agreement:.2f} of the removed rows' move (measured "
+                "on their predictions). Both lower the reweighted objective from the "
+                "fitted model, and a retrain may land in either minimum, so the "
+                "removal is complete only against a retrain that takes the patch's "
+                "path. parameters='last_layer' has a single optimum.",
                 PartialRemovalWarning, stacklevel=3)
         self.criterion_before_ = result.before
         self.criterion_after_ = result.after

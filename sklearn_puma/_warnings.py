@@ -21,11 +21,15 @@ class PumaWarning(UserWarning):
 
 
 class PartialRemovalWarning(PumaWarning):
-    """The patch was shortened (``eta_ < 1``) to keep every criterion within ``delta``.
+    """The marked points' influence is not, or not provably, fully removed.
 
-    The message gives the best worsening the compensation reached and whether
-    ``max_weight`` may bind; a lower ``alpha`` or a larger ``delta`` can let the removal
-    go through.
+    Raised where the patch was shortened (``eta_ < 1``) to keep every criterion
+    within ``delta``: the message gives the best worsening the compensation reached
+    and whether ``max_weight`` may bind; a lower ``alpha`` or a larger ``delta`` can
+    let the removal go through.  Also where the patch stopped short of the model
+    optimal for ``sample_weight_`` (the message gives ``removal_residual_``), and where
+    a network that fits its training data almost exactly has several such optima
+    and a second path to one ended elsewhere (the message gives their agreement).
 
     Examples
     --------

@@ -22,8 +22,9 @@ from sklearn_puma._autodiff import objective
 from .conftest import cluster_mask
 
 
-def retrain(adapter, theta0, X, y, weights):
-    """Minimise the (weighted) training objective from theta0 to a tight optimum."""
+def retrain(adapter, theta0, X, y, weights, maxcor=30):
+    """Minimise the (weighted) training objective from theta0 to a tight optimum
+    (scipy's L-BFGS-B keeping ``maxcor`` secant pairs)."""
     Xt, yt = adapter.encode_X(X), adapter.encode_y(y)
     J = objective(adapter, Xt, yt, torch.as_tensor(weights, dtype=torch.float64), len(X))
 
@@ -34,7 +35,7 @@ def retrain(adapter, theta0, X, y, weights):
 
     result = minimize(f, np.asarray(theta0, dtype=np.float64), jac=True,
                       method="L-BFGS-B",
-                      options=dict(ftol=0, gtol=1e-11, maxiter=20_000, maxcor=30))
+                      options=dict(ftol=0, gtol=1e-11, maxiter=20_000, maxcor=maxcor))
     assert np.abs(result.jac).max() < 1e-7, result.message
     return torch.as_tensor(result.x)
 
