@@ -917,7 +917,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         L-BFGS from the fitted model with 10 pairs: where they agree on less than
         0.8 of the removed rows' move, a ``PartialRemovalWarning`` says the removal
         is not unique and gives the figure (0.24 on that net; 1.000 on its
-        neighbours, whose retrains agree). The check costs a second polish.
+        neighbour, whose retrains agree). The check costs a second polish.
         Measured (``tests/test_network_removal.py``): completeness against the warm
         retrain 0.9994-1.0000 on tanh MLPClassifier, MLPRegressor, skorch and Palmer
         penguins nets; on another CPU the classifier's warm retrain ended in a
@@ -994,19 +994,22 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 PartialRemovalWarning, stacklevel=3)
         if result.second_path is not None \
                 and result.second_path[0] < _SECOND_PATH_AGREEMENT:
-            agreement, other = result.second_path
+            agreement, second_residual, second_converged = result.second_path
+            ended = ("converged" if second_converged else
+                     "stopped short, on its bound")
             warnings.warn(
                 "The removal is not unique on this net: it fits its training data "
                 f"almost exactly (loss under {_INTERPOLATION_SHARE:g} of a constant "
-                "prediction's), and a second path to the model optimal for "
+                "prediction's), and a second path towards the model optimal for "
                 f"sample_weight_ (plain L-BFGS from the fitted model with "
                 f"{_SECOND_PATH_MEMORY} pairs, as scikit-learn's lbfgs would retrain "
-                f"it; relative gradient {other:.2g} where it ended) agrees with the "
-                f"patch on only {agreement:.2f} of the removed rows' move (measured "
-                "on their predictions). Both lower the reweighted objective from the "
-                "fitted model, and a retrain may land in either minimum, so the "
-                "removal is complete only against a retrain that takes the patch's "
-                "path. parameters='last_layer' has a single optimum.",
+                f"it; it {ended} at a relative gradient of {second_residual:.2g}) "
+                f"agrees with the patch on only {agreement:.2f} of the removed rows' "
+                "move (measured on their predictions). Its reweighted objective has "
+                "several minima near the fit, and which one a retrain reaches depends "
+                "on the optimiser: the removal is complete against a retrain that "
+                "takes the patch's path, and may not be against another. "
+                "parameters='last_layer' has a single optimum.",
                 PartialRemovalWarning, stacklevel=3)
         self.criterion_before_ = result.before
         self.criterion_after_ = result.after
