@@ -40,11 +40,9 @@ from ._adapters import (
 )
 from ._criteria import CRITERION_NAMES, BoundCriterion, resolve_criteria
 from ._influence import (
-    _INTERPOLATION_SHARE,
     _NET_OUTPUT_RTOL,
     _NET_RTOL,
     _SECOND_PATH_AGREEMENT,
-    _SECOND_PATH_MEMORY,
     Problem,
     _np,
     compute_values,
@@ -911,12 +909,17 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         objective is flat). Neither test tells two minima of a flat objective apart:
         a 2,000-row tanh MLP that interpolates its training data passed both at 0.62
         of the way (where scipy's L-BFGS-B itself, from the same fitted weights,
-        lands 0.22-0.29 of the way with 10 or 100 pairs instead of 30). So where the
-        net fits its training data almost exactly (loss under 1% of a constant
-        prediction's) a converged patch is checked against a second path, plain
-        L-BFGS from the fitted model with 10 pairs: where they agree on less than
-        0.8 of the removed rows' move, a ``PartialRemovalWarning`` says the removal
-        is not unique and gives the figure (0.24 on that net; 1.000 on its
+        lands 0.22-0.29 of the way with 10 or 100 pairs instead of 30). So a
+        converged patch is checked against a second path, plain L-BFGS from the
+        fitted model (the warm retrain's own), where its own path started with the
+        influence step (default memory), and where the net fits its training data
+        almost exactly, its loss under 1% of a constant prediction's (10 pairs,
+        as scikit-learn's lbfgs). Where the second path converges to a lower
+        reweighted objective, the patch takes its end (a two-class MLP whose
+        influence-step path converged in a minimum 3% higher than scipy's
+        retrains' now reaches theirs); where the two agree on less than 0.8 of the
+        removed rows' move, a ``PartialRemovalWarning`` says the removal is not
+        unique and gives the figure (0.24 on the interpolating net; 1.000 on its
         neighbour, whose retrains agree). The check costs a second polish.
         Measured (``tests/test_network_removal.py``): completeness against the warm
         retrain 0.9994-1.0000 on tanh MLPClassifier, MLPRegressor, skorch and Palmer
@@ -992,23 +995,23 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 f"{measure} (removal_residual_), so the marked points' influence is "
                 f"only partly removed although eta_=1. {advice}",
                 PartialRemovalWarning, stacklevel=3)
-        if result.second_path is not None \
-                and result.second_path[0] < _SECOND_PATH_AGREEMENT:
-            agreement, second_residual, second_converged = result.second_path
-            ended = ("converged" if second_converged else
+        checked = result.second_path
+        if checked is not None and checked.agreement < _SECOND_PATH_AGREEMENT:
+            ended = ("converged" if checked.converged else
                      "stopped short, on its bound")
+            taken = (f" The patch is that path's end, whose reweighted objective is "
+                     f"{checked.lower_by:.2g} (relative) lower than where the first "
+                     "path converged." if checked.lower_by > 0 else "")
             warnings.warn(
-                "The removal is not unique on this net: it fits its training data "
-                f"almost exactly (loss under {_INTERPOLATION_SHARE:g} of a constant "
-                "prediction's), and a second path towards the model optimal for "
-                f"sample_weight_ (plain L-BFGS from the fitted model with "
-                f"{_SECOND_PATH_MEMORY} pairs, as scikit-learn's lbfgs would retrain "
-                f"it; it {ended} at a relative gradient of {second_residual:.2g}) "
-                f"agrees with the patch on only {agreement:.2f} of the removed rows' "
-                "move (measured on their predictions). Its reweighted objective has "
-                "several minima near the fit, and which one a retrain reaches depends "
-                "on the optimiser: the removal is complete against a retrain that "
-                "takes the patch's path, and may not be against another. "
+                "The removal is not unique on this net: two paths from the fitted "
+                "model towards the model optimal for sample_weight_ (plain L-BFGS "
+                f"with {checked.memory} pairs, as a warm retrain by L-BFGS goes; it "
+                f"{ended} at a relative gradient of {checked.residual:.2g}) agree on "
+                f"only {checked.agreement:.2f} of the removed rows' move (measured on "
+                "their predictions). Its reweighted objective has several minima near "
+                "the fit, and which one a retrain reaches depends on the optimiser: "
+                "the removal is complete against a retrain that takes the patch's "
+                f"path, and may not be against another.{taken} "
                 "parameters='last_layer' has a single optimum.",
                 PartialRemovalWarning, stacklevel=3)
         self.criterion_before_ = result.before
