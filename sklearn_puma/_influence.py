@@ -1189,22 +1189,29 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
                 f"passes over the data) with the reweighted gradient at "
                 f"{residual[0]:.3g} of the removal's at the fitted model: the removal "
                 "is not converged.", SolverWarning, stacklevel=3)
+        # The paths that need a second one: a start other than the warm retrain's
+        # (the influence step, or damped Newton steps), and a near-exact fit, where
+        # even the warm retrain's path is one of several.
         preconditioned = bool(net_inverse) and net_inverse[0] is not None
-        if converged and (preconditioned or _unexplained_share(problem, final)
-                          <= _INTERPOLATION_SHARE):
+        if converged and (preconditioned or n_steps > 1 or _unexplained_share(
+                problem, final) <= _INTERPOLATION_SHARE):
             checked = _second_path(
                 problem, theta, final, watch=watch, outputs=removed_outputs,
-                scale=net_scale[0], deadline=deadline,
-                memory=None if preconditioned else _SECOND_PATH_MEMORY)
+                gtol=_NET_RTOL * net_scale[0], scale=g0, deadline=deadline,
+                memory=None if preconditioned or n_steps > 1 else _SECOND_PATH_MEMORY)
             if checked is not None:
                 second_path, other = checked
                 if second_path.lower_by > 0:
-                    # Another optimum for the same weights, lower: the patch is the
-                    # optimum it claims to be only if it takes the lower one.
-                    theta = other.theta
-                    full_change = _np(criterion(theta).detach() - C0)
-                    residual[0] = max(float(other.gradient.norm()) / max(g0, 1e-300),
-                                      other.remaining)
+                    other_change = _np(criterion(other.theta).detach() - C0)
+                    if other_change.max() <= max(delta, full_change.max()):
+                        # Another optimum for the same weights, lower, and no worse on
+                        # the criteria: the patch is the optimum it claims to be only
+                        # if it takes the lower one.
+                        theta, full_change = other.theta, other_change
+                        residual[0] = max(second_path.residual, other.remaining)
+                    else:  # compensation was solved for the first end's criteria
+                        second_path.lower_by = 0.0
+                        second_path.agreement = second_path.unswapped_agreement
     step = theta - theta_hat
     eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)
     if eta < 1.0:
@@ -1310,54 +1317,62 @@ def _unexplained_share(problem, weights):
 
 @dataclass
 class SecondPath:
-    """A second path to the reweighted optimum (``_second_path``): its agreement with
-    the patch on the removed rows, its relative gradient where it stopped, whether it
-    converged, its L-BFGS memory, and by how much (relative) its reweighted objective
-    is lower than the patch's where the patch took its end instead (else 0)."""
+    """A second path to the reweighted optimum (``_second_path``): its end's
+    agreement with the patch's on the removed rows (relative to the move of the end
+    kept), its relative gradient where it stopped and why it stopped, its L-BFGS
+    memory, by how much (relative) its reweighted objective is lower than the first
+    path's where the patch takes its end (else 0), and the agreement relative to the
+    first end's move (used where that end is kept after all)."""
 
     agreement: float
     residual: float
-    converged: bool
+    reason: str
     memory: int
     lower_by: float = 0.0
+    unswapped_agreement: float = float("nan")
 
 
-def _second_path(problem, theta, weights, *, watch, outputs, scale, deadline, memory):
+def _second_path(problem, theta, weights, *, watch, outputs, gtol, scale, deadline,
+                 memory):
     """``(SecondPath, PolishResult)``: plain L-BFGS from the fitted model on ``J_w``
-    with ``memory`` pairs (None: the polish's own), the path a warm retrain by
-    L-BFGS takes, and how far its end agrees with the patch ``theta`` on the removed
-    rows: ``1 - gap(end, patch) / gap(patch, fitted)``, ``gap`` the mean absolute
-    difference of their predictions; its gradient where it stopped relative to
-    ``scale`` (the removal's gradient at the fitted model, which the polish's
-    tolerance is relative to).  Where it converged to a lower ``J_w`` than the patch
-    (by more than ``_SECOND_PATH_LOWER``, relative), ``lower_by`` says by how much and
-    the caller takes its end.  An unconverged path still counts for the agreement: on
-    the tests' interpolating net it stopped on its bound (0.04) already in another
-    minimum's basin (a scipy retrain with 10 pairs ends 0.22 of the way, this path
-    0.23).  None where the patch's time bound left no room to measure (the check is
-    then skipped: the patch's own figures stand)."""
+    with ``memory`` pairs (None: the polish's own) to the polish's tolerance ``gtol``,
+    the path a warm retrain by L-BFGS takes, and how far its end agrees with the
+    patch ``theta`` on the removed rows: ``1 - gap(other end, kept end) / gap(kept
+    end, fitted)``, ``gap`` the mean absolute difference of their predictions; its
+    gradient where it stopped relative to ``scale`` (the norm ``removal_residual_`` is
+    relative to).  Where it converged to a lower ``J_w`` than the patch (by more than
+    rounding, ``_SECOND_PATH_LOWER`` or the dtype's), ``lower_by`` says by how much,
+    the kept end is its, and the caller takes it (if its criteria allow).  An
+    unconverged path still counts for the agreement: on the tests' interpolating net
+    it stopped on its bound (0.04) already in another minimum's basin (a scipy
+    retrain with 10 pairs ends 0.22 of the way, this path 0.23).  None where the
+    patch's time bound left no room to measure (the check is then skipped: the
+    patch's own figures stand)."""
     theta_hat = problem.theta_hat
-    other = _lbfgs_polish(problem, theta_hat, weights, gtol=_NET_RTOL * scale,
+    other = _lbfgs_polish(problem, theta_hat, weights, gtol=gtol,
                           max_iter=_NET_MAX_ITER, deadline=deadline, watch=watch,
                           watch_tol=_NET_OUTPUT_RTOL, memory=memory)
     if other.reason == "time":
         return None
-    converged = other.reason == "converged"
     lower_by = 0.0
-    if converged:
-        J_patch = problem.value_and_grad(theta, weights)[1]
-        J_other = problem.value_and_grad(other.theta, weights)[1]
+    if other.reason == "converged":
+        J_patch = float(problem.objective(theta, weights))
+        J_other = float(problem.objective(other.theta, weights))
         gain = (J_patch - J_other) / max(abs(J_patch), 1e-300)
-        lower_by = gain if gain > _SECOND_PATH_LOWER else 0.0
-    kept = other.theta if lower_by > 0 else theta
-    start, ends = outputs(theta_hat).detach(), outputs(kept).detach()
-    moved = float((ends - start).abs().mean())
-    apart = float((outputs(other.theta if kept is theta else theta).detach()
-                   - ends).abs().mean())
-    agreement = 1.0 - apart / moved if moved > 0 else 1.0
-    return SecondPath(agreement, float(other.gradient.norm()) / max(scale, 1e-300),
-                      converged, _lbfgs_memory(theta.numel()) if memory is None
-                      else memory, lower_by), other
+        margin = max(_SECOND_PATH_LOWER, 64 * torch.finfo(theta.dtype).eps)
+        lower_by = gain if gain > margin else 0.0
+    start = outputs(theta_hat).detach()
+    first, second = outputs(theta).detach(), outputs(other.theta).detach()
+    apart = float((second - first).abs().mean())
+
+    def agreement(kept):
+        moved = float((kept - start).abs().mean())
+        return 1.0 - apart / moved if moved > 0 else 1.0
+
+    return SecondPath(agreement(second if lower_by > 0 else first),
+                      float(other.gradient.norm()) / max(scale, 1e-300), other.reason,
+                      _lbfgs_memory(theta.numel()) if memory is None else memory,
+                      lower_by, agreement(first)), other
 
 
 def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up_idx, *,

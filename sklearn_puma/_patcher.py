@@ -911,16 +911,21 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         of the way (where scipy's L-BFGS-B itself, from the same fitted weights,
         lands 0.22-0.29 of the way with 10 or 100 pairs instead of 30). So a
         converged patch is checked against a second path, plain L-BFGS from the
-        fitted model (the warm retrain's own), where its own path started with the
-        influence step (default memory), and where the net fits its training data
-        almost exactly, its loss under 1% of a constant prediction's (10 pairs,
-        as scikit-learn's lbfgs). Where the second path converges to a lower
-        reweighted objective, the patch takes its end (a two-class MLP whose
-        influence-step path converged in a minimum 3% higher than scipy's
-        retrains' now reaches theirs); where the two agree on less than 0.8 of the
-        removed rows' move, a ``PartialRemovalWarning`` says the removal is not
-        unique and gives the figure (0.24 on the interpolating net; 1.000 on its
-        neighbour, whose retrains agree). The check costs a second polish.
+        fitted model (the warm retrain's own): where its own path started
+        elsewhere, with the influence step or Newton steps (``n_steps > 1``), with
+        the polish's memory; and where the net fits its training data almost
+        exactly, its loss under 1% of a constant prediction's, with 10 pairs (as
+        scikit-learn's lbfgs). Where the second path converges to a reweighted
+        objective lower by more than rounding, with criteria no worse, the patch
+        takes its end (a two-class MLP whose influence-step path converged in a
+        minimum 3% higher than scipy's retrains' now reaches theirs): a lower
+        objective, which can be farther from one particular retrain. Where the two
+        ends agree on less than 0.8 of the removed rows' move, a
+        ``PartialRemovalWarning`` says the removal is not unique and gives the
+        figure (0.24 on the interpolating net; 1.000 on its neighbour, whose
+        retrains agree). The check costs a second polish (with
+        ``curvature="gauss_newton"``, whose curvature is always convex, on every
+        converged patch), and is skipped where the patch's time bound is reached.
         Measured (``tests/test_network_removal.py``): completeness against the warm
         retrain 0.9994-1.0000 on tanh MLPClassifier, MLPRegressor, skorch and Palmer
         penguins nets; on another CPU the classifier's warm retrain ended in a
@@ -997,21 +1002,23 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 PartialRemovalWarning, stacklevel=3)
         checked = result.second_path
         if checked is not None and checked.agreement < _SECOND_PATH_AGREEMENT:
-            ended = ("converged" if checked.converged else
-                     "stopped short, on its bound")
-            taken = (f" The patch is that path's end, whose reweighted objective is "
-                     f"{checked.lower_by:.2g} (relative) lower than where the first "
-                     "path converged." if checked.lower_by > 0 else "")
+            ended = ("converged" if checked.reason == "converged" else
+                     f"stopped on its {checked.reason} bound")
+            taken = (" The patch is the warm retrain's path's end: the path it started "
+                     "on (with the influence step, or Newton steps) converged in a "
+                     f"minimum {checked.lower_by:.2g} (relative) higher."
+                     if checked.lower_by > 0 else
+                     " The removal is complete against a retrain that takes the "
+                     "patch's path, and may not be against another.")
             warnings.warn(
                 "The removal is not unique on this net: two paths from the fitted "
-                "model towards the model optimal for sample_weight_ (plain L-BFGS "
-                f"with {checked.memory} pairs, as a warm retrain by L-BFGS goes; it "
-                f"{ended} at a relative gradient of {checked.residual:.2g}) agree on "
-                f"only {checked.agreement:.2f} of the removed rows' move (measured on "
-                "their predictions). Its reweighted objective has several minima near "
-                "the fit, and which one a retrain reaches depends on the optimiser: "
-                "the removal is complete against a retrain that takes the patch's "
-                f"path, and may not be against another.{taken} "
+                "model towards the model optimal for sample_weight_ end apart (the "
+                f"second, plain L-BFGS with {checked.memory} pairs as a warm retrain "
+                f"by L-BFGS goes, {ended} at a relative gradient of "
+                f"{checked.residual:.2g}), agreeing on only {checked.agreement:.2f} "
+                "of the removed rows' move (measured on their predictions). The "
+                "reweighted objective has several minima near the fit, and which one "
+                f"a retrain reaches depends on the optimiser.{taken} "
                 "parameters='last_layer' has a single optimum.",
                 PartialRemovalWarning, stacklevel=3)
         self.criterion_before_ = result.before

@@ -108,7 +108,11 @@ def _check(puma, completeness, partial, ambiguous):
     # patch that says the removal is not unique must be right: it is incomplete, or
     # scipy's own retrains disagree.
     if said:
-        assert completeness < 0.8 or ambiguous == "retrains"
+        # Also right where the patch took the warm retrain's path's end, lower than
+        # where its own path converged: the two paths did end apart.
+        took_lower = all("The patch is the warm retrain's path's end" in str(w.message)
+                         for w in said)
+        assert completeness < 0.8 or ambiguous == "retrains" or took_lower
     else:
         assert completeness >= 0.8 or ambiguous
 
@@ -297,5 +301,9 @@ def test_a_patch_never_stays_silently_in_a_higher_minimum():
     print(f"J_w at the patch {J_patch:.10g}; at scipy's retrains (10, 30, 100 pairs) "
           f"{', '.join(f'{v:.10g}' for v in J_retrains)}; warned not unique: "
           f"{bool(_not_unique(partial))}")
+    assert puma.eta_ == 1.0
     assert puma.removal_residual_ <= 1e-4
-    assert J_patch <= min(J_retrains) * (1 + 1e-8) or _not_unique(partial)
+    # At least as low as every retrain's minimum, or, where the retrains themselves
+    # split between minima, said to be one of several.
+    assert J_patch <= min(J_retrains) * (1 + 1e-8) or (
+        _not_unique(partial) and max(J_retrains) > min(J_retrains) * (1 + 1e-8))
