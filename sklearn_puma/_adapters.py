@@ -215,6 +215,9 @@ class Adapter:
     """What every adapter shares: data encoding on the model's device and dtype."""
 
     linear_in_params = False
+    # Whether ``forward`` leaves shared state alone, so that worker threads may run it
+    # on chunks of rows at once (see ``_autodiff.objective_value``).
+    pure_forward = True
     sparse_design = False  # whether sparse X stays sparse (see _sparse)
     dtype, device = torch.float64, torch.device("cpu")
     multilabel = False
@@ -628,6 +631,13 @@ class SkorchAdapter(Adapter):
     optimizer's ``weight_decay`` as ``weight_decay / 2 ||theta||^2``.  ``build`` writes
     parameters back with ``load_state_dict`` into a deep copy of the net.
     """
+
+    # functional_call swaps the given tensors into the shared module for the call and
+    # back after it: two threads interleaving that left the module holding plain
+    # tensors, its parameters gone (measured: a 50,000-row net patched with a second
+    # path, whose objective passes ran in two threads, came back with no trainable
+    # parameter).
+    pure_forward = False
 
     def __init__(self, net, *, loss, log_proba=None, classes=None, n_outputs):
         super().__init__(net, loss=loss, log_proba=log_proba, classes=classes)

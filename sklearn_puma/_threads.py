@@ -250,7 +250,11 @@ def _imap_chunks(fn, n, size, n_jobs, thread_safe):
         return
     backend, _ = _external_backend()
     # An external backend runs chunks in its own processes, where autograd is safe.
-    workers = n_workers(n_jobs, thread_safe or backend is not None)
+    # A pass that is not thread-safe (a torch.func transform, or a skorch module's
+    # functional_call, which swaps tensors into the shared module) runs serially here
+    # whatever n_jobs says; only an external backend's processes may split it.
+    safe = thread_safe or backend is not None
+    workers = n_workers(n_jobs if safe else None, safe)
     if backend is None and workers > 1:
         size = min(size, max(_MIN_ROWS_PER_WORKER, -(-n // workers)))
     slices = [slice(start, min(start + size, n)) for start in range(0, n, size)]

@@ -169,3 +169,36 @@ def test_last_layer_patch_matches_last_layer_retraining(wine):
     error = (patched - retrained).norm() / (last.theta - retrained).norm()
     print(f"skorch last-layer patch vs retraining: relative error {error:.2e}")
     assert error <= 0.01
+
+
+def test_objective_passes_in_threads_leave_the_module_intact():
+    """A skorch adapter's forward swaps tensors into the shared module
+    (functional_call): passes over more rows than one chunk, with worker threads
+    allowed, must not run it in two threads at once.  Before this was known, a
+    50,000-row net patched with a second path came back with no trainable
+    parameter."""
+    skorch = pytest.importorskip("skorch")
+    from sklearn_puma._adapters import make_adapter
+    from sklearn_puma._autodiff import _SUM_ROWS, objective_value
+
+    from .skorch_modules import LazyMLP
+
+    rng = np.random.default_rng(0)
+    n = 3 * _SUM_ROWS
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    torch.manual_seed(0)
+    net = skorch.NeuralNetClassifier(LazyMLP, module__n_out=2, max_epochs=1,
+                                     train_split=None, verbose=0).fit(X, y)
+    adapter = make_adapter(net, n_features=4)
+    before = list(net.module_.named_parameters())
+    Xt, yt = adapter.encode_X(X), adapter.encode_y(y)
+    weights = torch.ones(n, dtype=adapter.dtype)
+    for _ in range(20):
+        theta = adapter.theta + 0.01 * torch.randn_like(adapter.theta)
+        value = objective_value(adapter, theta, Xt, yt, weights, n, n_jobs=2)
+        assert np.isfinite(value)
+    after = list(net.module_.named_parameters())
+    assert [name for name, _ in after] == [name for name, _ in before]
+    assert all(a is b and isinstance(a, torch.nn.Parameter) and a.requires_grad
+               for (_, a), (_, b) in zip(after, before))
