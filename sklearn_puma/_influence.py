@@ -1193,7 +1193,9 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # (the influence step, or damped Newton steps), and a near-exact fit, where
         # even the warm retrain's path is one of several.
         preconditioned = bool(net_inverse) and net_inverse[0] is not None
-        if converged and (preconditioned or n_steps > 1 or _unexplained_share(
+        started_elsewhere = (preconditioned or n_steps > 1) \
+            and problem.n * problem.adapter.n_params <= _SECOND_PATH_SIZE
+        if converged and (started_elsewhere or _unexplained_share(
                 problem, final) <= _INTERPOLATION_SHARE):
             checked = _second_path(
                 problem, theta, final, watch=watch, outputs=removed_outputs,
@@ -1271,6 +1273,12 @@ _INTERPOLATION_SHARE = 1e-2
 # tests' own 10-pair retrain, from the same weights on the same objective written
 # apart, in a minimum 0.92 of the way to the 30-pair one.
 _SECOND_PATH_MEMORY = 10
+# Rows times parameters up to which a path that started with the influence step (or
+# Newton steps) is checked: past it the second path, plain L-BFGS without the fitted
+# curvature, costs several patches (the 50,000-row, 564-parameter skorch net of
+# benchmarks/bench_networks.py, 2.8e7: 0.4 -> 3.6 s and 1.4 -> 4.5 s, its two paths
+# agreeing to 1.0000 and 0.9999); under it, seconds (the nets above: at most 3e6).
+_SECOND_PATH_SIZE = 10**7
 # Relative amount by which a second path's J_w must be lower for the patch to take its
 # end: above the rounding of a mean over the rows, below any real difference of optima
 # (measured gaps between distinct optima: 1e-4 to 10%).

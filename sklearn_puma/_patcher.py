@@ -913,7 +913,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         converged patch is checked against a second path, plain L-BFGS from the
         fitted model (the warm retrain's own): where its own path started
         elsewhere, with the influence step or Newton steps (``n_steps > 1``), with
-        the polish's memory; and where the net fits its training data almost
+        the polish's memory, on nets of up to 10^7 rows times parameters (past
+        that the plain path costs several patches); and where the net fits its training data almost
         exactly, its loss under 1% of a constant prediction's, with 10 pairs (as
         scikit-learn's lbfgs). Where the second path converges to a reweighted
         objective lower by more than rounding, with criteria no worse, the patch
