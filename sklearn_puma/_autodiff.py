@@ -121,10 +121,9 @@ def objective_value(adapter, theta, X, y, weights, n, tilt=None, n_jobs=None,
                     with_penalty=True):
     """``J_w(theta)`` as a float, summed over chunks of samples (see objective());
     without the penalty, the data term alone."""
-    pure = adapter.pure_forward  # a forward pass, no transform: threads where pure
-    total = sum_chunks(
+    total = sum_chunks(  # a forward pass, no transform: threads where it is pure
         lambda sl: _data_term(adapter, X[sl], y[sl], weights[sl], n)(theta),
-        len(X), _SUM_ROWS, n_jobs if pure else 1, thread_safe=pure)
+        len(X), _SUM_ROWS, n_jobs, thread_safe=adapter.pure_forward)
     if with_penalty:
         total = total + adapter.penalty(theta, n)
     return float(total if tilt is None else total - tilt @ theta)

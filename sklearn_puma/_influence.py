@@ -1192,15 +1192,15 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # The paths that need a second one: a start other than the warm retrain's
         # (the influence step, or damped Newton steps), and a near-exact fit, where
         # even the warm retrain's path is one of several.
-        preconditioned = bool(net_inverse) and net_inverse[0] is not None
-        started_elsewhere = (preconditioned or n_steps > 1) \
-            and problem.n * problem.adapter.n_params <= _SECOND_PATH_SIZE
-        if converged and (started_elsewhere or _unexplained_share(
-                problem, final) <= _INTERPOLATION_SHARE):
+        started_elsewhere = (bool(net_inverse) and net_inverse[0] is not None) \
+            or n_steps > 1
+        if converged and ((started_elsewhere and problem.n * problem.adapter.n_params
+                           <= _SECOND_PATH_SIZE)
+                          or _unexplained_share(problem, final) <= _INTERPOLATION_SHARE):
             checked = _second_path(
                 problem, theta, final, watch=watch, outputs=removed_outputs,
                 gtol=_NET_RTOL * net_scale[0], scale=g0, deadline=deadline,
-                memory=None if preconditioned or n_steps > 1 else _SECOND_PATH_MEMORY)
+                memory=None if started_elsewhere else _SECOND_PATH_MEMORY)
             if checked is not None:
                 second_path, other = checked
                 if second_path.lower_by > 0:
@@ -1213,7 +1213,6 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
                         residual[0] = max(second_path.residual, other.remaining)
                     else:  # compensation was solved for the first end's criteria
                         second_path.lower_by = 0.0
-                        second_path.agreement = second_path.unswapped_agreement
     step = theta - theta_hat
     eta = _largest_safe_eta(criterion, theta_hat, step, C0, delta, full_change)
     if eta < 1.0:
@@ -1245,10 +1244,9 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
 # There its reweighted objective has several minima near the fit, and the one an
 # optimiser reaches depends on its path: on four 2,000-row tanh MLPClassifiers (771
 # parameters, loss 6-7e-5 of the constant's once driven to their optimum, a 5%
-# cluster removed) scipy's L-BFGS-B
-# from the same fitted weights, converged to a gradient of 1e-10, reached one minimum
-# with 10, 30 and 100 pairs on two, and minima 0.22-0.32 of the way from each other on
-# two (one of which the patch reached converged, unwarned, 0.62 of the way to the
+# cluster removed) scipy's L-BFGS-B from the same fitted weights, converged to a
+# gradient of 1e-10, reached one minimum with 10, 30 and 100 pairs on two, and minima
+# 0.22-0.32 of the way from each other on two (one of which the patch reached converged, unwarned, 0.62 of the way to the
 # 30-pair one).  On four regressors of the same size fitted to 1-3% of their targets'
 # variance the three agreed on three; on the fourth (2.6%) the 100-pair run ended 0.15
 # of the way, and its patch stopped short and warned.  The check costs a second
@@ -1325,19 +1323,23 @@ def _unexplained_share(problem, weights):
 
 @dataclass
 class SecondPath:
-    """A second path to the reweighted optimum (``_second_path``): its end's
-    agreement with the patch's on the removed rows (relative to the move of the end
-    kept), its relative gradient where it stopped and why it stopped, its L-BFGS
-    memory, by how much (relative) its reweighted objective is lower than the first
-    path's where the patch takes its end (else 0), and the agreement relative to the
-    first end's move (used where that end is kept after all)."""
+    """A second path to the reweighted optimum (``_second_path``): how far its end
+    agrees with the first path's on the removed rows, relative to the first end's move
+    and to its own, its relative gradient where it stopped and why it stopped, its
+    L-BFGS memory, and by how much (relative) its reweighted objective is lower than
+    the first path's where the patch takes its end (else 0)."""
 
-    agreement: float
+    agreement_first: float
+    agreement_second: float
     residual: float
     reason: str
     memory: int
     lower_by: float = 0.0
-    unswapped_agreement: float = float("nan")
+
+    @property
+    def agreement(self):
+        """The agreement relative to the move of the end the patch kept."""
+        return self.agreement_second if self.lower_by > 0 else self.agreement_first
 
 
 def _second_path(problem, theta, weights, *, watch, outputs, gtol, scale, deadline,
@@ -1377,10 +1379,10 @@ def _second_path(problem, theta, weights, *, watch, outputs, gtol, scale, deadli
         moved = float((kept - start).abs().mean())
         return 1.0 - apart / moved if moved > 0 else 1.0
 
-    return SecondPath(agreement(second if lower_by > 0 else first),
+    return SecondPath(agreement(first), agreement(second),
                       float(other.gradient.norm()) / max(scale, 1e-300), other.reason,
                       _lbfgs_memory(theta.numel()) if memory is None else memory,
-                      lower_by, agreement(first)), other
+                      lower_by), other
 
 
 def _compensate_measured(problem, criterion, C0, theta, lam, change, inverse, up_idx, *,
@@ -1524,8 +1526,8 @@ _NET_RTOL = 1e-4
 # probabilities or outputs) the next quasi-Newton step still predicts, at most: the
 # gradient alone can stop early on a flat objective.  Neither test tells minima apart:
 # a tanh MLP on 2,000 rows that interpolates them (771 parameters, a 5% cluster
-# removed) passes both in another minimum 0.62 of the way to the warm retrain, which
-# the second path (``_second_path``) catches.
+# removed) passes both in another minimum 0.62 of the way to the warm retrain: the
+# second path (``_second_path``) now warns of that one, not of every such case.
 _NET_OUTPUT_RTOL = 1e-2
 _NET_TRIAL_OUTPUT_RTOL = 1e-1
 _NET_TRIAL_RTOL = 1e-2

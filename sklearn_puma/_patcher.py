@@ -914,9 +914,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         fitted model (the warm retrain's own): where its own path started
         elsewhere, with the influence step or Newton steps (``n_steps > 1``), with
         the polish's memory, on nets of up to 10^7 rows times parameters (past
-        that the plain path costs several patches); and where the net fits its training data almost
-        exactly, its loss under 1% of a constant prediction's, with 10 pairs (as
-        scikit-learn's lbfgs). Where the second path converges to a reweighted
+        that the plain path costs several patches); and where the net fits its
+        training data almost exactly, its loss under 1% of a constant prediction's,
+        with 10 pairs (as scikit-learn's lbfgs). Where the second path converges to a reweighted
         objective lower by more than rounding, with criteria no worse, the patch
         takes its end (a two-class MLP whose influence-step path converged in a
         minimum 3% higher than scipy's retrains' now reaches theirs): a lower
