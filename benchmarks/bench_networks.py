@@ -298,64 +298,88 @@ def _criterion_gradients(problem, X_test, y_test):
 
 
 def ekfac_costs(X, y, X_test, y_test, n_large):
-    """hessian="ekfac" next to the exact Gauss-Newton solve on a small net (build and
-    solve times, their ratio, cosines of the inverse products), and its cost alone on
-    a net whose explicit curvature would not fit in memory."""
+    """hessian="ekfac" next to the exact Gauss-Newton solve on a small net, undamped
+    (the library's default) and at a Kronfluence-style damping (0.1 times the mean
+    curvature diagonal): the cosines of its inverse products with the exact ones (the
+    four per-class criterion gradients values solve for, and a patch's removed-rows
+    gradient), its build and solve times and conjugate-gradient iterations, beside
+    EK-FAC alone and plain CG on the same Gauss-Newton products to the same residual
+    (the alternative that needs no factors); then its cost alone on a net whose explicit
+    curvature would not fit in memory."""
+    from sklearn_puma._autodiff import hvp_function, matrix_from_hvp
+    from sklearn_puma._curvature import block_cg
+    from sklearn_puma._kfac import _REFINE_TOL, EKFACInverse
 
     n = 2000
     est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = est.fit(X[:n], y[:n])
-    rows = {}
-    for kind in ["exact", "ekfac"]:
-        problem = _problem(model, X[:n], y[:n], kind)
-        _, t_build = timed(lambda: problem.inverse(problem.theta_hat, problem.s))
-        inverse = problem.inverse_hat
-        B = torch.cat([_criterion_gradients(problem, X_test, y_test),
-                       # a patch's right-hand side: 1% of the rows' summed gradients
-                       _removed_gradient(problem, n // 100)], dim=1)
-        solution, t_solve = timed(lambda: inverse.solve(B))
-        rows[kind] = (t_build, t_solve, solution)
+    problem = _problem(model, X[:n], y[:n], "exact")
     p = problem.adapter.n_params
-    print(f"EK-FAC vs exact Gauss-Newton, MLPClassifier(32) on {n} rows ({p} parameters)")
-    exact = rows["exact"][2]
-    for kind, (t_build, t_solve, solution) in rows.items():
-        cos = torch.nn.functional.cosine_similarity(solution, exact, dim=0)
-        print(f"  {kind:6s} build {t_build:.3f}s  solve (5 columns) {t_solve * 1e3:.2f}ms"
-              f"  cosine with exact: values (4 classes) "
-              f"{' '.join(f'{c:.3f}' for c in cos[:4].tolist())}, patch {float(cos[4]):.3f}")
-    print(f"  ekfac / exact time: build {rows['ekfac'][0] / rows['exact'][0]:.3f}, "
-          f"solve {rows['ekfac'][1] / rows['exact'][1]:.3f}")
-    # The best any one-block-per-layer curvature can do: the exact Gauss-Newton's own
-    # diagonal blocks, pseudo-inverted.
-    from sklearn_puma._autodiff import hvp_function, matrix_from_hvp
-
+    B = torch.cat([_criterion_gradients(problem, X_test, y_test),
+                   _removed_gradient(problem, n // 100)], dim=1)
     hvp = hvp_function(problem.adapter, problem.theta_hat, problem.X, problem.y,
                        problem.s, problem.n, gauss_newton=True)
-    G = matrix_from_hvp(hvp, p, torch.float64, torch.device("cpu"))
+    G, t_exact = timed(lambda: matrix_from_hvp(hvp, p, torch.float64, torch.device("cpu")))
+    _, t_product = timed(lambda: hvp(B[:, 0]))
+    print(f"EK-FAC vs exact Gauss-Newton, MLPClassifier(32) on {n} rows ({p} parameters;"
+          f" building the exact matrix {t_exact:.2f}s, one product {t_product * 1e3:.1f}ms)")
+
+    def cosines(solution, exact):
+        cos = torch.nn.functional.cosine_similarity(solution, exact, dim=0)
+        return (f"values {' '.join(f'{c:.3f}' for c in cos[:4].tolist())}, "
+                f"patch {float(cos[4]):.3f}")
+
+    for relative in [0.0, 0.1]:
+        damping = relative * float(torch.diagonal(G).mean())
+        damped = G + damping * torch.eye(p, dtype=G.dtype)
+        exact, t_inv = timed(lambda: torch.linalg.pinv(damped, hermitian=True, rtol=1e-10)
+                             @ B)
+        print(f"  damping {relative:g} x mean diagonal; exact pseudo-inverse "
+              f"{t_exact + t_inv:.2f}s in all")
+        op, t_build = timed(lambda: EKFACInverse(problem.adapter, problem.theta_hat,
+                                                 problem.X, problem.y, problem.s,
+                                                 problem.n, damping=damping, hvp=hvp))
+        refined, t_solve = timed(lambda: op.solve(B))
+        print(f"    ekfac (refined)  build {t_build:.3f}s  solve (5 columns) {t_solve:.3f}s"
+              f" ({op.steps} CG iterations, residual {op.residual:.1e})  "
+              f"cosine with exact: {cosines(refined, exact)}")
+        print(f"    EK-FAC alone     solve {timed(lambda: op.approximate_solve(B))[1] * 1e3:.2f}"
+              f"ms  cosine with exact: {cosines(op.approximate_solve(B), exact)}")
+
+        def products(V, damping=damping):
+            return torch.func.vmap(hvp, in_dims=1, out_dims=1)(V) + damping * V
+
+        (plain, residual, _, steps), t_cg = timed(lambda: block_cg(products, B,
+                                                                   _REFINE_TOL, 10 * p))
+        print(f"    plain CG         solve {t_cg:.3f}s ({steps} iterations, residual "
+              f"{residual:.1e})  cosine with exact: {cosines(plain, exact)}")
+    # The best any one-block-per-layer curvature can do: the exact Gauss-Newton's own
+    # diagonal blocks, pseudo-inverted.
     blocks = torch.zeros_like(G)
     for index, _ in problem.adapter.linear_layers():
         i = index.reshape(-1)
         blocks[i[:, None], i[None, :]] = G[i[:, None], i[None, :]]
-    cos = torch.nn.functional.cosine_similarity(
-        torch.linalg.pinv(blocks, hermitian=True, rtol=1e-10) @ B, exact, dim=0)
-    print(f"  exact block-diagonal Gauss-Newton (one block per layer, for reference): "
-          f"cosine with exact: values {' '.join(f'{c:.3f}' for c in cos[:4].tolist())}, "
-          f"patch {float(cos[4]):.3f}")
+    exact = torch.linalg.pinv(G, hermitian=True, rtol=1e-10) @ B
+    cos = torch.linalg.pinv(blocks, hermitian=True, rtol=1e-10) @ B
+    print(f"  exact block-diagonal Gauss-Newton, undamped (one block per layer, for "
+          f"reference): cosine with exact: {cosines(cos, exact)}")
     est = MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=5, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, t_fit = timed(lambda: est.fit(X[:n_large], y[:n_large]))
     problem = _problem(model, X[:n_large], y[:n_large], "ekfac")
     p = problem.adapter.n_params
-    _, t_build = timed(lambda: problem.inverse(problem.theta_hat, problem.s))
+    inverse, t_build = timed(lambda: problem.inverse(problem.theta_hat, problem.s))
     B = _criterion_gradients(problem, X_test, y_test)
-    _, t_solve = timed(lambda: problem.inverse_hat.solve(B))
+    _, t_solve = timed(lambda: inverse.solve(B))
     print(f"EK-FAC alone, MLPClassifier(256, 256) on {n_large} rows ({p} parameters; "
           f"the explicit curvature would take {p * p * 8 / 2**30:.0f} GiB): build "
-          f"{t_build:.2f}s, solve (4 columns) {t_solve * 1e3:.1f}ms; 5 Adam epochs of "
-          f"fitting took {t_fit:.1f}s")
+          f"{t_build:.2f}s, refined solve (4 columns) {t_solve:.2f}s ({inverse.steps} CG "
+          f"iterations, residual {inverse.residual:.1e}); EK-FAC alone "
+          f"{timed(lambda: inverse.approximate_solve(B))[1] * 1e3:.1f}ms; 5 Adam epochs "
+          f"of fitting took {t_fit:.1f}s")
 
 
 def _removed_gradient(problem, count):

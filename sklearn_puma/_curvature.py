@@ -9,7 +9,8 @@ One small interface (``solve``, ``name``, ``damping``), chosen with ``hessian=``
 * ``"lowrank"`` the top-k eigenpairs by Lanczos; the rest of the spectrum is treated as
                 flat and only damped (Schioppa et al. 2022, "Arnoldi influence");
 * ``"ekfac"``   dense networks: the eigenvalue-corrected Kronecker-factored
-                Gauss-Newton curvature, block-diagonal over layers (``_kfac``);
+                Gauss-Newton curvature, block-diagonal over layers, preconditioning
+                conjugate gradients on the Gauss-Newton products (``_kfac``);
 * ``"auto"``    "exact" up to ``EXACT_MAX_PARAMS`` parameters, else "cg".
 
 Each is tested against the exact solve with the same damping.  ``damping="auto"``
@@ -370,31 +371,9 @@ class CGInverse(_OperatorInverse):
         """Block CG: every column runs its own recurrence, sharing the products."""
         vector = B.ndim == 1
         B = B[:, None] if vector else B
-        X = torch.zeros_like(B)
-        R = B.clone()
-        D = R.clone()
-        rs = (R * R).sum(0)
-        b_norm = B.norm(dim=0).clamp_min(1e-300)
-        deadline = time.monotonic() + MAX_SOLVE_SECONDS
-        iterations, timed_out = 0, False
-        for iterations in range(1, self.max_iter + 1):  # noqa: B007 (read after)
-            active = rs.sqrt() > self.tol * b_norm
-            if not active.any():
-                break
-            if time.monotonic() > deadline:
-                timed_out = True
-                break
-            AD = self._damped(D)
-            step = torch.where(active, rs / (D * AD).sum(0), torch.zeros_like(rs))
-            X = X + step * D
-            R = R - step * AD
-            rs_new = (R * R).sum(0)
-            D = R + torch.where(active, rs_new / rs.clamp_min(1e-300), torch.zeros_like(rs)) * D
-            rs = rs_new
-        residual = float(((B - self._damped(X)).norm(dim=0) / b_norm).max())
+        X, residuals, bound, _ = block_cg(self._damped, B, self.tol, self.max_iter)
+        residual = float(residuals.max())
         if residual > math.sqrt(self.tol) or not math.isfinite(residual):
-            bound = (f"its time bound ({MAX_SOLVE_SECONDS:g} s)" if timed_out
-                     else f"{iterations} of at most {self.max_iter} iterations")
             _warn(
                 f"CG stopped after {bound} with relative residual {residual:.3g} "
                 f"(tolerance {self.tol:g}); raise damping for a faster solve.",
@@ -402,6 +381,67 @@ class CGInverse(_OperatorInverse):
                 stacklevel=4,
             )
         return X[:, 0] if vector else X
+
+
+def block_cg(apply, B, tol, max_iter, precondition=None, patience=None):
+    """``apply(X) = B`` by (preconditioned) conjugate gradients, each column of B (p, m)
+    its own recurrence, the products shared; from zero, so a flat direction the
+    preconditioner leaves out stays out (the pseudo-inverse's answer).  Stops where
+    every column's residual is under ``tol`` relative to its right-hand side, after
+    ``max_iter`` iterations, or at ``MAX_SOLVE_SECONDS``.  Each column's iterate with
+    the smallest residual is kept: on a singular curvature a right-hand side with a part
+    outside its range (a held-out gradient, on a net with more parameters than rows
+    times outputs) has no solution, and the iterates then grow without bound (a float32
+    skorch net's residual rose from under 1 to 2).  With ``patience``, it also stops
+    once no column's smallest residual has fallen by 1% in that many iterations.
+
+    Returns ``(X, residuals, bound, steps)``: each column's relative residual ``||B -
+    apply(X)|| / ||B||``, measured; what ended the iterations, in words; and the
+    iterations taken (products, besides the residuals').
+    """
+    precondition = precondition or (lambda R: R)
+    X = torch.zeros_like(B)
+    R = B.clone()
+    Z = precondition(R)
+    D = Z.clone()
+    rz = (R * Z).sum(0)
+    b_norm = B.norm(dim=0).clamp_min(1e-300)
+    best, best_residual = X.clone(), torch.ones_like(b_norm)
+    deadline = time.monotonic() + MAX_SOLVE_SECONDS
+    iterations, steps, timed_out, stalled = 0, 0, False, False
+    mark = best_residual.clone()
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (read after)
+        relative = R.norm(dim=0) / b_norm
+        better = relative < best_residual
+        best[:, better], best_residual = X[:, better], torch.minimum(relative, best_residual)
+        active = relative > tol
+        if not active.any():
+            break
+        if time.monotonic() > deadline:
+            timed_out = True
+            break
+        if patience and iterations % patience == 0:
+            if not bool((best_residual < 0.99 * mark).any()):
+                stalled = True
+                break
+            mark = best_residual.clone()
+        AD = apply(D)
+        steps += 1
+        step = torch.where(active, rz / (D * AD).sum(0), torch.zeros_like(rz))
+        X = X + step * D
+        R = R - step * AD
+        Z = precondition(R)
+        rz_new = (R * Z).sum(0)
+        D = Z + torch.where(active, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz)) * D
+        rz = rz_new
+    relative = R.norm(dim=0) / b_norm
+    better = relative < best_residual
+    best[:, better] = X[:, better]
+    residuals = (B - apply(best)).norm(dim=0) / b_norm
+    bound = (f"its time bound ({MAX_SOLVE_SECONDS:g} s)" if timed_out
+             else f"{iterations} of at most {max_iter} iterations"
+             + (f" (no progress in the last {patience})" if stalled else ""))
+    return best, residuals, bound, steps
 
 
 class LissaInverse(_OperatorInverse):

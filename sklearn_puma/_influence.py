@@ -228,11 +228,13 @@ class Problem:
             return self._dual_inverse(theta, weights)
         # The explicit Hessian needs no Hessian-vector products (unless it is built
         # from them): building the closure costs a tenth of a small patch's inverse.
-        needs_hvp = resolve_kind(self.hessian_kind, adapter.n_params) != "ekfac" and (
-            self.gauss_newton or resolve_kind(self.hessian_kind, adapter.n_params)
-            != "exact")
+        # EK-FAC's solves are refined on the Gauss-Newton products it approximates,
+        # whatever ``curvature`` says.
+        kind = resolve_kind(self.hessian_kind, adapter.n_params)
+        needs_hvp = self.gauss_newton or kind != "exact"
         hvp = (hvp_function(adapter, theta, self.X, self.y, weights, self.n,
-                            gauss_newton=self.gauss_newton) if needs_hvp else None)
+                            gauss_newton=self.gauss_newton or kind == "ekfac")
+               if needs_hvp else None)
 
         def explicit():
             return hessian if hessian is not None else self.hessian(theta, weights, hvp)
@@ -243,7 +245,7 @@ class Problem:
                             flat=adapter.flat_directions(),
                             kronecker=lambda: EKFACInverse(adapter, theta, self.X, self.y,
                                                            weights, self.n,
-                                                           damping=self.damping))
+                                                           damping=self.damping, hvp=hvp))
 
     def hessian(self, theta, weights, hvp=None):
         """The explicit p x p curvature of ``J_w`` at theta: the Gauss-Newton matrix

@@ -22,12 +22,25 @@ the same eigenbasis, and the damping to every eigenvalue.
 
 The same construction as Kronfluence's and pyDVL's EK-FAC, with the Gauss-Newton
 (type-2 Fisher) factor in place of their sampled or empirical gradients.
+
+Alone it is a rough inverse: on the tests' nets its products had cosines of 0.37-0.87
+with the exact Gauss-Newton solve's (0.16-0.74 on a 2,000-row MLPClassifier(32)), most
+of the loss in the Kronecker factorisation within each layer (the exact block-diagonal
+curvature reached 0.74-0.99).  So the solves values and patches use are refined: EK-FAC
+preconditions conjugate gradients on the exact Gauss-Newton products (one forward and
+one backward pass over the data each), to a relative residual of 1e-3.  Measured on
+that MLPClassifier(32), undamped: cosines 0.95-0.98 after 76 products, where plain CG
+to the same residual took 153 (and 1.00).  On nets that fit their data almost exactly
+the undamped inverse is dominated by directions of curvature near zero, which a
+residual barely sees: there plain CG stopped at the same residual had cosines of 0.04
+(breast cancer) and 0.37-0.49 (digits), the preconditioned solve 1.00 and 0.66-0.82.
 """
 
 import torch
 
 from ._autodiff import output_loss_derivatives, penalty_curvature, per_sample_grads
-from ._curvature import _auto_damping, _flat_tolerance
+from ._curvature import _auto_damping, _flat_tolerance, _warn, block_cg
+from ._warnings import SolverWarning
 
 # Rows per chunk of the passes over the data: activations and back-propagated
 # factors of one chunk, (b, width) and (b, width, K) per layer.
@@ -35,6 +48,19 @@ _ROWS = 2048
 # Floats of those statistics kept between the two passes (128 MB); past it the
 # second pass recomputes them.
 _KEPT_FLOATS = 2**24
+# The refined solve's relative residual.  At 1e-2 an undamped test net's patch
+# direction had a cosine of 0.93 with the exact solve; at 1e-3, 0.997 (the products
+# doubled: 256 against 60 there, 76 against about 40 on the benchmark's net).
+_REFINE_TOL = 1e-3
+# More right-hand sides than this (a solve per training row: self-influence, label
+# errors) take the EK-FAC solve alone: refining each would cost that many products
+# per iteration, each a pass over the data.
+_REFINE_COLUMNS = 32
+# Iterations without a 1% fall in the residual that end a refined solve: a right-hand
+# side partly outside a singular curvature's range has no solution (a held-out
+# gradient on a float32 skorch net of 80 rows: residual 0.59 after 100 iterations and
+# after 650).
+_REFINE_PATIENCE = 100
 
 
 def _unsupported(adapter):
@@ -136,6 +162,16 @@ class EKFACInverse:
         (always, unless some weight is negative), else twice the most negative one.
     correct : bool, default=True
         EK-FAC's eigenvalue correction; False gives plain K-FAC.
+    hvp : callable or None, default=None
+        ``v -> G v``, the exact Gauss-Newton products of the same objective: ``solve``
+        then runs conjugate gradients on them preconditioned by (E)K-FAC, to a relative
+        residual of ``tol``, for up to 32 right-hand sides (more take the EK-FAC solve
+        alone).  None: the EK-FAC solve alone.
+    tol : float, default=1e-2
+        The refined solve's relative residual.
+    max_iter : int or None, default=None
+        Its iteration bound (None: 10 p); a ``SolverWarning`` gives the residual where
+        it, or the time bound, stops the solve first.
 
     Attributes
     ----------
@@ -143,10 +179,17 @@ class EKFACInverse:
         "ekfac" (or "kfac").
     damping : float
         The damping applied.
+    residual, steps : float, int
+        The last refined solve's largest relative residual, measured, and its
+        iterations (NaN and 0 before one).
     """
 
-    def __init__(self, adapter, theta, X, y, weights, n, *, damping="auto", correct=True):
+    def __init__(self, adapter, theta, X, y, weights, n, *, damping="auto", correct=True,
+                 hvp=None, tol=_REFINE_TOL, max_iter=None):
         self.name = "ekfac" if correct else "kfac"
+        self._hvp, self.tol = hvp, tol
+        self.max_iter = max_iter or 10 * adapter.n_params
+        self.residual, self.steps = float("nan"), 0
         self.dtype, self.p = adapter.dtype, adapter.n_params
         layers = _layers(adapter)
         self._index = [index.to(theta.device).reshape(-1) for index, _ in layers]
@@ -227,9 +270,51 @@ class EKFACInverse:
         out = out.to(B.dtype)
         return out[:, 0] if vector else out
 
-    def solve(self, B):
-        """``(G~ + damping I)^{-1} B`` for B of shape (p,) or (p, m)."""
+    def approximate_solve(self, B):
+        """``(G~ + damping I)^{-1} B`` for B of shape (p,) or (p, m): EK-FAC alone."""
         return self._apply(B, self._inverse)
+
+    def solve(self, B):
+        """``(G + damping I)^{-1} B`` for the exact Gauss-Newton G, by conjugate
+        gradients preconditioned by EK-FAC, where ``hvp`` was given and B has at most
+        32 columns; else ``approximate_solve``."""
+        vector = B.ndim == 1
+        V = B[:, None] if vector else B
+        if self._hvp is None or V.shape[1] > _REFINE_COLUMNS:
+            return self.approximate_solve(B)
+
+        def damped(D):
+            # The products in the net's dtype; the recurrences in float64 (float32's
+            # drifted: a float32 skorch net's residual rose to 2 in 830 iterations).
+            products = torch.func.vmap(self._hvp, in_dims=1, out_dims=1)(D.to(B.dtype))
+            return products.to(torch.float64) + self.damping * D
+
+        X, residuals, bound, self.steps = block_cg(
+            damped, V.to(torch.float64), self.tol, self.max_iter,
+            precondition=self.approximate_solve, patience=_REFINE_PATIENCE)
+        X = X.to(B.dtype)
+        # A column no iterate improved on (residual 1, that of zero) keeps EK-FAC's own
+        # solve rather than zero.
+        unimproved = residuals >= 1
+        if bool(unimproved.any()):
+            alone = self.approximate_solve(V[:, unimproved].to(torch.float64))
+            X[:, unimproved] = alone.to(B.dtype)
+            rhs = V[:, unimproved].to(torch.float64)
+            residuals[unimproved] = (rhs - damped(alone)).norm(dim=0) / rhs.norm(
+                dim=0).clamp_min(1e-300)
+        self.residual = float(residuals.max())
+        if not self.residual <= self.tol:
+            kept = (f"; {int(unimproved.sum())} of {V.shape[1]} right-hand sides never "
+                    "fell under their own norm and keep the EK-FAC solve alone"
+                    if bool(unimproved.any()) else "")
+            _warn(f"hessian='ekfac': conjugate gradients on the Gauss-Newton products "
+                  f"stopped after {bound} with relative residual {self.residual:.3g} "
+                  f"(tolerance {self.tol:g}){kept}. A damping speeds the solve up, and "
+                  "gives a solution where the curvature is singular (more parameters "
+                  "than the rows determine) and part of the right-hand side outside its "
+                  "range.",
+                  SolverWarning, stacklevel=3)
+        return X[:, 0] if vector else X
 
     def curvature_times(self, V):
         """``G~ V`` (the penalty included, no damping), for V of shape (p,) or (p, m)."""

@@ -234,11 +234,15 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         ``torch.nn.Linear`` layers with elementwise activations between them;
         ``parameters="all"``) inverts the eigenvalue-corrected Kronecker-factored
         approximation of the Gauss-Newton curvature (George et al. 2018), one block
-        per layer, built in two passes over the data whatever ``curvature`` says: no
-        p x p matrix and no iterations, so it scales to nets far past the explicit
-        Hessian, but it is an approximation (cosines of 0.37-0.87 with the exact
-        Gauss-Newton solve on small nets, one undamped patch direction at -0.1);
-        other models raise a ``ValueError``.
+        per layer, built in two passes over the data, and uses it to precondition
+        conjugate gradients on the exact Gauss-Newton products (whatever
+        ``curvature`` says) to a relative residual of 1e-3: no p x p matrix, so it
+        reaches nets far past the explicit Hessian, at one pass over the data per
+        iteration (EK-FAC alone had cosines of 0.16-0.87 with the exact solve on
+        small nets, the refined solves 0.95-1.00; solves of more than 32 right-hand
+        sides, one per training row, take EK-FAC alone); a ``SolverWarning`` gives
+        the residual where the iterations stop short; other models raise a
+        ``ValueError``.
         "auto" is "exact" up to 3000 parameters, else "dual"
         where it applies (at most 5000 rows), else "cg" (``hessian_`` says which).
     damping : "auto" or float, default="auto"
