@@ -157,9 +157,11 @@ class EKFACInverse:
         Per-row weights ``w_i`` of ``J_w``.
     n : int
         The mean form's denominator.
-    damping : "auto" or float, default="auto"
+    damping : "auto", "relative" or float, default="auto"
         Added to every eigenvalue. "auto": none on a positive semi-definite curvature
-        (always, unless some weight is negative), else twice the most negative one.
+        (always, unless some weight is negative), else twice the most negative one;
+        "relative": ``relative_damping`` times the mean eigenvalue (the Gauss-Newton's
+        mean diagonal).
     correct : bool, default=True
         EK-FAC's eigenvalue correction; False gives plain K-FAC.
     hvp : callable or None, default=None
@@ -169,6 +171,8 @@ class EKFACInverse:
         alone).  None: the EK-FAC solve alone.
     tol : float, default=1e-2
         The refined solve's relative residual.
+    relative_damping : float, default=0.0
+        The share of the mean eigenvalue ``damping="relative"`` adds.
     max_iter : int or None, default=None
         Its iteration bound (None: 10 p); a ``SolverWarning`` gives the residual where
         it, or the time bound, stops the solve first.
@@ -185,7 +189,7 @@ class EKFACInverse:
     """
 
     def __init__(self, adapter, theta, X, y, weights, n, *, damping="auto", correct=True,
-                 hvp=None, tol=_REFINE_TOL, max_iter=None):
+                 hvp=None, tol=_REFINE_TOL, max_iter=None, relative_damping=0.0):
         self.name = "ekfac" if correct else "kfac"
         self._hvp, self.tol = hvp, tol
         self.max_iter = max_iter or 10 * adapter.n_params
@@ -247,6 +251,10 @@ class EKFACInverse:
         top = max(float(v.abs().max()) for v in curv)
         if damping == "auto":
             damping = _auto_damping(low, top, torch.float64, stacklevel=6)
+        elif damping == "relative":
+            # A share of the mean curvature (the trace over p: the same in any basis,
+            # so the exact Gauss-Newton's mean diagonal, layer blocks' own).
+            damping = relative_damping * sum(float(v.sum()) for v in curv) / self.p
         self.damping = float(damping)
         tol = _flat_tolerance(top, torch.float64)
         # Eigenvalues at rounding level of the largest are flat directions: pseudo-
