@@ -354,7 +354,7 @@ def ekfac_costs(X, y, X_test, y_test, n_large):
         (plain, residual, _, steps), t_cg = timed(lambda: block_cg(products, B,
                                                                    _REFINE_TOL, 10 * p))
         print(f"    plain CG         solve {t_cg:.3f}s ({steps} iterations, residual "
-              f"{residual:.1e})  cosine with exact: {cosines(plain, exact)}")
+              f"{float(residual.max()):.1e})  cosine with exact: {cosines(plain, exact)}")
     # The best any one-block-per-layer curvature can do: the exact Gauss-Newton's own
     # diagonal blocks, pseudo-inverted.
     blocks = torch.zeros_like(G)
@@ -374,7 +374,7 @@ def ekfac_costs(X, y, X_test, y_test, n_large):
     inverse, t_build = timed(lambda: problem.inverse(problem.theta_hat, problem.s))
     B = _criterion_gradients(problem, X_test, y_test)
     _, t_solve = timed(lambda: inverse.solve(B))
-    print(f"EK-FAC alone, MLPClassifier(256, 256) on {n_large} rows ({p} parameters; "
+    print(f"hessian='ekfac' at scale, MLPClassifier(256, 256) on {n_large} rows ({p} parameters; "
           f"the explicit curvature would take {p * p * 8 / 2**30:.0f} GiB): build "
           f"{t_build:.2f}s, refined solve (4 columns) {t_solve:.2f}s ({inverse.steps} CG "
           f"iterations, residual {inverse.residual:.1e}); EK-FAC alone "

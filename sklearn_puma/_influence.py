@@ -646,9 +646,13 @@ def loo_own_outputs(problem, X, y, weights, _verify=True, check_far_steps=True):
                                else None, own=own if training else None)
         return own
 
+    # One solve per row: EK-FAC's own (its refinement would cost a pass over the data
+    # per row and iteration), every other solver's as it is.
+    solve = getattr(inverse, "approximate_solve", inverse.solve)
+
     def first_order(sl):
         G = per_sample_grads(adapter, theta, X[sl], y[sl])
-        dtheta = (weights[sl] / problem.n)[:, None] * inverse.solve(G.T).T
+        dtheta = (weights[sl] / problem.n)[:, None] * solve(G.T).T
         if adapter.linear_in_params:
             # Outputs move by J_i dtheta_i: no forward pass per point (and sparse rows).
             Xd = dense_rows(adapter.design(X[sl]))
@@ -1904,7 +1908,9 @@ def _lbfgs_polish(problem, theta, weights, *, gtol, max_iter, deadline,
     no decrease along the quasi-Newton direction nor along the gradient.
 
     With ``precondition`` (the reweighted objective's curvature at the fitted model,
-    where it is explicit and convex: see ``patch``) that is L-BFGS's initial matrix,
+    where it is explicit and convex, or on a large net its EK-FAC Gauss-Newton
+    approximation: see ``polish_preconditioner`` in ``_patch``) that is L-BFGS's
+    initial matrix,
     its first step the influence (Newton) step, until a step on it must be cut below
     ``_PRECONDITION_MIN_STEP`` (then a scaled identity, as without it); its line
     searches start at the step last accepted.  Without it, plain L-BFGS from a scaled

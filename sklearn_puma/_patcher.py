@@ -239,10 +239,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         ``curvature`` says) to a relative residual of 1e-3: no p x p matrix, so it
         reaches nets far past the explicit Hessian, at one pass over the data per
         iteration (EK-FAC alone had cosines of 0.16-0.87 with the exact solve on
-        small nets, the refined solves 0.95-1.00; solves of more than 32 right-hand
-        sides, one per training row, take EK-FAC alone); a ``SolverWarning`` gives
-        the residual where the iterations stop short; other models raise a
-        ``ValueError``.
+        small nets, the refined solves 0.95-1.00 on penalised ones; solves of one
+        right-hand side per training row, self-influence and label errors, take
+        EK-FAC alone); a ``SolverWarning`` gives the residual where the iterations
+        stop short (an unpenalised net's singular curvature: pass a damping); other
+        models raise a ``ValueError``.
         "auto" is "exact" up to 3000 parameters, else "dual"
         where it applies (at most 5000 rows), else "cg" (``hessian_`` says which).
     damping : "auto" or float, default="auto"
@@ -901,7 +902,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         L-BFGS goes on from a scaled identity).  Elsewhere (indefinite, as a removed
         cluster often leaves it, or solved iteratively: "cg", "lowrank", "ekfac")
         the patch is plain L-BFGS from the fitted model, the warm retrain's own
-        path: a step on a damped indefinite inverse, long along the negative
+        path, except on nets of more than 10^7 rows times parameters made of dense
+        layers, where plain L-BFGS stopped on its bound and EK-FAC of the reweighted
+        Gauss-Newton curvature (damped by a hundredth of its mean eigenvalue)
+        preconditions it: a step on a damped indefinite inverse, long along the negative
         directions, crossed into other minima (a skorch net: 6e-4 higher than the
         warm retrain's, completeness 0.67, reported converged; plain: 0.9999), and
         so did the influence step on a CG solve whose Lanczos estimate called the

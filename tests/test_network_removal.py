@@ -348,5 +348,4 @@ def test_a_net_past_the_second_path_size_is_polished_on_ekfac(monkeypatch):
     remove = cluster_mask(X, 0.05, 0)
     gap_fit = np.abs(model.predict_proba(X[remove]) - warm.predict_proba(X[remove])).mean()
     gap = np.abs(puma.predict_proba(X[remove]) - warm.predict_proba(X[remove])).mean()
-    print(f"completeness {1 - gap / gap_fit:.4f}")
-    assert 1 - gap / gap_fit >= 0.9
+    assert 1 - gap / gap_fit >= 0.99  # measured 1.0000
