@@ -419,7 +419,7 @@ def block_cg(apply, B, tol, max_iter, precondition=None, patience=None,
         relative = R.norm(dim=0) / b_norm
         better = relative < best_residual
         best[:, better], best_residual = X[:, better], torch.minimum(relative, best_residual)
-        active = relative > tol
+        active = ~(relative <= tol)  # NaN counts as not converged
         if not active.any():
             break
         if time.monotonic() > deadline:
@@ -443,15 +443,16 @@ def block_cg(apply, B, tol, max_iter, precondition=None, patience=None,
     bound = (f"its time bound ({seconds:g} s)" if timed_out
              else f"{steps} of at most {max_iter} iterations"
              + (f" (no progress in the last {patience})" if stalled else ""))
-    if not bool((relative > tol).any()):
+    if bool((relative <= tol).all()):
         return X, (B - apply(X)).norm(dim=0) / b_norm, bound, steps
     # Stopped short: the recurrence's residual drifts from the true one on an
     # inconsistent system (0.52 read where 1.55 was measured), so the last iterate and
     # the one the recurrence called best are compared by measured residuals.
     measured_last = (B - apply(X)).norm(dim=0) / b_norm
     measured_best = (B - apply(best)).norm(dim=0) / b_norm
-    out = torch.where(measured_last <= measured_best, X, best)
-    return out, torch.minimum(measured_last, measured_best), bound, steps
+    take = measured_last <= measured_best  # False where the last is NaN
+    return (torch.where(take, X, best), torch.where(take, measured_last, measured_best),
+            bound, steps)
 
 
 class LissaInverse(_OperatorInverse):
