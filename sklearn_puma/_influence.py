@@ -1042,8 +1042,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
             return None
         try:
             return EKFACInverse(problem.adapter, theta_hat, problem.X, problem.y, weights,
-                                problem.n, damping="relative",
-                                relative_damping=_POLISH_EKFAC_DAMPING)
+                                problem.n, relative_damping=_POLISH_EKFAC_DAMPING)
         except ValueError:  # not a stack of dense layers: plain L-BFGS
             return None
 

@@ -159,11 +159,9 @@ class EKFACInverse:
         Per-row weights ``w_i`` of ``J_w``.
     n : int
         The mean form's denominator.
-    damping : "auto", "relative" or float, default="auto"
+    damping : "auto" or float, default="auto"
         Added to every eigenvalue. "auto": none on a positive semi-definite curvature
-        (always, unless some weight is negative), else twice the most negative one;
-        "relative": ``relative_damping`` times the mean eigenvalue (the Gauss-Newton's
-        mean diagonal).
+        (always, unless some weight is negative), else twice the most negative one.
     correct : bool, default=True
         EK-FAC's eigenvalue correction; False gives plain K-FAC.
     hvp : callable or None, default=None
@@ -172,8 +170,9 @@ class EKFACInverse:
         residual of ``tol``.  None: ``solve`` is the EK-FAC solve alone.
     tol : float, default=1e-3
         The refined solve's relative residual.
-    relative_damping : float, default=0.0
-        The share of the mean eigenvalue ``damping="relative"`` adds.
+    relative_damping : float or None, default=None
+        Where given, the damping is this share of the mean eigenvalue (the
+        Gauss-Newton's mean diagonal), in place of ``damping``.
     max_iter : int or None, default=None
         Its iteration bound (None: 10 p); a ``SolverWarning`` gives the residual where
         it, or the time bound, stops the solve first.
@@ -194,7 +193,7 @@ class EKFACInverse:
     """
 
     def __init__(self, adapter, theta, X, y, weights, n, *, damping="auto", correct=True,
-                 hvp=None, tol=_REFINE_TOL, max_iter=None, relative_damping=0.0):
+                 hvp=None, tol=_REFINE_TOL, max_iter=None, relative_damping=None):
         self.name = "ekfac" if correct else "kfac"
         self._hvp, self.tol = hvp, tol
         self.max_iter = max_iter or 10 * adapter.n_params
@@ -254,12 +253,12 @@ class EKFACInverse:
         curv = [v + r for v, r in zip(self._values, self.penalty)]
         low = min(float(v.min()) for v in curv)
         top = max(float(v.abs().max()) for v in curv)
-        if damping == "auto":
-            damping = _auto_damping(low, top, torch.float64, stacklevel=6)
-        elif damping == "relative":
+        if relative_damping is not None:
             # A share of the mean curvature (the trace over p: the same in any basis,
             # so the exact Gauss-Newton's mean diagonal, layer blocks' own).
             damping = relative_damping * sum(float(v.sum()) for v in curv) / self.p
+        elif damping == "auto":
+            damping = _auto_damping(low, top, torch.float64, stacklevel=6)
         self.damping = float(damping)
         tol = _flat_tolerance(top, torch.float64)
         # Eigenvalues at rounding level of the largest are flat directions: pseudo-
@@ -319,12 +318,11 @@ class EKFACInverse:
         if bool(short.any()):
             rhs = V[:, short]
             alone = self.approximate_solve(rhs)
-            scores = [residuals[short], measured(alone, rhs)]
-            plain = alone
-            plain_residuals = torch.full_like(scores[1], math.inf)
+            candidates = [("EK-FAC-preconditioned CG", X[:, short], residuals[short]),
+                          ("EK-FAC alone", alone, measured(alone, rhs))]
             # Plain CG, in what is left of the solve's time bound, only where the
             # preconditioned result is poor (a near miss would pay a second solve).
-            poor = ~(scores[0] <= math.sqrt(self.tol))
+            poor = ~(residuals[short] <= math.sqrt(self.tol))
             left = _curvature.MAX_SOLVE_SECONDS - (time.monotonic() - start)
             if bool(poor.any()) and left > 0:
                 found, found_residuals, _, steps = block_cg(
@@ -332,17 +330,17 @@ class EKFACInverse:
                     patience=_REFINE_PATIENCE, seconds=left)
                 self.steps += steps
                 plain = alone.clone()
+                plain_residuals = torch.full_like(residuals[short], math.inf)
                 plain[:, poor], plain_residuals[poor] = found, found_residuals
-            candidates = torch.stack([X[:, short], plain, alone])
-            choice = torch.stack([scores[0], plain_residuals, scores[1]]).nan_to_num(
-                nan=math.inf).argmin(dim=0)
+                candidates.append(("plain CG", plain, plain_residuals))
+            names, solutions, scores = zip(*candidates)
+            scores = torch.stack(scores)
+            choice = scores.nan_to_num(nan=math.inf).argmin(dim=0)
             columns = torch.arange(len(choice), device=choice.device)
-            X[:, short] = candidates[choice, :, columns].T
-            residuals[short] = torch.stack([scores[0], plain_residuals, scores[1]])[
-                choice, columns]
-            names = ["EK-FAC-preconditioned CG", "plain CG", "EK-FAC alone"]
+            X[:, short] = torch.stack(solutions)[choice, :, columns].T
+            residuals[short] = scores[choice, columns]
             kept = "; kept, by measured residual: " + ", ".join(
-                f"{names[k]} for {int((choice == k).sum())}" for k in range(3)
+                f"{name} for {int((choice == k).sum())}" for k, name in enumerate(names)
                 if bool((choice == k).any()))
         self.residual = float(residuals.max())
         if not self.residual <= self.tol:

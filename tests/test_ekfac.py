@@ -320,11 +320,11 @@ MEASURED = {
 }
 
 
-@pytest.mark.parametrize("relative_damping", [0.0, 0.1])
-def test_inverse_products_against_exact_gauss_newton(case, request, relative_damping):
-    case, Xe, ye = case
-    name = request.node.callspec.id.rsplit("-", 1)[0]
-    # The patch's curvature: the removed rows' weight set to zero.
+def _value_and_patch_systems(case, Xe, ye, relative_damping):
+    """``(column, w, rhs, G, damping, exact)`` for the two solves measured: values (the
+    held-out loss gradient, fitted weights) and a patch (10 removed rows' gradients,
+    their weight set to 0 in the curvature); ``exact`` by the pseudo-inverse of the
+    Gauss-Newton matrix built here."""
     weights = case.w.clone()
     weights[:10] = 0
     B = torch.stack([case.criterion_gradient(Xe, ye), case.grads(slice(0, 10)).sum(0)],
@@ -333,7 +333,15 @@ def test_inverse_products_against_exact_gauss_newton(case, request, relative_dam
         rhs = B[:, column]
         G = case.gauss_newton(w)
         damping = relative_damping * float(torch.diagonal(G).mean())
-        exact = _pinv_solve(G, rhs[:, None], damping)[:, 0]
+        yield column, w, rhs, G, damping, _pinv_solve(G, rhs[:, None], damping)[:, 0]
+
+
+@pytest.mark.parametrize("relative_damping", [0.0, 0.1])
+def test_inverse_products_against_exact_gauss_newton(case, request, relative_damping):
+    case, Xe, ye = case
+    name = request.node.callspec.id.rsplit("-", 1)[0]
+    for column, w, rhs, _, damping, exact in _value_and_patch_systems(
+            case, Xe, ye, relative_damping):
         op = EKFACInverse(case.adapter, case.theta, case.X, case.y, w, case.n,
                           damping=damping)
         cos = _cosine(op.approximate_solve(rhs), exact)
@@ -352,15 +360,8 @@ def test_solves_used_by_values_and_patches_match_exact_gauss_newton(case,
     from sklearn_puma._influence import Problem
 
     case, Xe, ye = case
-    weights = case.w.clone()
-    weights[:10] = 0
-    B = torch.stack([case.criterion_gradient(Xe, ye), case.grads(slice(0, 10)).sum(0)],
-                    dim=1)
-    for column, w in enumerate([case.w, weights]):
-        rhs = B[:, column]
-        G = case.gauss_newton(w)
-        damping = relative_damping * float(torch.diagonal(G).mean())
-        exact = _pinv_solve(G, rhs[:, None], damping)[:, 0]
+    for _, w, rhs, G, damping, exact in _value_and_patch_systems(
+            case, Xe, ye, relative_damping):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the nets stopped short of an optimum
             problem = Problem(case.adapter, case.X, case.y, case.w, hessian="ekfac",
