@@ -124,8 +124,8 @@ def _estimator_has(attr):
 
 def _unfinished_fit(share):
     """Where a network's fitted model is itself further from its optimum than the
-    patch's tolerance (``share``: its own gradient over the reweighted one at the
-    fitted model, as the patch measured them), the advice that says so: the polish
+    patch's tolerance (``share``: its own gradient over the removal's at the fitted
+    model, as the patch measured them), the advice that says so: the polish
     then has to finish the fit's convergence too, part of what held it back
     (measured: the 50,000-row MLP of benchmarks/bench_networks.py, its own gradient
     0.01 of a random 1% removal's after scipy's 3,000-iteration drive, its polish
@@ -134,8 +134,8 @@ def _unfinished_fit(share):
     if not share > _NET_RTOL:
         return ""
     return (f"The fitted model itself is not at its optimum to the polish's tolerance "
-            f"({_NET_RTOL:g}): its own gradient is {share:.2g} times the reweighted one "
-            "at the fitted model, so the patch had to finish the fit's convergence too; "
+            f"({_NET_RTOL:g}): its own gradient is {share:.2g} times the removal's "
+            "there, so the patch had to finish the fit's convergence too; "
             "train it further (more iterations, a tighter tol) before patching. ")
 
 
@@ -332,10 +332,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         in its parameters: the square root of the reweighted objective's Newton
         decrement there over the patch's first (0: converged; about 1e-8; 1: no closer
         than it started); above 0.1 with ``eta_=1`` a ``PartialRemovalWarning`` gives
-        the figure. A network: the larger of the reweighted gradient's norm over its
-        norm at the fitted model and the share of the removed rows' move (mean change
-        of their predicted probabilities or outputs) that a further quasi-Newton step
-        still predicts; its polish converges at 1e-4 and 1e-2 of those, and a patch
+        the figure. A network: the larger of the reweighted gradient's norm over the
+        removal's gradient at the fitted model (the reweighted one less the fit's
+        own, which a trainer stopped short of an optimum leaves) and the share of
+        the removed rows' move (mean change of their predicted probabilities or
+        outputs) that a further quasi-Newton step still predicts; its polish converges at 1e-4 and 1e-2 of those, and a patch
         that did not gives a ``PartialRemovalWarning`` with the figure. (With
         ``eta_ < 1`` the shortening's own warning says the removal is partial.)
     hessian_ : str
@@ -996,7 +997,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                        f"{self.removal_residual_:.3g} of the removal's first step"
                        if linear else
                        "larger of the reweighted objective's gradient where its L-BFGS "
-                       "polish ended (over its norm at the fitted model) and the share "
+                       "polish ended (over the removal's gradient at the fitted "
+                       "model) and the share "
                        "of the removed rows' move a further step still predicts is "
                        f"{self.removal_residual_:.3g} (converged: {_NET_RTOL:g} and "
                        f"{_NET_OUTPUT_RTOL:g})")
