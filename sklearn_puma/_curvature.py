@@ -384,7 +384,7 @@ class CGInverse(_OperatorInverse):
 
 
 def block_cg(apply, B, tol, max_iter, precondition=None, patience=None,
-             seconds=None):
+             seconds=None, energy_tol=None):
     """``apply(X) = B`` by (preconditioned) conjugate gradients, each column of B (p, m)
     its own recurrence, the products shared; from zero, so a flat direction the
     preconditioner leaves out stays out (the pseudo-inverse's answer).  Stops where
@@ -397,7 +397,9 @@ def block_cg(apply, B, tol, max_iter, precondition=None, patience=None,
     skorch net's residual rose from under 1 to 2); where it stops short, each column
     keeps whichever of the last iterate and that one has the smaller measured
     residual.  With ``patience``, it also stops once no column's smallest residual has
-    fallen by 1% in that many iterations.
+    fallen by 1% in that many iterations.  With ``energy_tol`` (and ``precondition``)
+    a column also iterates until its preconditioned residual norm, ``sqrt(r.M r)``,
+    is under ``energy_tol`` relative to its first: see ``_kfac._REFINE_ENERGY_TOL``.
 
     Returns ``(X, residuals, bound, steps)``: each column's relative residual ``||B -
     apply(X)|| / ||B||``, measured; what ended the iterations, in words; and the
@@ -409,6 +411,7 @@ def block_cg(apply, B, tol, max_iter, precondition=None, patience=None,
     Z = precondition(R)
     D = Z.clone()
     rz = (R * Z).sum(0)
+    rz_first = rz.abs().clamp_min(1e-300)
     b_norm = B.norm(dim=0).clamp_min(1e-300)
     best, best_residual = X.clone(), torch.ones_like(b_norm)
     seconds = MAX_SOLVE_SECONDS if seconds is None else seconds
@@ -420,6 +423,8 @@ def block_cg(apply, B, tol, max_iter, precondition=None, patience=None,
         better = relative < best_residual
         best[:, better], best_residual = X[:, better], torch.minimum(relative, best_residual)
         active = ~(relative <= tol)  # NaN counts as not converged
+        if energy_tol is not None:
+            active |= ~((rz.abs() / rz_first).sqrt() <= energy_tol)
         if not active.any():
             break
         if time.monotonic() > deadline:
