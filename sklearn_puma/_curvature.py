@@ -397,9 +397,13 @@ def block_cg(apply, B, tol, max_iter, precondition=None, patience=None,
     skorch net's residual rose from under 1 to 2); where it stops short, each column
     keeps whichever of the last iterate and that one has the smaller measured
     residual.  With ``patience``, it also stops once no column's smallest residual has
-    fallen by 1% in that many iterations.  With ``energy_tol`` (and ``precondition``)
-    a column also iterates until its preconditioned residual norm, ``sqrt(r.M r)``,
-    is under ``energy_tol`` relative to its first: see ``_kfac._REFINE_ENERGY_TOL``.
+    fallen by 1% in that many iterations (nor its preconditioned norm, where
+    ``energy_tol`` is given).  With ``energy_tol`` a column also iterates until its
+    preconditioned residual norm, ``sqrt(r.M r)`` (``M`` the preconditioner), is under
+    ``energy_tol`` relative to its first (see ``_kfac._REFINE_ENERGY_TOL``): a
+    refinement past ``tol``, so a column stopped by a bound with its residual under
+    ``tol`` but that norm not yet counts as converged (its residual is what is
+    reported).
 
     Returns ``(X, residuals, bound, steps)``: each column's relative residual ``||B -
     apply(X)|| / ||B||``, measured; what ended the iterations, in words; and the
@@ -417,24 +421,28 @@ def block_cg(apply, B, tol, max_iter, precondition=None, patience=None,
     seconds = MAX_SOLVE_SECONDS if seconds is None else seconds
     deadline = time.monotonic() + seconds
     iterations, steps, timed_out, stalled = 0, 0, False, False
-    mark = best_residual.clone()
+    best_energy = torch.ones_like(b_norm)
+    mark, energy_mark = best_residual.clone(), best_energy.clone()
     for iterations in range(1, max_iter + 1):  # noqa: B007 (read after)
         relative = R.norm(dim=0) / b_norm
         better = relative < best_residual
         best[:, better], best_residual = X[:, better], torch.minimum(relative, best_residual)
         active = ~(relative <= tol)  # NaN counts as not converged
         if energy_tol is not None:
-            active |= ~((rz.abs() / rz_first).sqrt() <= energy_tol)
+            energy = (rz.abs() / rz_first).sqrt()
+            best_energy = torch.minimum(energy, best_energy)
+            active |= ~(energy <= energy_tol)
         if not active.any():
             break
         if time.monotonic() > deadline:
             timed_out = True
             break
         if patience and iterations % patience == 0:
-            if not bool((best_residual < 0.99 * mark).any()):
+            if not bool((best_residual < 0.99 * mark).any()
+                        or (best_energy < 0.99 * energy_mark).any()):
                 stalled = True
                 break
-            mark = best_residual.clone()
+            mark, energy_mark = best_residual.clone(), best_energy.clone()
         AD = apply(D)
         steps += 1
         step = torch.where(active, rz / (D * AD).sum(0), torch.zeros_like(rz))

@@ -991,8 +991,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # removal's gradient at the fitted model (the patch's first), preconditioned by
         # the reweighted curvature there, or started by the influence step, where
         # that curvature is convex: see _lbfgs_polish.
-        if not net_scale:
-            net_scale.append(removal_gradient(weights))
+        net_scale[:] = [removal_gradient(weights)]
         tol = _NET_RTOL if rtol == _POLISH_RTOL else _NET_TRIAL_RTOL
         if not net_inverse:
             net_inverse.append(polish_preconditioner(weights))
@@ -1020,11 +1019,13 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         retrain, its objective 2% above the retrain's.  Where that gradient is below
         the rounding of a mean gradient (``_ROUNDING_GRADIENTS`` units of the dtype's
         eps times a typical row's gradient, over the polish's tolerance: a float32 net
-        and a removal of one row) the norm is that floor, so that no polish is asked
-        for a gradient its arithmetic cannot resolve."""
-        g = problem.grad(theta_hat, weights) - problem.tilt
+        and a removal of under 7% of the rows) the norm is that floor, so that no
+        polish is asked for a gradient its arithmetic cannot resolve.  Taken on each
+        polish's own weights: a compensation round's up-weights change it."""
+        g = gradient(problem.adapter, theta_hat, *problem._changed(weights), problem.n,
+                     n_jobs=problem.n_jobs, with_penalty=False)
         floor = (_ROUNDING_GRADIENTS * torch.finfo(g.dtype).eps
-                 * problem.typical_gradient / _NET_RTOL)
+                 * getattr(problem, "typical_gradient", 0.0) / _NET_RTOL)
         return max(float(g.norm()), floor)
 
     def polish_preconditioner(weights):
@@ -1240,7 +1241,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
                           or _unexplained_share(problem, final) <= _INTERPOLATION_SHARE):
             checked = _second_path(
                 problem, theta, final, watch=watch, outputs=removed_outputs,
-                gtol=_NET_RTOL * net_scale[0], scale=g0, deadline=deadline,
+                gtol=_NET_RTOL * g0, scale=g0, deadline=deadline,
                 memory=None if started_elsewhere else _SECOND_PATH_MEMORY)
             if checked is not None:
                 second_path, other = checked

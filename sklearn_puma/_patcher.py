@@ -914,8 +914,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         so did the influence step on a CG solve whose Lanczos estimate called the
         curvature convex (0.41).  The line search only accepts steps that lower the
         reweighted objective, so a non-convex objective is descended, never climbed.
-        It stops when the reweighted gradient is 1e-4 of its norm at the fitted model
-        *and* a further step would move the removed rows' predictions by under 1% of
+        It stops when the reweighted gradient is 1e-4 of the removal's own at the
+        fitted model (the reweighted one less the fit's) *and* a further step would move the removed rows' predictions by under 1% of
         what the patch moved them (the gradient alone can stop early where the
         objective is flat). Neither test tells two minima of a flat objective apart:
         a 2,000-row tanh MLP that interpolates its training data passed both at 0.62

@@ -600,3 +600,16 @@ def test_a_near_interpolating_net_s_solves_match_exact_gauss_newton():
     print(f"cosines {cosines} after {inverse.steps} iterations, residual "
           f"{inverse.residual:.2g}")
     assert min(cosines) >= 0.95
+
+
+def test_ekfac_works_under_no_grad():
+    """Values and patches computed inside ``torch.no_grad()`` (a notebook's habit
+    around inference): EK-FAC's own derivatives turn gradients back on."""
+    X, y, _, _ = _classification(n=120)
+    model = _quiet_fit(MLPClassifier((8,), solver="lbfgs", alpha=1e-2, max_iter=200,
+                                     random_state=0), X, y)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        puma = PumaPatcher(FrozenEstimator(model), hessian="ekfac").fit(X, y)
+        puma.patch(np.arange(len(X)) < 5)
+    assert np.isfinite(puma.values_).all() and puma.eta_ > 0
