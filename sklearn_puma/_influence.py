@@ -101,6 +101,7 @@ class Problem:
         # The fitted model is the exact optimum of the tilted objective (see objective()).
         self.tilt = gradient(adapter, self.theta_hat, X, y, sample_weight, self.n,
                              n_jobs=n_jobs)
+        self.typical_gradient = self._typical_gradient()
         self.optimality_gap = self._optimality_gap()
         # A convex model fitted to near its optimum (scikit-learn's default tol) is
         # patched on its own objective: the patch then finishes the fit's convergence
@@ -117,15 +118,18 @@ class Problem:
         self._hessian_hat = self._objective_hat = None
         self._inverse_hat = self.inverse(self.theta_hat, sample_weight)
 
+    def _typical_gradient(self):
+        """The typical size of one weighted per-sample gradient at the fitted model
+        (root mean square, estimated on up to 512 rows)."""
+        rows = slice(0, min(self.n, 512))
+        return float((self.s[rows] ** 2 * _squared_grad_norms(
+            self.adapter, self.theta_hat, self.X[rows], self.y[rows])).mean().sqrt())
+
     def _optimality_gap(self):
         """The objective's gradient at the fitted model, relative to the typical size of
-        one weighted per-sample gradient (estimated on up to 512 rows): about zero at an
-        optimum, well above 1e-2 for a net stopped after a few epochs."""
-        rows = slice(0, min(self.n, 512))
-        typical = float((self.s[rows] ** 2 * _squared_grad_norms(
-            self.adapter, self.theta_hat, self.X[rows], self.y[rows])).mean().sqrt())
-        self.typical_gradient = typical
-        gap = float(self.tilt.norm()) / max(typical, 1e-300)
+        one weighted per-sample gradient: about zero at an optimum, well above 1e-2
+        for a net stopped after a few epochs."""
+        gap = float(self.tilt.norm()) / max(self.typical_gradient, 1e-300)
         if gap > 1e-2:
             warnings.warn(
                 f"The fitted {type(self.adapter.estimator).__name__} is not at an optimum "
@@ -171,6 +175,12 @@ class Problem:
         changed = torch.nonzero(weights != self.s).flatten()
         return self.X[changed], self.y[changed], (weights - self.s)[changed]
 
+    def reweighting_gradient(self, weights):
+        """``grad J_w - grad J`` at the fitted model: the terms of the rows whose
+        weight changed, one pass over them only."""
+        return gradient(self.adapter, self.theta_hat, *self._changed(weights), self.n,
+                        n_jobs=self.n_jobs, with_penalty=False)
+
     @property
     def fused_newton(self):
         """Whether a Newton step's gradient, objective and exact Hessian come from one
@@ -191,8 +201,7 @@ class Problem:
             # The tilted objective's gradient vanishes at the fitted model (the untilted
             # one's is the tilt): reweighted, only the rows whose weight changed add to
             # it (no pass over all n).
-            changed = gradient(self.adapter, theta, *self._changed(weights), self.n,
-                               n_jobs=self.n_jobs, with_penalty=False)
+            changed = self.reweighting_gradient(weights)
             g = changed if self.tilted else changed + self.tilt
             return (g, self.objective(theta, weights)) if with_objective else g
         return gradient(self.adapter, theta, self.X, self.y, weights, self.n,
@@ -1022,8 +1031,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         and a removal of under 7% of the rows) the norm is that floor, so that no
         polish is asked for a gradient its arithmetic cannot resolve.  Taken on each
         polish's own weights: a compensation round's up-weights change it."""
-        g = gradient(problem.adapter, theta_hat, *problem._changed(weights), problem.n,
-                     n_jobs=problem.n_jobs, with_penalty=False)
+        g = problem.reweighting_gradient(weights)
         floor = (_ROUNDING_GRADIENTS * torch.finfo(g.dtype).eps
                  * getattr(problem, "typical_gradient", 0.0) / _NET_RTOL)
         return max(float(g.norm()), floor)

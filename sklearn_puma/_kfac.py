@@ -130,10 +130,11 @@ def _check_structure(adapter, theta, X, layers):
         r = torch.randn(out.shape, generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64).to(out)
         grads = torch.autograd.grad(out, probes, grad_outputs=r, allow_unused=True)
-        exact = torch.stack([torch.autograd.grad(
-            (adapter.outputs(t, X[i:i + 1]) * r[i:i + 1]).sum(), t)[0]
-            for i in range(len(X))
-            for t in [theta.detach().clone().requires_grad_(True)]])
+        # Each row's gradient with respect to theta, by autograd on the plain forward.
+        t = theta.detach().clone().requires_grad_(True)
+        exact = torch.stack([
+            torch.autograd.grad((adapter.outputs(t, X[i:i + 1]) * r[i:i + 1]).sum(), t)[0]
+            for i in range(len(X))])
     G = torch.zeros(len(X), adapter.n_params, dtype=theta.dtype, device=theta.device)
     for (index, bias), a, g in zip(layers, inputs, grads):
         if g is None:
