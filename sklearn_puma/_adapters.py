@@ -345,6 +345,12 @@ class Adapter:
         closed_form = _OUTPUT_DERIVATIVES.get(loss)
         return None if closed_form is None else closed_form(out, y, curvature, **keywords)
 
+    def backpropagate(self, theta, X, y, weights, n):
+        """``(grad, value)`` of the data term ``sum_i w_i l_i / n`` from a
+        back-propagation written out, or None where the adapter has none (autograd
+        then: ``_autodiff.value_and_gradient``)."""
+        return None
+
     def encode_X(self, X):
         if sp.issparse(X):
             # Models linear in theta read sparse rows through their products (the
@@ -498,11 +504,37 @@ class LinearAdapter(Adapter):
         return est
 
 
+def _identity(z):
+    return z
+
+
+def _logistic_slope(h):
+    return h * (1 - h)
+
+
+def _tanh_slope(h):
+    return 1 - h * h
+
+
+def _relu_slope(h):
+    return (h > 0).to(h.dtype)  # 0 at 0, as autograd's
+
+
+# Module-level functions, not lambdas: the adapter keeps them, and is pickled with a
+# fitted PumaPatcher.
 _ACTIVATIONS = {
-    "identity": lambda z: z,
+    "identity": _identity,
     "logistic": torch.sigmoid,
     "tanh": torch.tanh,
     "relu": torch.relu,
+}
+# Each activation's derivative in terms of its output h (scikit-learn's DERIVATIVES),
+# None for the identity's 1.
+_ACTIVATION_SLOPES = {
+    "identity": None,
+    "logistic": _logistic_slope,
+    "tanh": _tanh_slope,
+    "relu": _relu_slope,
 }
 
 
@@ -521,6 +553,8 @@ class MLPAdapter(Adapter):
         self.multilabel = multilabel
         self._shapes = [(c.shape, b.shape) for c, b in
                         zip(estimator.coefs_, estimator.intercepts_)]
+        self._sizes = [(c.size, b.size) for c, b in
+                       zip(estimator.coefs_, estimator.intercepts_)]
         parts, mask = [], []
         for c, b in zip(estimator.coefs_, estimator.intercepts_):
             parts += [np.ravel(c), np.ravel(b)]
@@ -529,6 +563,7 @@ class MLPAdapter(Adapter):
         self._weight_mask = torch.as_tensor(np.concatenate(mask), dtype=torch.float64)
         self.n_outputs = estimator.coefs_[-1].shape[1]
         self._activation = _ACTIVATIONS[estimator.activation]
+        self._activation_slope = _ACTIVATION_SLOPES[estimator.activation]
         self._alpha = float(estimator.alpha)
         # scikit-learn divides the penalty by the weight sum of the batch it is applied
         # to: the whole data for lbfgs, a mini-batch for sgd and adam.
@@ -539,8 +574,7 @@ class MLPAdapter(Adapter):
 
     def _layers(self, theta):
         start = 0
-        for coef_shape, bias_shape in self._shapes:
-            n_coef, n_bias = int(np.prod(coef_shape)), int(np.prod(bias_shape))
+        for (coef_shape, _), (n_coef, n_bias) in zip(self._shapes, self._sizes):
             W = theta[start:start + n_coef].reshape(coef_shape)
             b = theta[start + n_coef:start + n_coef + n_bias]
             start += n_coef + n_bias
@@ -553,6 +587,30 @@ class MLPAdapter(Adapter):
             h = self._activation(h @ W + b)
         W, b = layers[-1]
         return h @ W + b
+
+    def backpropagate(self, theta, X, y, weights, n):
+        # What a network's polish reads at every point it tries, written out as
+        # scikit-learn's _backprop is: measured 0.17 ms a pass where autograd took
+        # 0.39 ms (wine, MLPClassifier(24)), 0.48 against 0.74 ms (1,500 rows);
+        # the engine's fixed cost, not the products, was most of a small net's pass.
+        layers = list(self._layers(theta))
+        inputs, h = [], X
+        for W, b in layers[:-1]:
+            inputs.append(h)
+            h = self._activation(torch.addmm(b, h, W))
+        inputs.append(h)
+        W, b = layers[-1]
+        out = torch.addmm(b, h, W)
+        value = (weights * self.sample_loss(out, y)).sum() / n
+        delta = self.output_derivatives(out, y, curvature=False)[0] * (weights / n)[:, None]
+        parts = []
+        for i in range(len(layers) - 1, -1, -1):
+            parts += [delta.sum(0), (inputs[i].T @ delta).reshape(-1)]
+            if i:
+                delta = delta @ layers[i][0].T
+                if self._activation_slope is not None:
+                    delta = delta * self._activation_slope(inputs[i])
+        return torch.cat(parts[::-1]), value
 
     def penalty(self, theta, n):
         batch = n if self._batch is None else min(self._batch, n)

@@ -207,9 +207,13 @@ def value_and_gradient(adapter, theta, X, y, weights, n, tilt=None):
     leaf = theta.detach().requires_grad_(True)
     for start in range(0, len(X), _SUM_ROWS):
         sl = slice(start, start + _SUM_ROWS)
-        with torch.enable_grad():
-            v = _data_term(adapter, X[sl], y[sl], weights[sl], n)(leaf)
-        g = torch.autograd.grad(v, leaf)[0]
+        written_out = adapter.backpropagate(theta, X[sl], y[sl], weights[sl], n)
+        if written_out is not None:
+            g, v = written_out
+        else:
+            with torch.enable_grad():
+                v = _data_term(adapter, X[sl], y[sl], weights[sl], n)(leaf)
+            g = torch.autograd.grad(v, leaf)[0]
         total = g if total is None else total + g
         value += float(v.detach())
     total = total + penalty_curvature(adapter, theta, n) * theta

@@ -252,6 +252,54 @@ def test_closed_form_output_derivatives_match_autodiff(case):
     torch.testing.assert_close(closed_form[1], second, rtol=1e-10, atol=1e-12)
 
 
+def _data_term_by_autograd(adapter, theta, Xt, yt, s, n):
+    leaf = theta.clone().requires_grad_(True)
+    value = (s * adapter.sample_loss(adapter.forward(leaf, Xt), yt)).sum() / n
+    return torch.autograd.grad(value, leaf)[0], float(value.detach())
+
+
+def test_written_out_backpropagation_matches_autograd(case):
+    """An adapter's back-propagation written out (what a network's polish reads at
+    every point) against autograd of its forward pass and loss, weights included, at a
+    point away from the fit; None where the adapter has none."""
+    name, est, adapter, X, y, Xt, yt, s, _ = case
+    theta = adapter.theta + 0.3 * torch.as_tensor(
+        np.random.default_rng(4).standard_normal(adapter.n_params))
+    written_out = adapter.backpropagate(theta, Xt, yt, s, len(X))
+    if not name.startswith("mlp"):
+        assert written_out is None
+        return
+    g, value = written_out
+    g_auto, value_auto = _data_term_by_autograd(adapter, theta, Xt, yt, s, len(X))
+    torch.testing.assert_close(g, g_auto, rtol=1e-10, atol=1e-13 * float(g_auto.abs().max()))
+    assert float(value) == pytest.approx(value_auto, rel=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
+def test_deep_backpropagation_matches_finite_differences(activation, wine):
+    """Two hidden layers, each activation: the written-out gradient against central
+    finite differences of the data term (relu's kinks are measure-zero at a random
+    point)."""
+    X, y = wine
+    X = (X - X.mean(0)) / X.std(0)
+    est = MLPClassifier((6, 4), activation=activation, max_iter=50, random_state=0)
+    with pytest.warns(Warning):  # 50 Adam epochs: not converged, and need not be
+        est.fit(X, y)
+    adapter = make_adapter(est)
+    Xt, yt = adapter.encode_X(X), adapter.encode_y(y)
+    s = torch.as_tensor(np.random.default_rng(5).uniform(0.5, 2.0, len(X)))
+    g, _ = adapter.backpropagate(adapter.theta, Xt, yt, s, len(X))
+
+    def value(t):
+        return float(adapter.backpropagate(t, Xt, yt, s, len(X))[1])
+
+    eps = 1e-6
+    eye = torch.eye(adapter.n_params, dtype=torch.float64)
+    g_fd = torch.tensor([(value(adapter.theta + eps * e) - value(adapter.theta - eps * e))
+                         / (2 * eps) for e in eye], dtype=torch.float64)
+    assert float((g - g_fd).norm()) <= 1e-6 * float(g.norm())
+
+
 def test_build_writes_parameters_back(case):
     name, est, adapter, X, y, Xt, yt, s, _ = case
     rng = np.random.default_rng(2)

@@ -6,6 +6,8 @@ objective is checked against scikit-learn's own loss in test_adapters.py; the in
 code plays no part in it.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -177,3 +179,23 @@ def test_last_layer_patch_matches_last_layer_retraining():
     error = (patched - retrained).norm() / (last.theta - retrained).norm()
     print(f"last-layer patch vs retraining: relative error {error:.2e}")
     assert error <= 0.01
+
+
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
+def test_a_fitted_patcher_pickles_with_every_activation(activation):
+    """A fitted patcher keeps its adapter, whose activation (and its derivative) must
+    pickle: the identity's was a lambda, and pickling failed (scikit-learn's own
+    check runs relu only).  The unpickled patcher patches as the original."""
+    import pickle
+
+    X, y = make_moons(120, noise=0.2, random_state=0)
+    with pytest.warns(Warning):  # 60 Adam epochs: not converged, and need not be
+        puma = PumaPatcher(MLPClassifier((4,), activation=activation, max_iter=60,
+                                         random_state=0)).fit(X, y)
+    copy = pickle.loads(pickle.dumps(puma))
+    remove = np.arange(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the net is not at an optimum: said, not here
+        puma.patch(remove)
+        copy.patch(remove)
+    np.testing.assert_allclose(copy.predict_proba(X), puma.predict_proba(X), rtol=1e-12)
