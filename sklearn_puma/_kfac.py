@@ -46,7 +46,7 @@ import torch
 from . import _curvature
 from ._autodiff import output_loss_derivatives, penalty_curvature
 from ._curvature import _auto_damping, _flat_tolerance, _warn, block_cg
-from ._warnings import SolverWarning
+from ._warnings import IllConditionedWarning, SolverWarning
 
 # Rows per chunk of the passes over the data: activations and back-propagated
 # factors of one chunk, (b, width) and (b, width, K) per layer.
@@ -277,6 +277,19 @@ class EKFACInverse:
         elif damping == "auto":
             damping = _auto_damping(low, top, torch.float64, stacklevel=6)
         self.damping = float(damping)
+        if hvp is not None and self.damping == 0 and not bool((penalty != 0).any()):
+            # The code can tell this much: with no penalty and no damping nothing
+            # bounds the curvature away from singular.  Measured on four 2,000-row
+            # MLPs (alpha=0, lbfgs and Adam): Gauss-Newton rank 371-2,117 of 548-2,410
+            # parameters, refined cosines with the pseudo-inverse 0.03-0.94.
+            mean = sum(float(v.sum()) for v in curv) / self.p
+            _warn("hessian='ekfac' on a net with no weight penalty, undamped: its "
+                  "Gauss-Newton curvature is singular wherever units are dead or rows "
+                  "fitted exactly, so an inverse product has no unique answer, and the "
+                  "refined solve may stall or converge away from the pseudo-inverse "
+                  "hessian='exact' gives. Pass a damping (the answer then depends on "
+                  f"it): 1e-3 times the mean curvature is {1e-3 * mean:.3g} here.",
+                  IllConditionedWarning, stacklevel=5)
         tol = _flat_tolerance(top, torch.float64)
         # Eigenvalues at rounding level of the largest are flat directions: pseudo-
         # inverted (left out), as the exact inverse does.

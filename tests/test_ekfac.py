@@ -613,3 +613,34 @@ def test_ekfac_works_under_no_grad():
         puma = PumaPatcher(FrozenEstimator(model), hessian="ekfac").fit(X, y)
         puma.patch(np.arange(len(X)) < 5)
     assert np.isfinite(puma.values_).all() and puma.eta_ > 0
+
+
+def test_an_unpenalised_undamped_curvature_is_said_to_be_singular():
+    """With no weight penalty and no damping nothing bounds the Gauss-Newton curvature
+    away from singular: the refined solve warns, and the matrix built here is rank
+    deficient (600 rows for 83 parameters: dead units and rows fitted exactly).
+    Penalised, or damped, it does not warn."""
+    from sklearn_puma import IllConditionedWarning
+    from sklearn_puma._autodiff import hvp_function
+
+    X, y = make_classification(600, 6, n_informative=4, n_classes=3, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    for alpha, damping, singular in [(0.0, "auto", True), (1e-2, "auto", False),
+                                     (0.0, 1e-4, False)]:
+        model = _quiet_fit(MLPClassifier((8,), alpha=alpha, solver="lbfgs", max_iter=2000,
+                                         random_state=0), X, y)
+        case = Case(model, X, y)
+        hvp = hvp_function(case.adapter, case.theta, case.X, case.y, case.w, case.n,
+                           gauss_newton=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            EKFACInverse(case.adapter, case.theta, case.X, case.y, case.w, case.n,
+                         damping=damping, hvp=hvp)
+        said = [w for w in caught if issubclass(w.category, IllConditionedWarning)]
+        assert bool(said) == singular, (alpha, damping, [str(w.message) for w in said])
+        if singular:
+            assert "Pass a damping" in str(said[0].message)
+            G = case.gauss_newton()
+            rank = int(torch.linalg.matrix_rank(G, hermitian=True, rtol=1e-10))
+            assert rank < len(G), (rank, len(G))
+            print(f"rank {rank} of {len(G)}")
