@@ -19,6 +19,7 @@ The training objective in mean form is ``J = (1/n) sum_i s_i l_i + r``.
 
 import copy
 import functools
+import math
 import threading
 import warnings
 
@@ -553,8 +554,6 @@ class MLPAdapter(Adapter):
         self.multilabel = multilabel
         self._shapes = [(c.shape, b.shape) for c, b in
                         zip(estimator.coefs_, estimator.intercepts_)]
-        self._sizes = [(c.size, b.size) for c, b in
-                       zip(estimator.coefs_, estimator.intercepts_)]
         parts, mask = [], []
         for c, b in zip(estimator.coefs_, estimator.intercepts_):
             parts += [np.ravel(c), np.ravel(b)]
@@ -563,7 +562,6 @@ class MLPAdapter(Adapter):
         self._weight_mask = torch.as_tensor(np.concatenate(mask), dtype=torch.float64)
         self.n_outputs = estimator.coefs_[-1].shape[1]
         self._activation = _ACTIVATIONS[estimator.activation]
-        self._activation_slope = _ACTIVATION_SLOPES[estimator.activation]
         self._alpha = float(estimator.alpha)
         # scikit-learn divides the penalty by the weight sum of the batch it is applied
         # to: the whole data for lbfgs, a mini-batch for sgd and adam.
@@ -574,7 +572,9 @@ class MLPAdapter(Adapter):
 
     def _layers(self, theta):
         start = 0
-        for (coef_shape, _), (n_coef, n_bias) in zip(self._shapes, self._sizes):
+        for coef_shape, bias_shape in self._shapes:
+            # math.prod, not np.prod: a polish reads the layers at every point it tries
+            n_coef, n_bias = math.prod(coef_shape), math.prod(bias_shape)
             W = theta[start:start + n_coef].reshape(coef_shape)
             b = theta[start + n_coef:start + n_coef + n_bias]
             start += n_coef + n_bias
@@ -589,27 +589,22 @@ class MLPAdapter(Adapter):
         return h @ W + b
 
     def backpropagate(self, theta, X, y, weights, n):
-        # What a network's polish reads at every point it tries, written out as
-        # scikit-learn's _backprop is: measured 0.17 ms a pass where autograd took
-        # 0.39 ms (wine, MLPClassifier(24)), 0.48 against 0.74 ms (1,500 rows);
-        # the engine's fixed cost, not the products, was most of a small net's pass.
-        layers = list(self._layers(theta))
-        inputs, h = [], X
-        for W, b in layers[:-1]:
-            inputs.append(h)
-            h = self._activation(torch.addmm(b, h, W))
-        inputs.append(h)
-        W, b = layers[-1]
-        out = torch.addmm(b, h, W)
+        # Written out as scikit-learn's _backprop is: autograd's fixed cost per pass,
+        # not the products, was most of a small net's (see the CHANGELOG).
+        out, inputs = self.traced_forward(theta, X)
+        derivatives = self.output_derivatives(out, y, curvature=False)
+        if derivatives is None:  # a loss with no closed form: autograd
+            return None
         value = (weights * self.sample_loss(out, y)).sum() / n
-        delta = self.output_derivatives(out, y, curvature=False)[0] * (weights / n)[:, None]
-        parts = []
+        delta = derivatives[0] * (weights / n)[:, None]
+        slope = _ACTIVATION_SLOPES[self.estimator.activation]
+        layers, parts = list(self._layers(theta)), []
         for i in range(len(layers) - 1, -1, -1):
             parts += [delta.sum(0), (inputs[i].T @ delta).reshape(-1)]
             if i:
                 delta = delta @ layers[i][0].T
-                if self._activation_slope is not None:
-                    delta = delta * self._activation_slope(inputs[i])
+                if slope is not None:
+                    delta = delta * slope(inputs[i])
         return torch.cat(parts[::-1]), value
 
     def penalty(self, theta, n):
@@ -627,12 +622,12 @@ class MLPAdapter(Adapter):
             start += size
         return layers
 
-    def traced_forward(self, theta, X, probes):
+    def traced_forward(self, theta, X, probes=None):
         layers = list(self._layers(theta))
         h, inputs = X, []
         for i, (W, b) in enumerate(layers):
             inputs.append(h)
-            s = h @ W + b + probes[i]
+            s = torch.addmm(b, h, W) if probes is None else h @ W + b + probes[i]
             h = self._activation(s) if i < len(layers) - 1 else s
         return h, inputs
 

@@ -123,6 +123,7 @@ def _check(puma, completeness, partial, ambiguous, gradient_share, may_stop_shor
         assert gradient_share > 1e-4
         assert puma.removal_residual_ >= gradient_share * (1 - 1e-6)
         assert f"{puma.removal_residual_:.3g}" in str(other[0].message)
+        assert completeness >= 0.8 or ambiguous
         return
     assert not other, str(other[0].message)
     # Converged as the polish's rule says (README): the gradient at 1e-4 of the
