@@ -1033,7 +1033,7 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         polish's own weights: a compensation round's up-weights change it."""
         g = problem.reweighting_gradient(weights)
         floor = (_ROUNDING_GRADIENTS * torch.finfo(g.dtype).eps
-                 * getattr(problem, "typical_gradient", 0.0) / _NET_RTOL)
+                 * problem.typical_gradient / _NET_RTOL)
         return max(float(g.norm()), floor)
 
     def polish_preconditioner(weights):

@@ -270,10 +270,11 @@ class EKFACInverse:
         curv = [v + r for v, r in zip(self._values, self.penalty)]
         low = min(float(v.min()) for v in curv)
         top = max(float(v.abs().max()) for v in curv)
+        # The mean curvature: the trace over p, the same in any basis, so the exact
+        # Gauss-Newton's mean diagonal, layer blocks' own.
+        mean = sum(float(v.sum()) for v in curv) / self.p
         if relative_damping is not None:
-            # A share of the mean curvature (the trace over p: the same in any basis,
-            # so the exact Gauss-Newton's mean diagonal, layer blocks' own).
-            damping = relative_damping * sum(float(v.sum()) for v in curv) / self.p
+            damping = relative_damping * mean
         elif damping == "auto":
             damping = _auto_damping(low, top, torch.float64, stacklevel=6)
         self.damping = float(damping)
@@ -287,7 +288,6 @@ class EKFACInverse:
             # not said, as no figure here tells.)  Once per model: a patch builds the
             # curvature at every step, each with its own figure.
             adapter._singular_said = True
-            mean = sum(float(v.sum()) for v in curv) / self.p
             _warn(f"hessian='{self.name}' on a net with no weight penalty, undamped: its "
                   "Gauss-Newton curvature is singular wherever units are dead or rows "
                   "fitted exactly, so an inverse product has no unique answer, and the "

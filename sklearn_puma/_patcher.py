@@ -337,9 +337,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         removal's gradient at the fitted model (the reweighted one less the fit's
         own, which a trainer stopped short of an optimum leaves) and the share of
         the removed rows' move (mean change of their predicted probabilities or
-        outputs) that a further quasi-Newton step still predicts; its polish converges at 1e-4 and 1e-2 of those, and a patch
-        that did not gives a ``PartialRemovalWarning`` with the figure. (With
-        ``eta_ < 1`` the shortening's own warning says the removal is partial.)
+        outputs) that a further quasi-Newton step still predicts; its polish
+        converges at 1e-4 and 1e-2 of those, and a patch that did not gives a
+        ``PartialRemovalWarning`` with the figure. (With ``eta_ < 1`` the
+        shortening's own warning says the removal is partial.)
     hessian_ : str
         The curvature solver used ("auto" resolved).
     damping_ : float
@@ -915,9 +916,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         curvature convex (0.41).  The line search only accepts steps that lower the
         reweighted objective, so a non-convex objective is descended, never climbed.
         It stops when the reweighted gradient is 1e-4 of the removal's own at the
-        fitted model (the reweighted one less the fit's) *and* a further step would move the removed rows' predictions by under 1% of
-        what the patch moved them (the gradient alone can stop early where the
-        objective is flat). Neither test tells two minima of a flat objective apart:
+        fitted model (the reweighted one less the fit's) *and* a further step would
+        move the removed rows' predictions by under 1% of what the patch moved them
+        (the gradient alone can stop early where the objective is flat). Neither test
+        tells two minima of a flat objective apart:
         a 2,000-row tanh MLP that interpolates its training data passed both at 0.62
         of the way (where scipy's L-BFGS-B itself, from the same fitted weights,
         lands 0.22-0.29 of the way with 10 or 100 pairs instead of 30). So a

@@ -271,7 +271,8 @@ def test_written_out_backpropagation_matches_autograd(case):
         return
     g, value = written_out
     g_auto, value_auto = _data_term_by_autograd(adapter, theta, Xt, yt, s, len(X))
-    torch.testing.assert_close(g, g_auto, rtol=1e-10, atol=1e-13 * float(g_auto.abs().max()))
+    torch.testing.assert_close(g, g_auto, rtol=1e-10,
+                               atol=1e-13 * float(g_auto.abs().max()))
     assert float(value) == pytest.approx(value_auto, rel=1e-12)
 
 

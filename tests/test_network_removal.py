@@ -92,21 +92,22 @@ def _completeness(model, X, y, remove, **adapter_kw):
     return puma, completeness, partial, ambiguous, gradient_share
 
 
+def _objective_gradient(adapter, X, y, theta, weights):
+    """``grad J_w(theta)`` by autograd on the test's objective."""
+    theta = theta.detach().clone().requires_grad_(True)
+    J = objective(adapter, adapter.encode_X(X), adapter.encode_y(y),
+                  torch.as_tensor(weights, dtype=torch.float64), len(X))
+    return torch.autograd.grad(J(theta), theta)[0]
+
+
 def _gradient_share(adapter, patched, X, y, sample_weight):
     """The reweighted objective's gradient at the patch over the removal's own at the
     fitted model (``grad J_w - grad J`` there), by autograd on the test's objective:
     what an unwarned network patch claims is at most 1e-4."""
-    Xt, yt = adapter.encode_X(X), adapter.encode_y(y)
-
-    def gradient(theta, weights):
-        theta = theta.detach().clone().requires_grad_(True)
-        J = objective(adapter, Xt, yt, torch.as_tensor(weights, dtype=torch.float64),
-                      len(X))
-        return torch.autograd.grad(J(theta), theta)[0]
-
-    removal = gradient(adapter.theta, sample_weight) - gradient(adapter.theta,
-                                                                np.ones(len(X)))
-    return float(gradient(patched.theta, sample_weight).norm() / removal.norm())
+    removal = (_objective_gradient(adapter, X, y, adapter.theta, sample_weight)
+               - _objective_gradient(adapter, X, y, adapter.theta, np.ones(len(X))))
+    at_patch = _objective_gradient(adapter, X, y, patched.theta, sample_weight)
+    return float(at_patch.norm() / removal.norm())
 
 
 def _not_unique(partial):
@@ -226,7 +227,8 @@ def test_interpolating_mlp_removal_is_complete_or_said_not_unique(seed):
     est = MLPClassifier((32,), activation="tanh", solver="lbfgs", alpha=1e-3,
                         max_iter=3000, random_state=seed).fit(X, y)
     model = _tight(est, X, y)
-    _check(*_completeness(model, X, y, cluster_mask(X, 0.05, seed)), may_stop_short=seed == 1)
+    _check(*_completeness(model, X, y, cluster_mask(X, 0.05, seed)),
+           may_stop_short=seed == 1)
 
 
 class _TanhMLP(torch.nn.Module):
@@ -406,18 +408,11 @@ def test_an_unfinished_fit_s_patch_is_measured_against_the_removal_s_own_gradien
         puma = PumaPatcher(model).fit(X, y, remove=cluster_mask(X, 0.05, seed))
     partial = [w for w in caught if issubclass(w.category, PartialRemovalWarning)]
     adapter = make_adapter(model)
-
-    def gradient(theta, weights):
-        theta = theta.clone().requires_grad_(True)
-        J = objective(adapter, adapter.encode_X(X), adapter.encode_y(y),
-                      torch.as_tensor(weights, dtype=torch.float64), len(X))
-        return torch.autograd.grad(J(theta), theta)[0]
-
-    own = gradient(adapter.theta, np.ones(len(X)))
-    removal = float((gradient(adapter.theta, puma.sample_weight_) - own).norm())
-    at_patch = float(gradient(make_adapter(puma.estimator_).theta,
-                              puma.sample_weight_).norm())
-    ratio = at_patch / removal
+    own = _objective_gradient(adapter, X, y, adapter.theta, np.ones(len(X)))
+    removal = float((_objective_gradient(adapter, X, y, adapter.theta, puma.sample_weight_)
+                     - own).norm())
+    ratio = _gradient_share(adapter, make_adapter(puma.estimator_), X, y,
+                            puma.sample_weight_)
     print(f"fit's own gradient {float(own.norm()) / removal:.3g} of the removal's; at "
           f"the patch {ratio:.3g}; removal_residual_ {puma.removal_residual_:.3g}; "
           f"warned: {bool(partial)}")

@@ -678,8 +678,9 @@ def test_a_patch_held_back_by_an_unfinished_fit_says_so(tight, monkeypatch):
     """A network patch converges on the reweighted objective, so from a fit that is
     not at its optimum it also finishes the fit's convergence.  Where it stops short
     and the fit's own gradient is more than the polish's tolerance (1e-4) of the
-    removal's own (the reweighted one less the fit's), the warning gives that share, computed here independently by
-    autograd on the net's objective (the library's, as the warm retrains use it: this
+    removal's own (the reweighted one less the fit's), the warning gives that share,
+    computed here independently by autograd on the net's objective (the library's, as
+    the warm retrains use it: this
     checks which weights and which point the share is taken at); from a fit driven
     to a tight optimum it does not.  The polish is bounded at 2 iterations so that it stops short."""
     import torch
