@@ -945,9 +945,13 @@ def _logistic_regression(est):
     # scikit-learn >= 1.8 spells the penalty with l1_ratio; the old `penalty` still works.
     l1_part = {"l1": 1.0, "l2": 0.0, None: 0.0}.get(penalty, l1_ratio or 0.0)
     if l1_part != 0:
-        raise _unsupported(est, f"penalty={penalty!r} with l1_ratio={l1_ratio!r} has an "
-                                "L1 part, which is not differentiable; use l1_ratio=0 "
-                                "(L2) or C=np.inf (no penalty)")
+        # Name the setting that carries the L1 part: the old penalty="l1", or l1_ratio.
+        setting = (f"penalty={penalty!r}" if penalty == "l1"
+                   else f"l1_ratio={l1_ratio!r}"
+                   + (f" (penalty={penalty!r})" if penalty == "elasticnet" else ""))
+        raise _unsupported(est, f"{setting} has an L1 part, which is not differentiable; "
+                                "use an L2 penalty (l1_ratio=0) or C=np.inf (no "
+                                "penalty)")
     if est.solver == "liblinear":
         raise _unsupported(est, "solver='liblinear' penalises the intercept and fits "
                                 "one-vs-rest; use solver='lbfgs'")

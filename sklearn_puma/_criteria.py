@@ -146,10 +146,11 @@ def _demographic_parity_rows(adapter, out, y, w, ctx):
 def _equalized_odds_rows(adapter, out, y, w, ctx):
     positive = adapter.log_proba(out)[:, 1].exp()
     rows = []
-    for outcome in (1, 0):  # true-positive, then false-positive rates
-        given = (y == outcome).to(w.dtype)
-        rates = torch.stack([_weighted_mean(positive, w * g * given)
-                             for g in ctx["group_masks"]])
+    for cells in ctx["outcome_cells"]:  # true-positive, then false-positive rates
+        if len(cells) < 2:  # no two groups to compare (said in the context)
+            rows.append(positive.new_zeros(()))
+            continue
+        rates = torch.stack([_weighted_mean(positive, w * cell) for cell in cells])
         rows.append(_largest_gap(rates))
     return torch.stack(rows)
 
@@ -159,7 +160,8 @@ def _equalized_odds_rows(adapter, out, y, w, ctx):
 
 def _per_class_context(adapter, y, w, groups):
     masks = [(y == k).to(w.dtype) for k in range(len(adapter.classes))]
-    empty = [adapter.classes[k].item() for k, m in enumerate(masks) if float((w * m).sum()) == 0]
+    empty = [_plain(adapter.classes[k]) for k, m in enumerate(masks)
+             if float((w * m).sum()) == 0]
     if empty:
         warnings.warn(
             f"per_class_loss: no evaluation point of class(es) {list(empty)}; their "
@@ -191,7 +193,31 @@ def _group_context(name):
                 f"criterion {name!r} compares groups, but the evaluation points hold "
                 f"only {len(present)} group(s) {[str(g) for g in present]}."
             )
-        return {"group_masks": [m for m in masks if float((w * m).sum()) > 0]}
+        masks = [m for m in masks if float((w * m).sum()) > 0]
+        if name != "equalized_odds":
+            return {"group_masks": masks}
+        # A group with no evaluation point of an outcome has no rate for it: it is left
+        # out of that row's gap (as metrics.equalized_odds_difference leaves it), not
+        # read as a rate of 0, which would make up a gap.
+        cells, missing = [], []
+        for outcome, rate in ((1, "true-positive"), (0, "false-positive")):
+            given = (y == outcome).to(w.dtype)
+            kept = [m * given for m in masks if float((w * m * given).sum()) > 0]
+            cells.append(kept)
+            absent = [str(g) for g, m in zip(present, masks)
+                      if float((w * m * given).sum()) == 0]
+            if absent:
+                missing.append(
+                    f"group(s) {absent} have no evaluation point labelled "
+                    f"{_plain(adapter.classes[outcome])!r}, so no {rate} rate"
+                    + ("" if len(kept) >= 2 else
+                       f" (the {rate} row compares no two groups: constant zero, it "
+                       "cannot be protected)"))
+        if missing:
+            warnings.warn(
+                f"equalized_odds: {'; '.join(missing)}; they are left out of that "
+                "row's gap.", PumaWarning, stacklevel=4)
+        return {"outcome_cells": cells}
 
     return make
 
@@ -354,6 +380,22 @@ def check_criterion_fits(criteria, adapter):
             )
 
 
+def _plain(label):
+    """A class label as Python writes it (numpy scalars unwrapped)."""
+    return label.item() if hasattr(label, "item") else label
+
+
+def _unique(names):
+    """Row names made unique (two lambdas, or "loss" twice), each repeat numbered from
+    its second: they label the columns of ``value()``'s DataFrame and of
+    ``transform``'s output."""
+    seen, out = {}, []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
 class BoundCriterion:
     """``theta -> C(theta)`` (m,) on fixed evaluation data; pure, so it can be vmapped.
 
@@ -375,7 +417,7 @@ class BoundCriterion:
                                     c.coefficients(adapter, y, weights, ctx)))
             else:
                 self._parts.append(("rows", c.rows, ctx))
-        self.names = [row for c in criteria for row in c.row_names(adapter)]
+        self.names = _unique([row for c in criteria for row in c.row_names(adapter)])
         self.separable = all(kind == "points" for kind, _, _ in self._parts)
 
     def of_outputs(self, out):

@@ -436,7 +436,15 @@ def run(args, stream, source, progress):
             rank_time = time.perf_counter() - start
         else:
             order, rank_time = np.argsort(total, kind="stable"), 0.0
-        suspects = order[:k]
+        # At most a quarter of any class, as the remove= policies take: the first k of
+        # a ranking can empty a small class (a model cannot keep a class it has no
+        # data for), and the cap's warning says where it cut.
+        rank = np.empty(n_fit)
+        rank[order] = np.arange(n_fit)
+        suspects = np.flatnonzero(puma._capped(rank < k, rank,
+                                               source=f"The first {k} rows of the ranking"))
+        suspects = suspects[np.argsort(rank[suspects])]
+        k = len(suspects)
         score_before = puma.score(X_test, y_test)
 
         progress(f"patching out the first {k} rows of the ranking, timed against a refit")

@@ -5,6 +5,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import (
     BaseEstimator,
@@ -507,7 +508,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             Training targets: class labels or regression targets.
         remove : array-like of bool (mask) or int (indices), default=None
             Points to patch out; overrides the ``remove`` policy. A boolean mask is
-            sample-aligned, so cross-validation splits it like ``sample_weight``.
+            sample-aligned, so cross-validation splits it like ``sample_weight``;
+            indices are positions in this ``X``, which cross-validation passes
+            unchanged to every fold, where they name other rows: use a mask there. A
+            pandas Index holds row labels of ``X``'s index.
         eval_set : tuple (X_eval, y_eval) or (X_eval, y_eval, groups_eval), default=None
             Data the criteria are measured on; by default the training data (for a patch:
             the kept training points). X_eval is raw data, like X: when ``estimator``
@@ -791,6 +795,26 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         return self._as_mask(remove, n, "remove")
 
     def _as_mask(self, spec, n, what):
+        """``spec`` as a mask over the training rows.  A pandas Index (say
+        ``patcher.value().nsmallest(5).index``) holds row labels: they are looked up in
+        the training table's index, not read as positions (which would remove other
+        rows, silently, wherever the table was shuffled or split)."""
+        if isinstance(spec, pd.Index) and spec.dtype != bool \
+                and self.__dict__.get("_train_index") is not None:
+            try:
+                positions = self._train_index.get_indexer(spec)
+            except pd.errors.InvalidIndexError:
+                raise ValueError(
+                    f"{what} is a pandas Index of row labels, but the training table's "
+                    "row labels are not unique; pass positions (a numpy array) or a "
+                    "boolean mask.") from None
+            missing = spec[positions < 0]
+            if len(missing):
+                raise ValueError(
+                    f"{what} has row labels that are not in the training table's index: "
+                    f"{missing[:5].tolist()}. A pandas Index is read as row labels; pass "
+                    "positions as a numpy array.")
+            spec = positions
         return row_mask(spec, n, what)
 
     def _removal_mask(self, spec):
@@ -799,31 +823,35 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             return np.zeros(n, dtype=bool)
         if isinstance(spec, np.ndarray) and spec.dtype == bool:
             return spec
+        # A row of weight zero is not in the fit (its value is rounding): the policies
+        # choose among, and count, the rows that trained the model.
+        trained = _np(self._problem.s) > 0
         if isinstance(spec, str) and spec == "label_errors":
             from ._label_errors import flagged_label_errors  # it imports this module
 
             mask, quality = flagged_label_errors(self)
-            return self._capped(mask, quality)
+            return self._capped(mask & trained, quality)
         total = self.values_ if self.values_.ndim == 1 else self.values_.sum(axis=1)
         if callable(spec):
             return self._as_mask(spec(self.values_), n, "the remove callable's result")
         if isinstance(spec, str):  # "auto"
-            q1, q3 = np.percentile(total, [25, 75])
-            mask = (total < 0) & (total < q1 - 1.5 * (q3 - q1))
+            q1, q3 = np.percentile(total[trained], [25, 75])
+            mask = trained & (total < 0) & (total < q1 - 1.5 * (q3 - q1))
         else:
-            count = min(int(spec), n) if isinstance(spec, Integral) else \
-                int(round(float(spec) * n))
+            count = min(int(spec), int(trained.sum())) if isinstance(spec, Integral) \
+                else int(round(float(spec) * trained.sum()))
             mask = np.zeros(n, dtype=bool)
-            mask[np.argsort(total, kind="stable")[:count]] = True
+            mask[np.argsort(np.where(trained, total, np.inf), kind="stable")[:count]] = True
         return self._capped(mask, total)
 
-    def _capped(self, mask, total):
+    def _capped(self, mask, total, source=None):
         """A policy's removal with at most ``MAX_POLICY_SHARE`` of any class (and of any
         group given to ``fit``) taken: a policy ranks points by value, and a minority
         class's points each weigh more in the values, so "the lowest-valued" can
         empty it (and the model then stops predicting it, which the criteria on the
-        kept points cannot see).  The lowest-valued of each stay marked (a class of
-        three or fewer loses none); a warning says where the cap cut the removal."""
+        kept points cannot see).  The lowest-ranked by ``total`` of each stay marked (a
+        class of three or fewer loses none); a warning, naming ``source`` (the removal's
+        origin, by default the ``remove`` policy), says where the cap cut it."""
         partitions = []
         adapter = self._problem.adapter
         if adapter.is_classifier and not adapter.multilabel:
@@ -844,12 +872,13 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                                f": {len(chosen)} of {len(members)} marked, {limit} removed")
         if cut:
             warnings.warn(
-                f"The remove={self.remove!r} policy would take more than "
+                f"{source or f'The remove={self.remove!r} policy'} would take more than "
                 f"{MAX_POLICY_SHARE:.0%} of some classes or groups ({'; '.join(cut[:5])}"
                 f"{f'; and {len(cut) - 5} more' if len(cut) > 5 else ''}); "
-                "only their lowest-valued are removed. Removing most of a class changes "
+                "only their first-ranked are removed. Removing most of a class changes "
                 "what the model predicts for it, which criteria on the kept points do "
-                "not measure. Pass a mask or indices to remove more.",
+                "not measure."
+                + (" Pass a mask or indices to remove more." if source is None else ""),
                 PumaWarning, stacklevel=4)
         return mask
 
@@ -877,8 +906,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
         Parameters
         ----------
-        remove : array-like of bool or int
-            Mask or indices of training points to remove.
+        remove : array-like of bool or int, or pandas Index
+            Mask or indices (positions, 0 to n - 1) of training points to remove; a
+            pandas Index (say ``value().nsmallest(5).index``) holds row labels of the
+            training table's index, looked up there.
         upweight : None, float, array-like or callable, default=None
             Overrides the ``upweight`` parameter for this patch.
 

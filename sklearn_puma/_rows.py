@@ -33,11 +33,19 @@ def row_mask(spec, n, what, row="training sample"):
                 f"{what} must be a boolean mask or integer indices; got dtype "
                 f"{arr.dtype}."
             )
-    bad = arr[(arr < -n) | (arr >= n)]
+    bad = arr[(arr < 0) | (arr >= n)]
     if bad.size:
+        # Negative indices are refused, not wrapped: -1 is more often a sentinel
+        # (no match found) than a wish to remove the last row.
         raise IndexError(
-            f"{what} has indices out of range for {n} {row}s: "
+            f"{what} has indices out of range for {n} {row}s (0 to {n - 1}): "
             f"{bad[:5].tolist()}."
+        )
+    if n > 2 and arr.shape == (n,) and np.isin(arr, (0, 1)).all():
+        raise ValueError(
+            f"{what} is {n} integers, all 0 or 1, one per {row}: a mask given as "
+            "integers, which would be read as the indices 0 and 1. Pass it as a boolean "
+            "mask (mask.astype(bool)) or as indices (np.flatnonzero(mask))."
         )
     mask = np.zeros(n, dtype=bool)
     mask[arr.astype(np.int64)] = True

@@ -327,7 +327,10 @@ def test_build_writes_parameters_back(case):
     "est, match",
     [
         (DecisionTreeClassifier(), "DecisionTreeClassifier is not supported"),
-        (LogisticRegression(l1_ratio=1.0, solver="saga"), "L1 part"),
+        (LogisticRegression(l1_ratio=1.0, solver="saga"), "l1_ratio=1.0 has an L1 part"),
+        pytest.param(LogisticRegression(penalty="l1", solver="saga"),
+                     "penalty='l1' has an L1 part",  # the deprecated spelling, still in use
+                     marks=pytest.mark.filterwarnings("ignore:'penalty' was deprecated")),
         (LogisticRegression(solver="liblinear"), "liblinear"),
         (SGDClassifier(loss="hinge"), "log_loss"),
         (SGDRegressor(loss="huber"), "squared_error"),

@@ -155,11 +155,45 @@ def test_nan_and_inf_input(bad, breast_cancer):
 
 def test_removal_indices_out_of_range(breast_cancer):
     X, y = breast_cancer
-    with pytest.raises(IndexError, match=r"out of range for 569 training samples: \[569\]"):
+    with pytest.raises(IndexError,
+                       match=r"out of range for 569 training samples \(0 to 568\): \[569\]"):
         PumaPatcher().fit(X, y, remove=[0, 569])
     puma = PumaPatcher().fit(X, y)
     with pytest.raises(IndexError, match="out of range"):
         puma.patch([-600])
+
+
+def test_row_selections_that_would_name_other_rows_are_refused_or_looked_up(breast_cancer):
+    """A 0/1 integer mask would be read as the indices {0, 1}, -1 would wrap to the last
+    row, and a pandas Index of row labels (``value().nsmallest(k).index`` on a shuffled
+    table) would be read as positions: each removed other rows than meant, silently."""
+    X, y = breast_cancer
+    puma = PumaPatcher().fit(X, y)
+    with pytest.raises(ValueError, match="all 0 or 1, one per training sample"):
+        puma.patch((y == 0).astype(int))
+    with pytest.raises(IndexError, match=r"out of range for 569 training samples \(0 to 568\)"):
+        puma.patch([-1])
+    frame = pd.DataFrame(X).sample(frac=1.0, random_state=0)  # labels != positions
+    puma = PumaPatcher().set_output(transform="pandas").fit(frame, y[frame.index])
+    worst = puma.value().nsmallest(5).index
+    assert not np.array_equal(np.sort(frame.index.get_indexer(worst)), np.sort(worst))
+    puma.patch(worst)
+    assert sorted(frame.index[puma.removed_]) == sorted(worst)
+    with pytest.raises(ValueError, match=r"not in the training table's index: \[5000\]"):
+        puma.patch(pd.Index([5000]))
+
+
+def test_policies_choose_among_the_rows_that_trained_the_model(breast_cancer):
+    """A row of weight zero is not in the fit (its value is rounding, about 0): the
+    count and fraction policies never spend their count on one."""
+    X, y = breast_cancer
+    weight = np.ones(len(y))
+    weight[:40] = 0
+    for remove in (10, 0.02, "auto"):
+        puma = PumaPatcher(remove=remove).fit(X, y, sample_weight=weight)
+        assert not np.isin(puma.removed_, np.arange(40)).any(), remove
+        if remove != "auto":
+            assert len(puma.removed_) == (10 if remove == 10 else round(0.02 * 529))
 
 
 def test_removal_that_empties_a_class(breast_cancer):

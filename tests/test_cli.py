@@ -166,6 +166,27 @@ def test_user_csv_run(wine_csv, tmp_path, capsys):
     assert values["removed"].sum() == 5
 
 
+def test_a_ranking_that_would_empty_a_small_class_is_capped(tmp_path, capsys):
+    """A class of 12 rows among 400: the default run's first 10% of the ranking held all
+    its fitted rows, and the run stopped ("leaves no training point of class(es)").  It
+    takes at most a quarter of any class, as the remove= policies do, and says so."""
+    X, y = load_wine(return_X_y=True)
+    rng = np.random.default_rng(0)
+    rows = np.r_[rng.choice(np.flatnonzero(y != 2), 388), np.flatnonzero(y == 2)[:12]]
+    frame = pd.DataFrame(X[rows], columns=[f"x{j}" for j in range(X.shape[1])])
+    frame["target"] = y[rows]
+    data = tmp_path / "small_class.csv"
+    frame.to_csv(data, index=False)
+    out = tmp_path / "values.csv"
+    assert main(["--data", str(data), "--target", "target", "--remove", "0.3",
+                 "--output", str(out), "--top", "0"]) == 0
+    report = capsys.readouterr().out
+    assert "The first" in report and "only their first-ranked are removed" in report
+    values = pd.read_csv(out)
+    for label, count in values.groupby("label")["removed"].sum().items():
+        assert count <= 0.25 * (values["label"] == label).sum(), label
+
+
 def test_user_csv_string_labels_flip_and_several_criterion_rows(tmp_path, capsys):
     frame = load_wine(as_frame=True).frame
     frame["target"] = frame["target"].map({0: "barolo", 1: "grignolino", 2: "barbera"})

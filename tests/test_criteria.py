@@ -22,7 +22,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_puma import CRITERION_NAMES, PumaPatcher
+from sklearn_puma import CRITERION_NAMES, PumaPatcher, PumaWarning
 from sklearn_puma._criteria import BoundCriterion
 from sklearn_puma.metrics import expected_calibration_error
 
@@ -143,6 +143,32 @@ def test_fairness_criteria_by_hand(breast_cancer):
                                      "equalized_odds[fpr]"]
     # sqrt(d^2 + eps^2) smooths |d| by at most eps = 1e-3.
     np.testing.assert_allclose(puma.criterion_before_, [dp, tpr, fpr], atol=1e-3)
+
+
+def test_equalized_odds_leaves_out_a_group_with_no_point_of_an_outcome(breast_cancer):
+    """Evaluation points where group "b" has no positive: its true-positive rate does
+    not exist, and was read as 0 (a made-up gap of group "a"'s whole rate).  The row
+    compares no two groups: zero, with a warning; the false-positive row is unchanged."""
+    X, y = breast_cancer
+    groups = _groups(X)
+    rows = ~((groups == "b") & (y == 1))
+    with pytest.warns(PumaWarning, match=r"group\(s\) \['b'\] have no evaluation point "
+                                         r"labelled 1, so no true-positive rate"):
+        puma = PumaPatcher(LogisticRegression(C=0.05), criterion="equalized_odds").fit(
+            X, y, groups=groups, eval_set=(X[rows], y[rows], groups[rows]))
+    p1 = puma.predict_proba(X[rows])[:, 1]
+    g, t = groups[rows], y[rows]
+    fpr = abs(p1[(g == "a") & (t == 0)].mean() - p1[(g == "b") & (t == 0)].mean())
+    assert p1[(g == "a") & (t == 1)].mean() > 0.5  # the gap the old rows made up
+    np.testing.assert_allclose(puma.criterion_before_, [0.0, fpr], atol=1e-3)
+
+
+def test_repeated_criterion_names_are_numbered(breast_cancer):
+    X, y = breast_cancer
+    puma = PumaPatcher(criterion=["loss", "loss", lambda out, y: out[:, 1].mean(),
+                                  lambda out, y: out[:, 0].mean()]).fit(X, y)
+    assert puma.criterion_names_ == ["loss", "loss_2", "<lambda>", "<lambda>_2"]
+    assert len(set(puma.get_feature_names_out())) == len(puma.get_feature_names_out())
 
 
 def test_groups_reach_the_criterion_through_eval_set_and_pipeline(breast_cancer):

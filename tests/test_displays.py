@@ -116,7 +116,7 @@ def test_values_row_selection(moons):
 def test_values_bad_mark():
     with pytest.raises(ValueError, match=r"one entry per point \(5\)"):
         ValuesDisplay.from_predictions(np.arange(5.0), mark=np.ones(4, dtype=bool))
-    with pytest.raises(IndexError, match=r"out of range for 5 points: \[7\]"):
+    with pytest.raises(IndexError, match=r"out of range for 5 points \(0 to 4\): \[7\]"):
         ValuesDisplay.from_predictions(np.arange(5.0), mark=[1, 7])
     with pytest.raises(ValueError, match="mark must be a boolean mask or integer indices"):
         ValuesDisplay.from_predictions(np.arange(5.0), mark=[0.5])

@@ -240,6 +240,50 @@ def test_unpenalised_near_separable_values_agree_with_refits_or_warn(class_sep):
         assert not unreliable and r >= 0.95
 
 
+def test_a_step_that_misses_its_refit_is_measured_and_flagged():
+    """Digits 3 against 8 (20 pixels), C=1: leaving row 253 or 216 out moves the
+    model 1.5-1.7x as far as its one Newton step predicts.  A single correction with
+    the fitted Hessian (which still holds the row's own curvature) read 0.21 and 0.09
+    of the step there, and nothing was said; the check now follows the objective
+    without the row to its optimum.  Against real refits: the rows it flags are those
+    whose step misses by more than half, and the figure it quotes is the refit's."""
+    import re
+
+    from sklearn.datasets import load_digits
+
+    from sklearn_puma._influence import loo_parameter_changes
+
+    X, y = load_digits(return_X_y=True)
+    pair = (y == 3) | (y == 8)
+    X = StandardScaler().fit_transform(X[pair][:, X.std(axis=0) > 0][:, :20])
+    y = (y[pair] == 3).astype(int)
+    est = LogisticRegression(C=1.0, tol=1e-12, max_iter=100_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        puma = PumaPatcher(est).fit(X, y)
+        puma.values_
+    flagged = [str(w.message) for w in caught if "leave-one-out steps checked" in str(w.message)]
+    assert len(flagged) == 1, flagged
+    rows = [int(r) for r in re.search(r"rows \[([0-9, ]+)\]", flagged[0]).group(1).split(",")]
+    quoted = float(re.search(r"up to ([0-9.]+) times the step", flagged[0]).group(1))
+    problem = puma._problem
+    theta_hat = problem.theta_hat.numpy()
+    misses = {}
+    for i in set(rows) | {253, 216, 249}:
+        step = loo_parameter_changes(problem, problem.inverse_hat, problem.theta_hat,
+                                     problem.X[[i]], problem.y[[i]], problem.s[[i]], 1,
+                                     _verify=False)[0][1][0].numpy()
+        keep = np.arange(len(y)) != i
+        refit = clone(est).fit(X[keep], y[keep])
+        misses[i] = np.linalg.norm(np.r_[refit.coef_.ravel(), refit.intercept_]
+                                   - theta_hat - step) / np.linalg.norm(step)
+    print(f"flagged rows {rows}, quoted {quoted}; refits miss the steps by {misses}")
+    assert {253, 216} <= set(rows)
+    # Flagged exactly where the refit misses the step by more than half of it.
+    assert all((i in rows) == (misses[i] > 0.5) for i in misses)
+    assert quoted == pytest.approx(max(misses[i] for i in rows), rel=0.05)
+
+
 def test_large_but_accurate_leave_one_out_steps_are_not_flagged():
     """Mislabelled rows of breast cancer move their own logit by 2-3 when left out,
     and their leave-one-out values still match refits: the check measures the steps
