@@ -798,11 +798,24 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         """``spec`` as a mask over the training rows.  A pandas Index (say
         ``patcher.value().nsmallest(5).index``) holds row labels: they are looked up in
         the training table's index, not read as positions (which would remove other
-        rows, silently, wherever the table was shuffled or split)."""
-        if isinstance(spec, pd.Index) and spec.dtype != bool \
-                and self.__dict__.get("_train_index") is not None:
+        rows, silently, wherever the table was shuffled or split); a boolean Series is
+        aligned on that index."""
+        index = self.__dict__.get("_train_index")
+        if isinstance(spec, pd.Series) and pd.api.types.is_bool_dtype(spec.dtype) \
+                and index is not None and not spec.index.equals(index):
+            # A boolean Series is aligned on its index, as pandas aligns it (say
+            # ``forget.sort_index()`` of a shuffled table): read by position it would
+            # mark other rows.
+            if not (spec.index.is_unique and len(spec) == len(index)
+                    and spec.index.isin(index).all()):
+                raise ValueError(
+                    f"{what} is a boolean Series whose index is not the training "
+                    "table's row labels; align it on them (series.reindex(X.index)) "
+                    "or pass a numpy mask.")
+            spec = spec.reindex(index)
+        if isinstance(spec, pd.Index) and spec.dtype != bool and index is not None:
             try:
-                positions = self._train_index.get_indexer(spec)
+                positions = index.get_indexer(spec)
             except pd.errors.InvalidIndexError:
                 raise ValueError(
                     f"{what} is a pandas Index of row labels, but the training table's "

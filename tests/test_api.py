@@ -181,6 +181,12 @@ def test_row_selections_that_would_name_other_rows_are_refused_or_looked_up(brea
     assert sorted(frame.index[puma.removed_]) == sorted(worst)
     with pytest.raises(ValueError, match=r"not in the training table's index: \[5000\]"):
         puma.patch(pd.Index([5000]))
+    # A boolean Series is aligned on its index, as pandas aligns it.
+    meant = pd.Series(frame.index.isin(worst), index=frame.index)
+    puma.patch(meant.sort_index())
+    assert sorted(frame.index[puma.removed_]) == sorted(worst)
+    with pytest.raises(ValueError, match="boolean Series whose index is not the training"):
+        puma.patch(meant.iloc[:-1])
 
 
 def test_policies_choose_among_the_rows_that_trained_the_model(breast_cancer):
