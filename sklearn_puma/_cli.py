@@ -81,7 +81,7 @@ the row helps the criterion, negative = it hurts; the lowest are the most harmfu
 Ranking (--rank-by): for classification the rows most likely mislabelled come first
 (rank_label_errors: each row's probability of its own label under the model fitted
 without it, lowest first), for regression the most harmful rows; the first --remove of
-the ranking are patched out.
+the ranking are patched out, at most a quarter of any class.
 
 Without --data, runs on scikit-learn's breast cancer data with 10% of the fitted rows'
 labels flipped at random (--flip, --seed), and reports how many flipped rows the
@@ -286,8 +286,8 @@ def build_parser():
     )
     puma.add_argument(
         "--remove", type=_remove_arg, default=0.1, metavar="N_OR_FRACTION",
-        help="how many of the first fitted rows of the ranking (--rank-by) to patch out: "
-             "a count (e.g. 20) "
+        help="how many of the first fitted rows of the ranking (--rank-by) to patch out, "
+             "at most a quarter of any class: a count (e.g. 20) "
              "or a fraction in (0, 1) (default: %(default)s)",
     )
     puma.add_argument(

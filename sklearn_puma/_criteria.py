@@ -160,7 +160,7 @@ def _equalized_odds_rows(adapter, out, y, w, ctx):
 
 def _per_class_context(adapter, y, w, groups):
     masks = [(y == k).to(w.dtype) for k in range(len(adapter.classes))]
-    empty = [_plain(adapter.classes[k]) for k, m in enumerate(masks)
+    empty = [plain_label(adapter.classes[k]) for k, m in enumerate(masks)
              if float((w * m).sum()) == 0]
     if empty:
         warnings.warn(
@@ -209,7 +209,7 @@ def _group_context(name):
             if absent:
                 missing.append(
                     f"group(s) {absent} have no evaluation point labelled "
-                    f"{_plain(adapter.classes[outcome])!r}, so no {rate} rate"
+                    f"{plain_label(adapter.classes[outcome])!r}, so no {rate} rate"
                     + ("" if len(kept) >= 2 else
                        f" (the {rate} row compares no two groups: constant zero, it "
                        "cannot be protected)"))
@@ -380,7 +380,7 @@ def check_criterion_fits(criteria, adapter):
             )
 
 
-def _plain(label):
+def plain_label(label):
     """A class label as Python writes it (numpy scalars unwrapped)."""
     return label.item() if hasattr(label, "item") else label
 
@@ -389,10 +389,13 @@ def _unique(names):
     """Row names made unique (two lambdas, or "loss" twice), each repeat numbered from
     its second: they label the columns of ``value()``'s DataFrame and of
     ``transform``'s output."""
-    seen, out = {}, []
+    out = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+        unique, k = name, 1
+        while unique in out:  # "loss_2" may itself be a given name
+            k += 1
+            unique = f"{name}_{k}"
+        out.append(unique)
     return out
 
 

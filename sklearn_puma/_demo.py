@@ -444,10 +444,15 @@ def run(args, stream, source, progress):
         suspects = np.flatnonzero(puma._capped(rank < k, rank,
                                                source=f"The first {k} rows of the ranking"))
         suspects = suspects[np.argsort(rank[suspects])]
+        if len(suspects) == 0:
+            raise CLIError(f"the first {k} rows of the ranking all belong to classes of "
+                           "three or fewer fitted rows, which no removal may empty; "
+                           "raise --remove")
         k = len(suspects)
         score_before = puma.score(X_test, y_test)
 
-        progress(f"patching out the first {k} rows of the ranking, timed against a refit")
+        progress(f"patching out {k} rows, the first of the ranking (at most a quarter of "
+                 "any class), timed against a refit")
         try:
             # Each round patches before it refits on the sample_weight_ it gives.
             (patch_time, patch_calls, _), (refit_time, _, refit) = _best_times(
@@ -456,7 +461,7 @@ def run(args, stream, source, progress):
                                              sample_weight=puma.sample_weight_),
             )
         except ValueError as exc:
-            raise CLIError(f"cannot patch out the first {k} rows of the ranking: {exc}"
+            raise CLIError(f"cannot patch out those {k} rows of the ranking: {exc}"
                            ) from None
     # Each timing repeat warns alike: keep one copy of each message.
     notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))

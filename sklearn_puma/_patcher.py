@@ -39,7 +39,7 @@ from ._adapters import (
     is_skorch,
     make_adapter,
 )
-from ._criteria import CRITERION_NAMES, BoundCriterion, resolve_criteria
+from ._criteria import CRITERION_NAMES, BoundCriterion, plain_label, resolve_criteria
 from ._influence import (
     _NET_OUTPUT_RTOL,
     _NET_RTOL,
@@ -801,8 +801,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         rows, silently, wherever the table was shuffled or split); a boolean Series is
         aligned on that index."""
         index = self.__dict__.get("_train_index")
-        if isinstance(spec, pd.Series) and pd.api.types.is_bool_dtype(spec.dtype) \
-                and index is not None and not spec.index.equals(index):
+        if index is None:  # fitted on an array: value() labels its rows 0 to n - 1
+            index = pd.RangeIndex(n)
+        if isinstance(spec, (pd.Series, pd.Index)) and pd.api.types.is_bool_dtype(spec):
+            if spec.isna().any():
+                raise ValueError(f"{what} is a boolean {type(spec).__name__} holding "
+                                 "missing values (NA); fill them first.")
+            if isinstance(spec, pd.Index):  # a mask, not labels
+                spec = spec.to_numpy(dtype=bool)
+        if isinstance(spec, pd.Series) and pd.api.types.is_bool_dtype(spec) \
+                and not spec.index.equals(index):
             # A boolean Series is aligned on its index, as pandas aligns it (say
             # ``forget.sort_index()`` of a shuffled table): read by position it would
             # mark other rows.
@@ -813,7 +821,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                     "table's row labels; align it on them (series.reindex(X.index)) "
                     "or pass a numpy mask.")
             spec = spec.reindex(index)
-        if isinstance(spec, pd.Index) and spec.dtype != bool and index is not None:
+        if isinstance(spec, pd.Series) and pd.api.types.is_bool_dtype(spec):
+            spec = spec.to_numpy(dtype=bool)
+        if isinstance(spec, pd.Index):
             try:
                 positions = index.get_indexer(spec)
             except pd.errors.InvalidIndexError:
@@ -873,15 +883,16 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if self._groups is not None:
             partitions.append(("group", np.unique(self._groups), self._groups))
         cut = []
+        trained = _np(self._problem.s) > 0  # a row of weight zero is no member
         for kind, labels, of_point in partitions:
             for label in labels:
-                members = np.flatnonzero(of_point == label)
+                members = np.flatnonzero((of_point == label) & trained)
                 chosen = members[mask[members]]
                 limit = int(MAX_POLICY_SHARE * len(members))
                 if len(chosen) > limit:
                     spared = chosen[np.argsort(total[chosen], kind="stable")[limit:]]
                     mask[spared] = False
-                    cut.append(f"{kind} {label.item() if hasattr(label, 'item') else label!r}"
+                    cut.append(f"{kind} {plain_label(label)!r}"
                                f": {len(chosen)} of {len(members)} marked, {limit} removed")
         if cut:
             warnings.warn(
@@ -901,7 +912,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             return
         keep = ~mask & (_np(self._problem.s) > 0)
         present = set(_np(self._problem.y)[keep].astype(int).tolist())
-        emptied = [self.classes_[k].item() for k in range(len(self.classes_))
+        emptied = [plain_label(self.classes_[k]) for k in range(len(self.classes_))
                    if k not in present]
         if emptied:
             raise ValueError(

@@ -13,7 +13,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_puma import PumaPatcher, UnsupportedEstimatorError
+from sklearn_puma import PumaPatcher, PumaWarning, UnsupportedEstimatorError
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,17 @@ def test_row_selections_that_would_name_other_rows_are_refused_or_looked_up(brea
     assert sorted(frame.index[puma.removed_]) == sorted(worst)
     with pytest.raises(ValueError, match="boolean Series whose index is not the training"):
         puma.patch(meant.iloc[:-1])
+    first = np.zeros(len(y), dtype=bool)
+    first[:3] = True
+    puma.patch(pd.Index(first).astype("boolean"))  # a mask, not labels
+    np.testing.assert_array_equal(puma.removed_, [0, 1, 2])
+    with pytest.raises(ValueError, match=r"missing values \(NA\)"):
+        puma.patch(pd.Series(first, index=frame.index).astype("boolean").where(first))
+    # Fitted on an array, value() labels the rows 0 to n - 1, and a Series aligns on them.
+    puma = PumaPatcher().set_output(transform="pandas").fit(X, y)
+    low = puma.value() < puma.value().quantile(0.02)
+    puma.patch(low.sort_values())
+    np.testing.assert_array_equal(puma.removed_, np.flatnonzero(low.to_numpy()))
 
 
 def test_policies_choose_among_the_rows_that_trained_the_model(breast_cancer):
@@ -200,6 +211,16 @@ def test_policies_choose_among_the_rows_that_trained_the_model(breast_cancer):
         assert not np.isin(puma.removed_, np.arange(40)).any(), remove
         if remove != "auto":
             assert len(puma.removed_) == (10 if remove == 10 else round(0.02 * 529))
+    # The quarter a policy may take of a class is of its rows that trained the model.
+    weight = np.ones(len(y))
+    weight[np.flatnonzero(y == 0)[:180]] = 0
+    with pytest.warns(PumaWarning, match="class 0: [0-9]+ of 32 marked, 8 removed"):
+        puma = PumaPatcher(remove=0.3).fit(X, y, sample_weight=weight)
+    assert (y[puma.removed_] == 0).sum() == 8
+    # Emptying a class of string labels is refused with the message, not a crash.
+    with pytest.raises(ValueError, match=r"class\(es\) \['neg'\]"):
+        PumaPatcher().fit(X, np.where(y == 0, "neg", "pos").astype(object),
+                          remove=np.flatnonzero(y == 0))
 
 
 def test_removal_that_empties_a_class(breast_cancer):

@@ -169,6 +169,10 @@ def test_repeated_criterion_names_are_numbered(breast_cancer):
                                   lambda out, y: out[:, 0].mean()]).fit(X, y)
     assert puma.criterion_names_ == ["loss", "loss_2", "<lambda>", "<lambda>_2"]
     assert len(set(puma.get_feature_names_out())) == len(puma.get_feature_names_out())
+    named = lambda out, y: out[:, 1].mean()  # noqa: E731
+    named.__name__ = "loss_2"  # a given name that a numbering would repeat
+    puma = PumaPatcher(criterion=[named, "loss", "loss"]).fit(X, y)
+    assert puma.criterion_names_ == ["loss_2", "loss", "loss_3"]
 
 
 def test_groups_reach_the_criterion_through_eval_set_and_pipeline(breast_cancer):

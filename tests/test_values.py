@@ -15,6 +15,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_puma import PumaPatcher, PumaWarning
+from sklearn_puma._adapters import make_adapter
 
 N_POINTS = 40
 
@@ -282,6 +283,35 @@ def test_a_step_that_misses_its_refit_is_measured_and_flagged():
     # Flagged exactly where the refit misses the step by more than half of it.
     assert all((i in rows) == (misses[i] > 0.5) for i in misses)
     assert quoted == pytest.approx(max(misses[i] for i in rows), rel=0.05)
+
+
+def test_a_softmax_s_flat_offset_is_not_read_as_a_missed_step(wine):
+    """A multinomial LR's Hessian is singular along the offset its softmax ignores; a
+    plain Cholesky solve blew rounding up along it and flagged wine's far steps as
+    missing their refits (inf) where refits were 0.15-0.34 of the step away.  Solved
+    as the fitted Hessian is (pseudo-inverse): no warning, and against real refits the
+    farthest-moving rows' steps miss by under half (the flagging line)."""
+    from sklearn_puma._influence import loo_parameter_changes
+
+    X, y = wine
+    est = LogisticRegression(C=10.0, tol=1e-12, max_iter=10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PumaWarning)
+        puma = PumaPatcher(est, criterion="log_loss").fit(X, y)
+        proba = puma.loo_predict_proba()
+    problem = puma._problem
+    own = np.log(proba[np.arange(len(y)), y]) - np.log(
+        puma._base_estimator.predict_proba(X)[np.arange(len(y)), y])
+    flat = make_adapter(puma._base_estimator).flat_directions().numpy()
+    for i in np.argsort(-np.abs(own))[:3]:
+        step = loo_parameter_changes(problem, problem.inverse_hat, problem.theta_hat,
+                                     problem.X[[i]], problem.y[[i]], problem.s[[i]], 1,
+                                     _verify=False)[0][1][0].numpy()
+        keep = np.arange(len(y)) != i
+        refit = clone(est).fit(X[keep], y[keep])
+        miss = make_adapter(refit).theta.numpy() - problem.theta_hat.numpy() - step
+        miss -= flat @ (flat.T @ miss)  # the offset the softmax ignores is no miss
+        assert np.linalg.norm(miss) < 0.5 * np.linalg.norm(step), i
 
 
 def test_large_but_accurate_leave_one_out_steps_are_not_flagged():
