@@ -202,10 +202,10 @@ def _group_context(name):
         cells, missing = [], []
         for outcome, rate in ((1, "true-positive"), (0, "false-positive")):
             given = (y == outcome).to(w.dtype)
-            kept = [m * given for m in masks if float((w * m * given).sum()) > 0]
+            held = [float((w * m * given).sum()) > 0 for m in masks]
+            kept = [m * given for m, h in zip(masks, held) if h]
             cells.append(kept)
-            absent = [str(g) for g, m in zip(present, masks)
-                      if float((w * m * given).sum()) == 0]
+            absent = [str(g) for g, h in zip(present, held) if not h]
             if absent:
                 missing.append(
                     f"group(s) {absent} have no evaluation point labelled "

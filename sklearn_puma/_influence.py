@@ -553,30 +553,26 @@ def _step_miss(problem, i, step):
         inverse = problem.inverse(problem.theta_hat, weights,
                                   hessian=problem.hessian(problem.theta_hat, weights))
     theta, last = start, None
-    g, J = problem.value_and_grad(theta, weights)
     for _ in range(_MISS_ITERATIONS):
+        g = problem.grad(theta, weights)
         direction = inverse.solve(g)
-        slope, t = float(g @ direction), 1.0
-        if slope <= 0:  # not a descent direction: the curvature is not convex here
+        if float(g @ direction) <= 0:  # not a descent direction: not convex here
             return float("inf")
-        # Backtracking: where the row's removal leaves a nearly flat direction, full
-        # chord steps oscillated (a 400-row breast cancer LR, C=3) instead of
+        # Backtracked (Armijo): where the row's removal leaves a nearly flat direction,
+        # full chord steps oscillated (a 400-row breast cancer LR, C=3) instead of
         # converging.
-        while True:
-            candidate = theta - t * direction
-            g_new, J_new = problem.value_and_grad(candidate, weights)
-            if np.isfinite(J_new) and J_new <= J - 1e-4 * t * slope:
-                break
-            t /= 2
-            if t < 1e-10:  # no descent: the refit cannot be located from here
-                return float("inf")
-        size = t * float(direction.norm())
-        theta, g, J = candidate, g_new, J_new
+        stepped = _newton_step(problem, theta, weights, inverse, gradient=g,
+                               direction=direction)
+        full = torch.equal(stepped, theta - direction)
+        size = float((stepped - theta).norm())
+        if size <= 1e-8 * float(direction.norm()):  # no descent: cannot be located
+            return float("inf")
+        theta = stepped
         # Chord steps contract linearly: at a rate r the distance still ahead is
         # size * r / (1 - r), from the last two steps; only a full step says so (a
         # backtracked one is short because it was cut, not because it converged).
         rate = min(size / last, 0.99) if last else 0.5
-        if t == 1.0 and size * rate / (1 - rate) <= 1e-2 * length:
+        if full and size * rate / (1 - rate) <= 1e-2 * length:
             return float((theta - start).norm()) / length
         last = size
     return float("inf")  # not located within the iterations: unverified
@@ -1313,8 +1309,8 @@ def patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight, 
         # the fit and 1e-4 at the patch: converged, unwarned, 0.52-0.77 of the way).
         if converged and ((started_elsewhere and problem.n * problem.adapter.n_params
                            <= _SECOND_PATH_SIZE)
-                          or min(_unexplained_share(problem, final),
-                                 _unexplained_share(problem, final, theta))
+                          or _unexplained_share(problem, final) <= _INTERPOLATION_SHARE
+                          or _unexplained_share(problem, final, theta)
                           <= _INTERPOLATION_SHARE):
             checked = _second_path(
                 problem, theta, final, watch=watch, outputs=removed_outputs,

@@ -804,26 +804,22 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if index is None:  # fitted on an array: value() labels its rows 0 to n - 1
             index = pd.RangeIndex(n)
         if isinstance(spec, (pd.Series, pd.Index)) and pd.api.types.is_bool_dtype(spec):
+            # A mask, not labels.  A Series is aligned on its index, as pandas aligns it
+            # (say ``forget.sort_index()`` of a shuffled table): read by position it
+            # would mark other rows.
             if spec.isna().any():
                 raise ValueError(f"{what} is a boolean {type(spec).__name__} holding "
                                  "missing values (NA); fill them first.")
-            if isinstance(spec, pd.Index):  # a mask, not labels
-                spec = spec.to_numpy(dtype=bool)
-        if isinstance(spec, pd.Series) and pd.api.types.is_bool_dtype(spec) \
-                and not spec.index.equals(index):
-            # A boolean Series is aligned on its index, as pandas aligns it (say
-            # ``forget.sort_index()`` of a shuffled table): read by position it would
-            # mark other rows.
-            if not (spec.index.is_unique and len(spec) == len(index)
-                    and spec.index.isin(index).all()):
-                raise ValueError(
-                    f"{what} is a boolean Series whose index is not the training "
-                    "table's row labels; align it on them (series.reindex(X.index)) "
-                    "or pass a numpy mask.")
-            spec = spec.reindex(index)
-        if isinstance(spec, pd.Series) and pd.api.types.is_bool_dtype(spec):
+            if isinstance(spec, pd.Series) and not spec.index.equals(index):
+                if not (spec.index.is_unique and len(spec) == len(index)
+                        and spec.index.isin(index).all()):
+                    raise ValueError(
+                        f"{what} is a boolean Series whose index is not the training "
+                        "table's row labels; align it on them (series.reindex(X.index)) "
+                        "or pass a numpy mask.")
+                spec = spec.reindex(index)
             spec = spec.to_numpy(dtype=bool)
-        if isinstance(spec, pd.Index):
+        elif isinstance(spec, pd.Index):
             try:
                 positions = index.get_indexer(spec)
             except pd.errors.InvalidIndexError:
@@ -846,9 +842,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             return np.zeros(n, dtype=bool)
         if isinstance(spec, np.ndarray) and spec.dtype == bool:
             return spec
-        # A row of weight zero is not in the fit (its value is rounding): the policies
-        # choose among, and count, the rows that trained the model.
-        trained = _np(self._problem.s) > 0
+        trained = self._trained_rows()
         if isinstance(spec, str) and spec == "label_errors":
             from ._label_errors import flagged_label_errors  # it imports this module
 
@@ -867,6 +861,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
             mask[np.argsort(np.where(trained, total, np.inf), kind="stable")[:count]] = True
         return self._capped(mask, total)
 
+    def _trained_rows(self):
+        """The rows that trained the model: one of weight zero is not in the fit (its
+        value is rounding), so the policies neither choose nor count it."""
+        return _np(self._problem.s) > 0
+
     def _capped(self, mask, total, source=None):
         """A policy's removal with at most ``MAX_POLICY_SHARE`` of any class (and of any
         group given to ``fit``) taken: a policy ranks points by value, and a minority
@@ -883,7 +882,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         if self._groups is not None:
             partitions.append(("group", np.unique(self._groups), self._groups))
         cut = []
-        trained = _np(self._problem.s) > 0  # a row of weight zero is no member
+        trained = self._trained_rows()
         for kind, labels, of_point in partitions:
             for label in labels:
                 members = np.flatnonzero((of_point == label) & trained)
