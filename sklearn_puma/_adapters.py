@@ -32,6 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import has_fit_parameter
 
 from ._sparse import SparseRows, as_design, with_ones
+from ._warnings import PumaWarning, user_stacklevel
 
 SUPPORTED_ESTIMATORS = (
     "LogisticRegression (penalty 'l2' or None, solver other than 'liblinear')",
@@ -194,7 +195,13 @@ _OUTPUT_DERIVATIVES = {
 def class_codes(classes, y):
     """Indices of the labels ``y`` in the sorted ``classes``; unknown labels are an error."""
     y = np.asarray(y).ravel()
-    codes = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+    try:
+        codes = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+    except TypeError:  # labels of another type than the classes (0/1 for 'No'/'Yes')
+        raise ValueError(
+            f"y holds labels of type {type(y[0]).__name__} ({np.unique(y)[:5].tolist()}), "
+            f"which cannot be the estimator's classes {classes.tolist()}."
+        ) from None
     unknown = classes[codes] != y
     if np.any(unknown):
         raise ValueError(
@@ -704,7 +711,16 @@ class SkorchAdapter(Adapter):
         self._buffers = {name: b for name, b in module.named_buffers()}
         self._module = module
         self.n_outputs = n_outputs
-        decays = {group.get("weight_decay", 0.0) for group in net.optimizer_.param_groups}
+        groups = net.optimizer_.param_groups
+        decays = {group.get("weight_decay", 0.0) for group in groups}
+        if any(group.get("decoupled_weight_decay") and group.get("weight_decay")
+               for group in groups):
+            # AdamW's decay shrinks the weights outside the adaptive step: its fixed
+            # point is no optimum of the loss plus any L2 penalty.
+            raise _unsupported(net, f"{type(net.optimizer_).__name__}'s decoupled "
+                                    "weight decay is not the gradient of a penalty; "
+                                    "use Adam or SGD with weight_decay (an L2 "
+                                    "penalty), or weight_decay=0")
         if len(decays) > 1:
             raise _unsupported(net, "parameter groups with different weight decays")
         self._weight_decay = float(decays.pop()) if decays else 0.0
@@ -905,7 +921,8 @@ def _skorch_classifier(net, n_features):
         raise _unsupported(net, f"criterion {type(criterion).__name__} is not supported; "
                                 "use NLLLoss (module returns probabilities) or "
                                 "CrossEntropyLoss (module returns logits)")
-    _check_reduction(net)
+    _check_criterion(net)
+    _check_width(net, n_features, len(classes), f"one per class ({len(classes)})")
     return SkorchAdapter(net, loss=loss, log_proba=log_proba, classes=classes,
                          n_outputs=len(classes))
 
@@ -914,7 +931,8 @@ def _skorch_binary_classifier(net, n_features):
     if not isinstance(net.criterion_, torch.nn.BCEWithLogitsLoss):
         raise _unsupported(net, f"criterion {type(net.criterion_).__name__} is not "
                                 "supported; use BCEWithLogitsLoss")
-    _check_reduction(net)
+    _check_criterion(net)
+    _check_width(net, n_features, 1, "one logit")
     return SkorchAdapter(net, loss=_binary_logistic_loss, log_proba=_binary_logistic_log_proba,
                          classes=np.asarray(net.classes_), n_outputs=1)
 
@@ -923,18 +941,51 @@ def _skorch_regressor(net, n_features):
     if not isinstance(net.criterion_, torch.nn.MSELoss):
         raise _unsupported(net, f"criterion {type(net.criterion_).__name__} is not "
                                 "supported; use MSELoss")
-    _check_reduction(net)
+    _check_criterion(net)
+    return SkorchAdapter(net, loss=_mean_squared_loss,
+                         n_outputs=_output_width(net, n_features))
+
+
+def _output_width(net, n_features):
+    """The number of outputs the module gives one row."""
     param = next(net.module_.parameters())
     with torch.no_grad():
         probe = net.module_(torch.zeros(1, n_features, dtype=param.dtype,
                                         device=param.device))
-    return SkorchAdapter(net, loss=_mean_squared_loss, n_outputs=probe.reshape(1, -1).shape[1])
+    return probe.reshape(1, -1).shape[1]
 
 
-def _check_reduction(net):
-    if getattr(net.criterion_, "reduction", "mean") != "mean":
+def _check_width(net, n_features, expected, what):
+    """Said, not refused: outputs no class was trained on change neither the loss nor
+    its derivatives, but skorch's own predict_proba then has columns ``classes_``
+    lacks (scikit-learn's checks train such a fixed-width module on fewer classes)."""
+    width = _output_width(net, n_features)
+    if width != expected:
+        warnings.warn(f"The {type(net).__name__}'s module gives {width} outputs a row "
+                      f"where the classes need {what}: its predict_proba has "
+                      f"{width} columns beside {expected} classes_.", PumaWarning,
+                      stacklevel=user_stacklevel())
+
+
+def _check_criterion(net):
+    """Refuse the criterion options the per-sample losses here do not carry: with them
+    the net was trained on another objective than the one differentiated, and a patch
+    would converge on the wrong one (a class-weighted net: completeness 0.42, unwarned)."""
+    criterion = net.criterion_
+    name = type(criterion).__name__
+    if getattr(criterion, "reduction", "mean") != "mean":
         raise _unsupported(net, "the criterion must average over the batch "
                                 "(reduction='mean')")
+    for option in ("weight", "pos_weight"):
+        if getattr(criterion, option, None) is not None:
+            raise _unsupported(net, f"{name}({option}=...) weighs the classes, which the "
+                                    "objective PUMA differentiates does not; train "
+                                    f"without {option} (weights per row go in "
+                                    "sample_weight)")
+    if getattr(criterion, "label_smoothing", 0.0):
+        raise _unsupported(net, f"{name}(label_smoothing={criterion.label_smoothing}) "
+                                "trains on smoothed targets; train with "
+                                "label_smoothing=0.0")
 
 
 # ---------------------------------------------------------------------- factories
@@ -978,7 +1029,18 @@ def _check_sgd_penalty(est):
     return 0.0 if est.penalty is None else est.alpha / 2.0
 
 
+def _check_every_row_trained(est):
+    """Early stopping holds out a random ``validation_fraction`` of the rows, which
+    then never trained the model (MLP*'s only with solver 'sgd' or 'adam')."""
+    if getattr(est, "early_stopping", False) and getattr(est, "solver", None) != "lbfgs":
+        raise _unsupported(est, "early_stopping=True trained it on a random "
+                                f"{1 - est.validation_fraction:.0%} of the rows, which "
+                                "PUMA cannot tell from the rest; fit with "
+                                "early_stopping=False")
+
+
 def _sgd_classifier(est):
+    _check_every_row_trained(est)
     if est.loss != "log_loss":
         raise _unsupported(est, f"loss={est.loss!r} has no probabilistic model; use "
                                 "loss='log_loss'")
@@ -995,6 +1057,7 @@ def _sgd_classifier(est):
 
 
 def _sgd_regressor(est):
+    _check_every_row_trained(est)
     if est.loss != "squared_error":
         raise _unsupported(est, f"loss={est.loss!r} is not supported; use "
                                 "loss='squared_error'")
@@ -1024,6 +1087,7 @@ def _linear_regression(est):
 
 
 def _mlp_classifier(est):
+    _check_every_row_trained(est)
     if est.loss != "log_loss":
         raise _unsupported(est, f"loss={est.loss!r} is not supported; use 'log_loss'")
     kind = est.out_activation_
@@ -1038,6 +1102,7 @@ def _mlp_classifier(est):
 
 
 def _mlp_regressor(est):
+    _check_every_row_trained(est)
     if est.loss != "squared_error":
         raise _unsupported(est, f"loss={est.loss!r} is not supported; use "
                                 "'squared_error'")
@@ -1139,7 +1204,7 @@ class SkorchIO(EstimatorIO):
                 "A column-vector y was passed when a 1d array was expected; it was "
                 "flattened.",
                 DataConversionWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
             y = y.ravel()
         if self._classifier:

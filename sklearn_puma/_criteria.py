@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ._names import CRITERION_NAMES, GROUP_CRITERIA  # noqa: F401 (re-exported)
-from ._warnings import PumaWarning
+from ._warnings import PumaWarning, user_stacklevel
 
 # Temperature of the soft indicator [argmax p = y] in "accuracy" and "ece".
 _SOFT_INDICATOR_TEMPERATURE = 0.05
@@ -167,7 +167,7 @@ def _per_class_context(adapter, y, w, groups):
             f"per_class_loss: no evaluation point of class(es) {list(empty)}; their "
             "rows are constant zero and cannot be protected.",
             PumaWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     return {"class_masks": masks}
 
@@ -216,7 +216,7 @@ def _group_context(name):
         if missing:
             warnings.warn(
                 f"equalized_odds: {'; '.join(missing)}; they are left out of that "
-                "row's gap.", PumaWarning, stacklevel=4)
+                "row's gap.", PumaWarning, stacklevel=user_stacklevel())
         return {"outcome_cells": cells}
 
     return make

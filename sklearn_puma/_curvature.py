@@ -27,7 +27,12 @@ from contextlib import contextmanager
 import torch
 from sklearn.utils import check_random_state
 
-from ._warnings import IllConditionedWarning, NonConvexWarning, SolverWarning
+from ._warnings import (
+    IllConditionedWarning,
+    NonConvexWarning,
+    SolverWarning,
+    user_stacklevel,
+)
 
 # Eigenvalues below this fraction of the largest are treated as exact zeros: the
 # directions the objective is flat in (the softmax's shared offset, collinear features)
@@ -46,14 +51,14 @@ MAX_SOLVE_SECONDS = 300.0
 _collector = threading.local()
 
 
-def _warn(message, category, stacklevel):
+def _warn(message, category):
     """``warnings.warn``, or, inside ``collected_warnings`` on this thread, kept for
     the caller to report once (a patch solves the curvature at every step).  Thread-
     local: ``warnings.catch_warnings`` swaps process-wide state, and two fits in two
     threads interleaving it left every later warning of the process swallowed."""
     caught = getattr(_collector, "caught", None)
     if caught is None:
-        warnings.warn(message, category, stacklevel=stacklevel + 1)
+        warnings.warn(message, category, stacklevel=user_stacklevel())
     else:
         caught.append((message, category))
 
@@ -75,7 +80,7 @@ def _flat_tolerance(top, dtype):
     return max(_RTOL, 100 * torch.finfo(dtype).eps) * max(abs(top), 1e-300)
 
 
-def _auto_damping(min_eigenvalue, max_eigenvalue, dtype, stacklevel=4):
+def _auto_damping(min_eigenvalue, max_eigenvalue, dtype):
     tol = _flat_tolerance(max_eigenvalue, dtype)
     if min_eigenvalue >= -tol:
         return 0.0
@@ -85,7 +90,6 @@ def _auto_damping(min_eigenvalue, max_eigenvalue, dtype, stacklevel=4):
         f"{min_eigenvalue:.3g}, largest {max_eigenvalue:.3g}); damping it by {damping:.3g}. "
         "Values and patches are less reliable here.",
         NonConvexWarning,
-        stacklevel=stacklevel,
     )
     return damping
 
@@ -214,7 +218,7 @@ class ExactInverse:
                 top_raw = float(raw.abs().max())
                 damping = _auto_damping(
                     min(self.min_eigenvalue, -2 * _flat_tolerance(top_raw, H.dtype)),
-                    top_raw, H.dtype, stacklevel=5)
+                    top_raw, H.dtype)
             else:
                 damping = 0.0
         self.damping = float(damping)
@@ -232,7 +236,6 @@ class ExactInverse:
                 f"{int((eigvals < -tol).sum())} negative direction(s) are dropped. Use "
                 "damping='auto' or a larger value.",
                 NonConvexWarning,
-                stacklevel=4,
             )
         keep = eigvals > tol
         kept = eigvals[keep]
@@ -251,7 +254,6 @@ class ExactInverse:
                 " are treated as flat. Values and patches along them are unreliable: "
                 "remove near-duplicate features or regularise the model more.",
                 IllConditionedWarning,
-                stacklevel=4,
             )
         null = None
         if not bool(keep.all()):
@@ -335,8 +337,7 @@ class _OperatorInverse:
             # Lanczos finds the ends of the spectrum first: good estimates of both.
             self.min_eigenvalue, self.max_eigenvalue = float(values[0]), float(values[-1])
         if damping == "auto":
-            damping = _auto_damping(self.min_eigenvalue, self.max_eigenvalue, dtype,
-                                    stacklevel=5)
+            damping = _auto_damping(self.min_eigenvalue, self.max_eigenvalue, dtype)
         self.damping = float(damping)
 
     def _damped(self, V):
@@ -364,7 +365,6 @@ class CGInverse(_OperatorInverse):
                 f"CG needs positive definite curvature; the damped smallest eigenvalue is "
                 f"{self.min_eigenvalue + self.damping:.3g}. Pass a larger damping.",
                 SolverWarning,
-                stacklevel=4,
             )
 
     def solve(self, B):
@@ -378,7 +378,6 @@ class CGInverse(_OperatorInverse):
                 f"CG stopped after {bound} with relative residual {residual:.3g} "
                 f"(tolerance {self.tol:g}); raise damping for a faster solve.",
                 SolverWarning,
-                stacklevel=4,
             )
         return X[:, 0] if vector else X
 
@@ -501,7 +500,6 @@ class LissaInverse(_OperatorInverse):
             f"LiSSA did not converge in {bound} (last relative change {change:.3g}, "
             f"tolerance {self.tol:g}); raise damping for a faster series.",
             SolverWarning,
-            stacklevel=4,
         )
         return X / self.scale
 
@@ -544,7 +542,6 @@ class LowRankInverse(_OperatorInverse):
                 f"(damping={self.damping:g}); using the smallest kept eigenvalue, "
                 f"{smallest:.3g}.",
                 SolverWarning,
-                stacklevel=4,
             )
             self.damping = smallest
 

@@ -276,7 +276,7 @@ class EKFACInverse:
         if relative_damping is not None:
             damping = relative_damping * mean
         elif damping == "auto":
-            damping = _auto_damping(low, top, torch.float64, stacklevel=6)
+            damping = _auto_damping(low, top, torch.float64)
         self.damping = float(damping)
         if hvp is not None and self.damping == 0 and not bool((penalty != 0).any()) \
                 and not adapter.__dict__.get("_singular_said"):
@@ -294,7 +294,7 @@ class EKFACInverse:
                   "refined solve may stall or converge away from the pseudo-inverse "
                   "hessian='exact' gives. Pass a damping (the answer then depends on "
                   f"it): 1e-3 times the mean curvature is {1e-3 * mean:.3g} here.",
-                  IllConditionedWarning, stacklevel=5)
+                  IllConditionedWarning)
         tol = _flat_tolerance(top, torch.float64)
         # Eigenvalues at rounding level of the largest are flat directions: pseudo-
         # inverted (left out), as the exact inverse does.
@@ -385,8 +385,7 @@ class EKFACInverse:
                   f"{kept} of {V.shape[1]} right-hand sides. A damping speeds the "
                   "solve up, and gives a solution where the curvature is singular (an "
                   "unpenalised net, or more parameters than the rows determine) and "
-                  "part of a right-hand side outside its range.", SolverWarning,
-                  stacklevel=3)
+                  "part of a right-hand side outside its range.", SolverWarning)
         X = X.to(B.dtype)
         return X[:, 0] if vector else X
 

@@ -42,7 +42,6 @@ from ._adapters import (
 from ._criteria import CRITERION_NAMES, BoundCriterion, plain_label, resolve_criteria
 from ._influence import (
     _NET_OUTPUT_RTOL,
-    _NET_RTOL,
     _SECOND_PATH_AGREEMENT,
     Problem,
     _np,
@@ -54,7 +53,7 @@ from ._influence import (
 )
 from ._rows import row_mask
 from ._threads import claim_cores, on_fitted_model, using_n_jobs
-from ._warnings import PartialRemovalWarning, PumaWarning
+from ._warnings import PartialRemovalWarning, PumaWarning, user_stacklevel
 
 # The largest share of any class (or group) a remove= policy takes; more is cut back
 # to the lowest-valued, with a warning.
@@ -123,7 +122,7 @@ def _estimator_has(attr):
     return check
 
 
-def _unfinished_fit(share):
+def _unfinished_fit(share, tolerance):
     """Where a network's fitted model is itself further from its optimum than the
     patch's tolerance (``share``: its own gradient over the removal's at the fitted
     model, as the patch measured them), the advice that says so: the polish
@@ -132,10 +131,10 @@ def _unfinished_fit(share):
     0.01 of a random 1% removal's after scipy's 3,000-iteration drive, its polish
     stopped on the iteration bound at 0.0065; driven to a gradient of 9e-9 first, at
     0.0015, the rest being the objective's conditioning); else an empty string."""
-    if not share > _NET_RTOL:
+    if not share > tolerance:
         return ""
     return (f"The fitted model itself is not at its optimum to the polish's tolerance "
-            f"({_NET_RTOL:g}): its own gradient is {share:.2g} times the removal's "
+            f"({tolerance:g}): its own gradient is {share:.2g} times the removal's "
             "there, so the patch had to finish the fit's convergence too; "
             "train it further (more iterations, a tighter tol) before patching. ")
 
@@ -339,7 +338,8 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         own, which a trainer stopped short of an optimum leaves) and the share of
         the removed rows' move (mean change of their predicted probabilities or
         outputs) that a further quasi-Newton step still predicts; its polish
-        converges at 1e-4 and 1e-2 of those, and a patch that did not gives a
+        converges at 1e-4 (1e-5 on a near-exact fit) and 1e-2 of those, and a
+        patch that did not gives a
         ``PartialRemovalWarning`` with the figure. (With ``eta_ < 1`` the
         shortening's own warning says the removal is partial.)
     hessian_ : str
@@ -349,7 +349,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     optimality_gap_ : float
         The training objective's gradient at the fitted model relative to a typical
         per-sample gradient: near zero at an optimum, which influence assumes (a
-        warning above 1e-2).
+        warning above 1e-2). A model linear in its parameters is also measured by a
+        Newton step to its optimum, in typical influence steps: past 5 it is warned
+        about with that figure, and patched on the tilted objective.
     criterion_before_, criterion_after_ : ndarray of shape (n_rows,)
         Criteria measured before and after the patch.
     criterion_names_ : list of str
@@ -902,7 +904,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 "what the model predicts for it, which criteria on the kept points do "
                 "not measure."
                 + (" Pass a mask or indices to remove more." if source is None else ""),
-                PumaWarning, stacklevel=4)
+                PumaWarning, stacklevel=user_stacklevel())
         return mask
 
     def _check_classes_survive(self, mask):
@@ -970,7 +972,9 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         curvature convex (0.41).  The line search only accepts steps that lower the
         reweighted objective, so a non-convex objective is descended, never climbed.
         It stops when the reweighted gradient is 1e-4 of the removal's own at the
-        fitted model (the reweighted one less the fit's) *and* a further step would
+        fitted model (1e-5 where the fit's loss is under 1% of a constant
+        prediction's: its objective is flat along the valley the removed points
+        leave; the reweighted gradient less the fit's) *and* a further step would
         move the removed rows' predictions by under 1% of what the patch moved them
         (the gradient alone can stop early where the objective is flat). Neither test
         tells two minima of a flat objective apart:
@@ -1057,10 +1061,10 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                        "polish ended (over the removal's gradient at the fitted "
                        "model) and the share "
                        "of the removed rows' move a further step still predicts is "
-                       f"{self.removal_residual_:.3g} (converged: {_NET_RTOL:g} and "
+                       f"{self.removal_residual_:.3g} (converged: {result.gradient_tol:g} and "
                        f"{_NET_OUTPUT_RTOL:g})")
             advice = ("Raise n_steps." if linear else
-                      _unfinished_fit(result.fit_share) +
+                      _unfinished_fit(result.fit_share, result.gradient_tol) +
                       "A near-interpolating or ReLU net's objective is flat or kinked "
                       "where the removed points were; parameters='last_layer' "
                       "converges.")
@@ -1068,7 +1072,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 f"The patch stopped short of the model optimal for sample_weight_: the "
                 f"{measure} (removal_residual_), so the marked points' influence is "
                 f"only partly removed although eta_=1. {advice}",
-                PartialRemovalWarning, stacklevel=3)
+                PartialRemovalWarning, stacklevel=user_stacklevel())
         checked = result.second_path
         if checked is not None and checked.agreement < _SECOND_PATH_AGREEMENT:
             ended = ("converged" if checked.reason == "converged" else
@@ -1089,7 +1093,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 "reweighted objective has several minima near the fit, and which one "
                 f"a retrain reaches depends on the optimiser.{taken} "
                 "parameters='last_layer' has a single optimum.",
-                PartialRemovalWarning, stacklevel=3)
+                PartialRemovalWarning, stacklevel=user_stacklevel())
         self.criterion_before_ = result.before
         self.criterion_after_ = result.after
         if self.verbose:  # formatting the arrays costs a tenth of a small patch

@@ -36,7 +36,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, validate_data
 
-from ._warnings import PumaWarning
+from ._warnings import PumaWarning, user_stacklevel
 
 
 class _Valuation(BaseEstimator):
@@ -316,7 +316,7 @@ class TMCShapley(_Valuation):
                     f"mean relative change of {change:.3g} over the last "
                     f"{self.convergence_window} (tolerance {self.convergence_tolerance}): "
                     "the values have not converged; raise max_iter.",
-                    PumaWarning, stacklevel=2)
+                    PumaWarning, stacklevel=user_stacklevel())
         self.values_ = history[-1]
         self.n_iter_ = iteration
         return self
@@ -883,7 +883,7 @@ class RepresenterPoints(_Valuation):
         if stationarity > 1e-8:
             warnings.warn(f"The last layer's refit stopped with a gradient of "
                           f"{stationarity:.3g}: the decomposition is approximate.",
-                          PumaWarning, stacklevel=2)
+                          PumaWarning, stacklevel=user_stacklevel())
         F_eval = adapter.encode_X(X_eval)
         codes_eval = adapter.encode_y(puma._io.encode_y(y_eval)).numpy()
         gram = (F @ F_eval.T).numpy()  # (n, n_eval)

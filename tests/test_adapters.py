@@ -7,6 +7,8 @@
 * writing parameters back against the estimator's own predictions.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -343,3 +345,30 @@ def test_unsupported_estimators_are_named(est, match, breast_cancer):
     with pytest.raises(UnsupportedEstimatorError, match=match) as info:
         make_adapter(est)
     assert "LogisticRegression" in str(info.value)  # the supported list is shown
+
+
+@pytest.mark.parametrize("est", [
+    MLPClassifier((8,), early_stopping=True, max_iter=50, random_state=0),
+    SGDClassifier(loss="log_loss", early_stopping=True, random_state=0),
+    SGDRegressor(early_stopping=True, random_state=0),
+])
+def test_early_stopping_is_refused(est, breast_cancer):
+    """Early stopping trains on a random 90% of the rows; the other 10% never trained
+    the model, yet would be valued and patched as if they had."""
+    X, y = breast_cancer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    with pytest.raises(UnsupportedEstimatorError, match="early_stopping=True trained it "
+                                                        "on a random 90% of the rows"):
+        make_adapter(est)
+
+
+def test_early_stopping_is_ignored_by_lbfgs(breast_cancer):
+    X, y = breast_cancer
+    est = MLPClassifier((4,), solver="lbfgs", early_stopping=True, max_iter=50,
+                        random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    assert make_adapter(est).n_params == X.shape[1] * 4 + 4 + 4 + 1

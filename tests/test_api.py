@@ -1,6 +1,7 @@
 """The scikit-learn surface: pipelines and grid search, pandas, transform, errors."""
 
 import copy
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -391,3 +392,35 @@ def test_verbose_shows_a_progress_bar_over_long_passes(capsys, monkeypatch):
     PumaPatcher(LogisticRegression(), n_jobs=1, verbose=1).fit(X, y).values_
     err = capsys.readouterr().err
     assert "sklearn-puma" in err and "/12000" in err and "rows" in err
+
+
+def test_warnings_point_at_the_user_s_line(breast_cancer):
+    """Warnings reached through the method wrappers (threads, scikit-learn's fit
+    context) were attributed to ``_threads.py`` or ``_patcher.py``, so a user could
+    neither see which line raised them nor filter them by module."""
+    X, y = breast_cancer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        puma = PumaPatcher(LogisticRegression(C=1e4, tol=1e-1)).fit(X, y)  # far
+        puma.values_
+        puma.patch(np.flatnonzero(y == 0)[:200])  # most of a class: capped, warned
+        puma.value()
+    ours = [w for w in caught if issubclass(w.category, PumaWarning)]
+    assert ours
+    assert all(w.filename == __file__ for w in ours), {(w.filename, w.lineno) for w in ours}
+
+
+@pytest.mark.parametrize("labels, match", [
+    (lambda y: (y == "yes").astype(int), r"labels of type int.*cannot be the estimator's "
+                                         r"classes \['no', 'yes'\]"),
+    (lambda y: np.where(y == "yes", "maybe", y), r"labels \['maybe'\] that the estimator "
+                                                r"was not trained on"),
+])
+def test_eval_set_labels_that_are_not_the_classes_are_named(labels, match, breast_cancer):
+    """0/1 evaluation labels beside 'no'/'yes' training ones stopped on numpy's "'<' not
+    supported between instances of 'str' and 'int'", naming neither eval_set nor the
+    classes."""
+    X, y = breast_cancer
+    y = np.where(y == 1, "yes", "no").astype(object)  # as pandas' strings are
+    with pytest.raises(ValueError, match=match):
+        PumaPatcher(LogisticRegression()).fit(X, y, eval_set=(X[:50], labels(y[:50])))

@@ -14,6 +14,7 @@ settle in different minima of the (non-convex) reweighted objective, the patch p
 only if its minimum is at least as low and a warm retrain started at it stays there.
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -120,8 +121,12 @@ def _check(puma, completeness, partial, ambiguous, gradient_share, may_stop_shor
     other = [w for w in partial if w not in said]
     if other and may_stop_short:
         # A polish that stopped on a bound says so, with the figure it measured: true
-        # to the gradient measured here.
-        assert gradient_share > 1e-4
+        # to the gradient measured here, past the tolerance it quotes (1e-4, or 1e-5
+        # on a near-exact fit).
+        quoted = float(re.search(r"\(converged: ([0-9.e+-]+) and", str(other[0].message))
+                       .group(1))
+        assert quoted in (1e-4, 1e-5)
+        assert gradient_share > quoted
         assert puma.removal_residual_ >= gradient_share * (1 - 1e-6)
         assert f"{puma.removal_residual_:.3g}" in str(other[0].message)
         assert completeness >= 0.8 or ambiguous
@@ -213,8 +218,12 @@ def test_interpolating_mlp_removal_is_complete_or_said_not_unique(seed):
     each other, and the patch converges (residual 9e-5) 0.62 of the way to the 30-pair
     one; its second path agrees with it on 0.24 of the move, and it says the removal
     is not unique (before that check, it passed unwarned).  Which minimum each path
-    reaches can move with the CPU's floating-point kernels, so seed 101 asserts only
-    what holds whichever it is: complete, or warned, or retrains that disagree (this
+    reaches can move with the CPU's floating-point kernels (on an AVX-512 EPYC, data
+    seed 100's retrains with 10 and 100 pairs agree with the warm retrain on only 0.48
+    and 0.32 of the move, and the patch's polish ends on its bound at 5.1e-3 of the
+    removal's gradient, J_w 0.0005008 under the warm retrain's 0.0005026, warned), so
+    both seeds assert only what holds whichever it is: complete, or warned with a true
+    figure, or retrains that disagree (this
     last branch passes with or without the warning; the warning itself is measured in
     the CHANGELOG, and ``test_unexplained_share_is_the_loss_over_a_constant_s`` checks
     the figure that decides when the check runs).  With the gradient written out
@@ -227,8 +236,7 @@ def test_interpolating_mlp_removal_is_complete_or_said_not_unique(seed):
     est = MLPClassifier((32,), activation="tanh", solver="lbfgs", alpha=1e-3,
                         max_iter=3000, random_state=seed).fit(X, y)
     model = _tight(est, X, y)
-    _check(*_completeness(model, X, y, cluster_mask(X, 0.05, seed)),
-           may_stop_short=seed == 1)
+    _check(*_completeness(model, X, y, cluster_mask(X, 0.05, seed)), may_stop_short=True)
 
 
 class _TanhMLP(torch.nn.Module):
@@ -442,3 +450,28 @@ def test_an_unfinished_fit_s_patch_is_measured_against_the_removal_s_own_gradien
         assert ratio <= 1e-4 * (1 + 1e-6)
     else:
         assert str(f"{puma.removal_residual_:.3g}") in str(partial[0].message)
+
+
+def test_a_near_exact_fit_is_polished_a_decade_further(breast_cancer):
+    """A net whose training loss is under 1% of a constant prediction's has a flat
+    reweighted objective along the valley its removed rows leave, and its polish stops
+    at 1e-5 of the removal's gradient, not 1e-4: on ISLP's Caravan (1,000 rows, loss
+    0.55% of the constant's, 5% random rows) 1e-4 had stopped, unwarned, 0.56-0.60 of
+    the way to warm retrains that agree among themselves, in no minimum (a retrain from
+    the patch moved its removed rows a further 0.62 of its move); 1e-5 reached
+    0.85-0.93.  Here the gradient where the patch ended, measured with the objective
+    written apart, is under 1e-5 of the removal's (it was 4.7e-5)."""
+    X, y = breast_cancer
+    est = MLPClassifier((16,), activation="tanh", solver="lbfgs", alpha=1e-3,
+                        max_iter=3000, random_state=0).fit(X, y)
+    model = _tight(est, X, y)
+    prior = np.bincount(y) / len(y)
+    p = model.predict_proba(X)[np.arange(len(y)), y]
+    assert -np.log(p).mean() < 1e-2 * -np.log(prior[y]).mean()  # near-exact
+    remove = np.zeros(len(y), dtype=bool)
+    remove[np.random.default_rng(0).choice(len(y), len(y) // 20, replace=False)] = True
+    puma, completeness, partial, ambiguous, gradient_share = _completeness(model, X, y,
+                                                                          remove)
+    assert not partial
+    assert gradient_share <= 1e-5 * (1 + 1e-6)
+    assert completeness >= 0.999

@@ -1,6 +1,7 @@
 """skorch nets: scikit-learn's estimator checks, and the adapters against ground truths."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from sklearn.frozen import FrozenEstimator  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor  # noqa: E402
 
-from sklearn_puma import PumaPatcher  # noqa: E402
+from sklearn_puma import PumaPatcher, PumaWarning, UnsupportedEstimatorError  # noqa: E402
 from sklearn_puma._adapters import make_adapter  # noqa: E402
 from sklearn_puma._autodiff import gradient, hvp_function, objective  # noqa: E402
 
@@ -202,3 +203,58 @@ def test_objective_passes_in_threads_leave_the_module_intact():
     assert [name for name, _ in after] == [name for name, _ in before]
     assert all(a is b and isinstance(a, torch.nn.Parameter) and a.requires_grad
                for (_, a), (_, b) in zip(after, before))
+
+
+@pytest.mark.parametrize("net, match", [
+    (lambda: NeuralNetClassifier(module__n_out=3, module__output="logits",
+                                 criterion=torch.nn.CrossEntropyLoss,
+                                 criterion__weight=torch.tensor([1.0, 2.0, 3.0],
+                                                                dtype=torch.float64),
+                                 **COMMON), r"CrossEntropyLoss\(weight=...\) weighs"),
+    (lambda: NeuralNetClassifier(module__n_out=3,
+                                 criterion__weight=torch.tensor([1.0, 2.0, 3.0],
+                                                                dtype=torch.float64),
+                                 **COMMON), r"NLLLoss\(weight=...\)"),
+    (lambda: NeuralNetClassifier(module__n_out=3, module__output="logits",
+                                 criterion=torch.nn.CrossEntropyLoss,
+                                 criterion__label_smoothing=0.1, **COMMON),
+     "label_smoothing=0.1"),
+    (lambda: NeuralNetBinaryClassifier(module__n_out=1, module__output="squeeze",
+                                       criterion__pos_weight=torch.tensor(
+                                           3.0, dtype=torch.float64), **COMMON),
+     r"pos_weight=...\)"),
+    (lambda: NeuralNetClassifier(module__n_out=3, optimizer=torch.optim.AdamW,
+                                 optimizer__weight_decay=0.01, **COMMON),
+     "AdamW's decoupled weight decay"),
+])
+def test_a_net_trained_on_another_objective_is_refused(net, match, wine, breast_cancer):
+    """Each of these was accepted and differentiated as the plain mean loss (plus an
+    L2 penalty): a class-weighted cross-entropy net on ISLP's College, driven to its
+    own optimum, was patched to completeness 0.42 of a warm retrain on its weighted
+    objective (J_w 11% above it), with eta_=1 and no warning; a five-logit module for
+    three classes gave five columns of probabilities beside three ``classes_`` (now
+    said: ``test_a_module_wider_than_the_classes_is_said``)."""
+    net = net()
+    X, y = breast_cancer if isinstance(net, NeuralNetBinaryClassifier) else wine
+    with pytest.raises(UnsupportedEstimatorError, match=match):
+        PumaPatcher(net).fit(X[::2], y[::2])  # every class in the rows
+
+
+def test_an_adam_net_with_coupled_decay_is_accepted(wine):
+    X, y = wine
+    puma = PumaPatcher(NeuralNetClassifier(module__n_out=3, optimizer=torch.optim.Adam,
+                                           optimizer__weight_decay=0.01, **COMMON))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 20 epochs of Adam: not at an optimum
+        puma.fit(X[::2], y[::2])
+    assert puma._problem.adapter._weight_decay == 0.01  # read as the L2 penalty
+
+
+def test_a_module_wider_than_the_classes_is_said(wine):
+    X, y = wine
+    with pytest.warns(PumaWarning, match=r"gives 5 outputs a row where the classes need "
+                                         r"one per class \(3\): its predict_proba has 5 "
+                                         r"columns beside 3 classes_"):
+        puma = PumaPatcher(NeuralNetClassifier(module__n_out=5, **COMMON)).fit(X[::2],
+                                                                               y[::2])
+    assert puma.predict_proba(X).shape == (len(X), 5)  # skorch's own
