@@ -199,8 +199,9 @@ def class_codes(classes, y):
         codes = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
     except TypeError:  # labels of another type than the classes (0/1 for 'No'/'Yes')
         raise ValueError(
-            f"y holds labels of type {type(y[0]).__name__} ({np.unique(y)[:5].tolist()}), "
-            f"which cannot be the estimator's classes {classes.tolist()}."
+            f"y holds labels of types {sorted({type(v).__name__ for v in y.tolist()})} "
+            f"({list(dict.fromkeys(y.tolist()))[:5]}...), which cannot be the "
+            f"estimator's classes {classes.tolist()}."
         ) from None
     unknown = classes[codes] != y
     if np.any(unknown):
@@ -713,8 +714,9 @@ class SkorchAdapter(Adapter):
         self.n_outputs = n_outputs
         groups = net.optimizer_.param_groups
         decays = {group.get("weight_decay", 0.0) for group in groups}
-        if any(group.get("decoupled_weight_decay") and group.get("weight_decay")
-               for group in groups):
+        if any((group.get("decoupled_weight_decay")
+                or isinstance(net.optimizer_, torch.optim.AdamW))  # torch before 2.6
+               and group.get("weight_decay") for group in groups):
             # AdamW's decay shrinks the weights outside the adaptive step: its fixed
             # point is no optimum of the loss plus any L2 penalty.
             raise _unsupported(net, f"{type(net.optimizer_).__name__}'s decoupled "
@@ -948,10 +950,15 @@ def _skorch_regressor(net, n_features):
 
 def _output_width(net, n_features):
     """The number of outputs the module gives one row."""
-    param = next(net.module_.parameters())
-    with torch.no_grad():
-        probe = net.module_(torch.zeros(1, n_features, dtype=param.dtype,
-                                        device=param.device))
+    module = net.module_
+    param, training = next(module.parameters()), module.training
+    module.eval()  # one row through batch norm in training mode is an error
+    try:
+        with torch.no_grad():
+            probe = module(torch.zeros(1, n_features, dtype=param.dtype,
+                                       device=param.device))
+    finally:
+        module.train(training)
     return probe.reshape(1, -1).shape[1]
 
 

@@ -349,9 +349,11 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
     optimality_gap_ : float
         The training objective's gradient at the fitted model relative to a typical
         per-sample gradient: near zero at an optimum, which influence assumes (a
-        warning above 1e-2). A model linear in its parameters is also measured by a
-        Newton step to its optimum, in typical influence steps: past 5 it is warned
-        about with that figure, and patched on the tilted objective.
+        warning above 1e-2). A model linear in its parameters (with an explicit
+        curvature) is also measured by a Newton step to its optimum, in typical
+        influence steps: past 5 it is warned about with that figure and patched on
+        the tilted objective (see ``patch``); short of it, values that one Newton
+        step would change by more than a tenth are warned about.
     criterion_before_, criterion_after_ : ndarray of shape (n_rows,)
         Criteria measured before and after the patch.
     criterion_names_ : list of str
@@ -947,7 +949,14 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         Notes
         -----
         A model linear in its parameters is patched to the refit on
-        ``sample_weight_`` (Newton and chord steps on its convex objective). A
+        ``sample_weight_`` (Newton and chord steps on its convex objective) where it
+        was fitted near its optimum. Where it was not (``optimality_gap_`` past 1e-2,
+        or a Newton step to its optimum past 5 typical influence steps: warned at
+        fit), the patch keeps the fit's own error (a tilted objective,
+        ``H_w delta`` with ``delta`` that Newton step): it moves the model by the
+        reweighting's effect, exactly for a quadratic loss, to first order otherwise;
+        unless that effect's first step is ten times the fit's distance, when it too
+        is the refit. A
         network's all-parameter patch is the net retrained from its fitted weights on
         ``sample_weight_`` (the "warm retrain"), reached without a pass over the data
         per step of a retrain from scratch: its own objective (not tilted, even where

@@ -4,20 +4,22 @@ import os
 import sys
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-# scikit-learn's wrappers around a public method (fit's context, set_output's
-# transform, available_if's delegation) stand between the user's line and ours.
-_WRAPPERS = tuple(os.path.join("sklearn", *path) for path in (
-    ("base.py",), ("utils", "_set_output.py"), ("utils", "_available_if.py"),
-    ("utils", "_param_validation.py")))
+
+
+def _between(filename):
+    """A frame between the user's line and ours: this package, scikit-learn (its
+    method wrappers, a Pipeline or a search calling us), contextlib (our context
+    managers)."""
+    return (filename.startswith(_PACKAGE) or filename.endswith("contextlib.py")
+            or os.sep + os.path.join("sklearn", "") in filename)
 
 
 def user_stacklevel():
-    """The ``stacklevel`` that points a warning at the first frame outside this
-    package and scikit-learn's method wrappers: the user's line (a fixed level pointed
-    into the package wherever a method reached the warning by another path)."""
+    """The ``stacklevel`` that points a warning at the first frame not ``_between``:
+    the user's line (a fixed level pointed into the package wherever a method reached
+    the warning by another path)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
-                                 or frame.f_code.co_filename.endswith(_WRAPPERS)):
+    while frame is not None and _between(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
     return level
 

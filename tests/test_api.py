@@ -405,16 +405,20 @@ def test_warnings_point_at_the_user_s_line(breast_cancer):
         puma.values_
         puma.patch(np.flatnonzero(y == 0)[:200])  # most of a class: capped, warned
         puma.value()
+        make_pipeline(StandardScaler(), PumaPatcher(LogisticRegression(C=1e4, tol=1e-1))
+                      ).fit(X, y)  # through a Pipeline
     ours = [w for w in caught if issubclass(w.category, PumaWarning)]
     assert ours
     assert all(w.filename == __file__ for w in ours), {(w.filename, w.lineno) for w in ours}
 
 
 @pytest.mark.parametrize("labels, match", [
-    (lambda y: (y == "yes").astype(int), r"labels of type int.*cannot be the estimator's "
+    (lambda y: (y == "yes").astype(int), r"labels of types \['int'\].*cannot be the estimator's "
                                          r"classes \['no', 'yes'\]"),
     (lambda y: np.where(y == "yes", "maybe", y), r"labels \['maybe'\] that the estimator "
                                                 r"was not trained on"),
+    (lambda y: np.where(y == "yes", 1, y).astype(object),
+     r"labels of types \['int', 'str'\].*cannot be the estimator's classes"),
 ])
 def test_eval_set_labels_that_are_not_the_classes_are_named(labels, match, breast_cancer):
     """0/1 evaluation labels beside 'no'/'yes' training ones stopped on numpy's "'<' not

@@ -76,9 +76,8 @@ def test_weakly_regularised_multinomial_patch_reaches_the_reweighted_optimum(tol
     its gradient, 0.009 of a per-sample one, passed for an optimum, and the patch's
     move was mostly the fit finishing its convergence: its first step overshot, Newton
     decrement 1e-3 -> 147, and took eleven curvature builds).  It is said, and the patch
-    moves the model by the removal only: it ends at the optimum of the reweighted
-    objective tilted to make the fitted model optimal, whose gradient is computed here
-    from the softmax.  At ``tol=1e-6`` the fit is 1.5 such moves from its optimum, and
+    is made on the tilted objective, checked below against exact refits.  At
+    ``tol=1e-6`` the fit is 1.5 such moves from its optimum, and
     the patch ends at the reweighted objective's own optimum, where the estimator
     refitted on sample_weight_ agrees."""
     from sklearn.datasets import load_digits
@@ -101,25 +100,36 @@ def test_weakly_regularised_multinomial_patch_reaches_the_reweighted_optimum(tol
                             lambda *a, **k: builds.append(1) or inverse(*a, **k))
         puma.patch(remove)
     far = [w for w in caught if "not at an optimum" in str(w.message)]
-    w = puma.sample_weight_
-    g_hat = np.linalg.norm(_multinomial_gradient(puma._base_estimator, X, y, w))
-    tilt = (_multinomial_gradient(puma._base_estimator, X, y, np.ones(len(y)))
-            if far else 0.0)
-    g_patch = np.linalg.norm(_multinomial_gradient(puma.estimator_, X, y, w) - tilt)
     tight = LogisticRegression(C=100.0, tol=1e-12, max_iter=100_000)
     error = _relative_error_to_retrained(puma, tight, X, y)
-    print(f"tol {tol}: said far {bool(far)}, relative gradient {g_patch / g_hat:.2e}, "
-          f"relative error to the refit {error:.2e}, curvature builds {len(builds)}")
+    print(f"tol {tol}: said far {bool(far)}, relative error to the refit {error:.2e}, "
+          f"curvature builds {len(builds)}")
     assert bool(far) == (tol == 1e-4)
-    assert g_patch <= 1e-6 * g_hat
     assert len(builds) <= 6
-    if far:
-        quoted = re.search(r"a Newton step to the optimum is ([0-9.e+-]+) times",
-                           str(far[0].message))
-        assert 25 <= float(quoted.group(1)) <= 100  # 52 influence steps, measured
-        assert error > 0.1  # the refit includes the convergence the patch leaves out
-    else:
+    if not far:
+        w = puma.sample_weight_
+        g_hat = np.linalg.norm(_multinomial_gradient(puma._base_estimator, X, y, w))
+        g_patch = np.linalg.norm(_multinomial_gradient(puma.estimator_, X, y, w))
+        assert g_patch <= 1e-6 * g_hat
         assert error <= 1e-2  # the refit's own lbfgs stops 1e-4 to 1e-3 from it
+        return
+    quoted = re.search(r"a Newton step to the optimum is ([0-9.e+-]+) times",
+                       str(far[0].message))
+    assert 25 <= float(quoted.group(1)) <= 100  # 52 influence steps, measured
+    # The patch moves the fitted model's probabilities by the reweighting's effect
+    # (the exact refits' with and without sample_weight_) to first order only: over a
+    # distance of 52 influence steps that is 3.9 times that effect off, as far as the
+    # fit is from its optimum (3.7) and the refit on sample_weight_ from the fit moved
+    # by the effect.  The whole tilt (before ``Problem._reweighted_tilt``) was 45 off.
+    exact = clone(tight).fit(X, y)
+    reweighted = clone(tight).fit(X, y, sample_weight=puma.sample_weight_)
+    effect = reweighted.predict_proba(X) - exact.predict_proba(X)
+    moved = puma.estimator_.predict_proba(X) - puma._base_estimator.predict_proba(X)
+    own = np.linalg.norm(puma._base_estimator.predict_proba(X) - exact.predict_proba(X))
+    off = np.linalg.norm(moved - effect)
+    print(f"  the patch's move off the refits' by {off / np.linalg.norm(effect):.3g} of "
+          f"theirs; the fit {own / np.linalg.norm(effect):.3g} of it from its optimum")
+    assert off <= 1.5 * own and error > 0.1  # the refit: the convergence too
 
 
 @pytest.mark.parametrize("seed", [0, 2])

@@ -846,8 +846,11 @@ def test_a_fit_far_from_its_optimum_along_a_flat_direction_is_said(case):
     far past the 5 the check draws its line at.  Before this check all three were
     silent, and a patch of five rows also moved each fit by its whole distance to the
     optimum (a one-row patch of a LinearRegression on a real table reported a criterion
-    change 12 times the refit's).  Now the patch moves the model by the removal only: as
-    far as the exact refits without the rows move the optimum, within a factor of 1.5."""
+    change 12 times the refit's).  Now the patch moves the model by the removal only:
+    its move is the exact refits' (the fit's error kept as it is, ``H_w delta``) to
+    rounding on the quadratic losses, and 0.98 of it off on the logistic one, whose fit
+    is 214 times that move from its optimum (a first-order correction over so far: 0.5%
+    of that distance leaks into the move, where the refit takes all of it)."""
     name, est, X, y, optimum_without, derivatives = case
     n = len(y)
     with warnings.catch_warnings(record=True) as caught:
@@ -882,7 +885,115 @@ def test_a_fit_far_from_its_optimum_along_a_flat_direction_is_said(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         puma.patch(remove)
-    patch_move = norm(_params(puma.estimator_) - fitted)
-    refit_move = norm(optimum_without(~remove) - optimum)
-    print(f"  patch moved {patch_move:.4g}, the refits {refit_move:.4g}")
-    assert refit_move / 1.5 <= patch_move <= refit_move * 1.5
+    effect = optimum_without(~remove) - optimum
+    error = norm(_params(puma.estimator_) - fitted - effect) / norm(effect)
+    own = norm(fitted - optimum) / norm(effect)
+    print(f"  the patch's move off the refits' by {error:.3g} of theirs; the fit is "
+          f"{own:.3g} of it from its optimum")
+    if "Logistic" in name:  # first order over a distance of 27 influence steps
+        assert own > 100 and error <= 0.02 * own
+    else:  # a quadratic loss: exact
+        assert error <= 1e-6
+
+
+def test_values_of_a_fit_too_far_for_them_are_said():
+    """Breast cancer's raw columns, ``LogisticRegression(solver="newton-cg")`` at its
+    defaults: 3.7 influence steps from its optimum, short of the fit's warning, but the
+    training loss (the default criterion) is near its own optimum there, and its values
+    move with the fit.  Against exact leave-one-out refits (every fifth row, the mean
+    training log loss of the refit less the exact optimum's) the fitted model's values
+    rank at Spearman 0.80, the exact optimum's at 1.00 (measured); one Newton step
+    changes the values by 0.35 of their size, which is said.  The same table
+    standardised, at scikit-learn's defaults (0.03), is not."""
+    from scipy.stats import spearmanr
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    n = len(y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        puma = PumaPatcher(LogisticRegression(solver="newton-cg")).fit(X, y)
+        values = puma.values_
+    said = [w for w in caught if "not close enough to its optimum" in str(w.message)]
+    assert said, [str(w.message) for w in caught]
+    quoted = float(re.search(r"by ([0-9.e+-]+) of their size", str(said[0].message))[1])
+    assert quoted > 0.1
+
+    exact = _newton_refit(LogisticRegression(), X, y)
+
+    def loss(model):
+        return _mean_log_loss(model, X, y)
+
+    rows = np.arange(0, n, 5)
+    truth = [loss(_newton_refit(LogisticRegression(), X, y,
+                                sample_weight=(np.arange(n) != i).astype(float)))
+             - loss(exact) for i in rows]
+    optimum = PumaPatcher(FrozenEstimator(exact)).fit(X, y).values_
+    at_fit, at_optimum = (spearmanr(values[rows], truth).statistic,
+                          spearmanr(optimum[rows], truth).statistic)
+    print(f"quoted {quoted:.3g}; Spearman against refits: fitted {at_fit:.3f}, "
+          f"optimum {at_optimum:.3f}")
+    assert at_fit < 0.9 < 0.99 < at_optimum
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PumaPatcher(LogisticRegression()).fit(StandardScaler().fit_transform(X), y).values_
+    assert not [w for w in caught if "optimum" in str(w.message)]
+
+
+def test_a_large_removal_from_a_far_fit_keeps_the_fit_s_own_error():
+    """scikit-learn's default SGDRegressor on standardised diabetes is 93 (curvature
+    norm) from its objective's optimum (Ridge's with alpha * n), and is patched on the
+    tilted objective.  Half its rows removed at random: against the fitted model moved
+    by the removal's exact effect at the optimum (Ridge refits), the patch with the whole
+    tilt was 85 off, 0.60 of that effect (a refit on sample_weight_: 93; a tilt scaled
+    by the kept weight, 18); with the fit's error kept under the new weights
+    (``H_w delta``), exact."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge, SGDRegressor
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_diabetes(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    n = len(y)
+    sgd = SGDRegressor(random_state=0)
+    alpha = n * sgd.alpha
+    H = _design(X).T @ _design(X) + alpha * np.diag(np.r_[np.ones(X.shape[1]), 0])
+
+    def optimum(keep):
+        ridge = Ridge(alpha=alpha).fit(X[keep], y[keep])
+        return np.r_[ridge.coef_, ridge.intercept_]
+
+    def norm(v):
+        return float(np.sqrt(v @ H @ v))
+
+    remove = np.zeros(n, dtype=bool)
+    remove[np.random.default_rng(0).choice(n, n // 2, replace=False)] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not at an optimum: said, tested elsewhere
+        puma = PumaPatcher(sgd).fit(X, y, remove=remove)
+    fitted, patched = _params(puma._base_estimator), _params(puma.estimator_)
+    effect = optimum(~remove) - optimum(np.ones(n, dtype=bool))
+    error = norm(patched - fitted - effect) / norm(effect)
+    print(f"error {error:.3g} of the removal's effect")
+    assert error <= 1e-6
+
+
+def test_rows_of_zero_weight_do_not_count_as_typical(breast_cancer):
+    """The typical influence step is a mean over rows that trained the model: with
+    alternating 0/1 weights the rows sampled were all of weight zero, and a model at its
+    optimum (gradient 4e-8) was said to be 8.7e292 influence steps from it."""
+    X, y = breast_cancer
+    X, y = X[:400], y[:400]
+    weights = np.arange(len(y)) % 2 == 1
+    exact = _newton_refit(LogisticRegression(), X, y, weights.astype(float))
+    from sklearn.frozen import FrozenEstimator
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        puma = PumaPatcher(FrozenEstimator(exact)).fit(X, y,
+                                                      sample_weight=weights.astype(float))
+    assert not [w for w in caught if "optimum" in str(w.message)]
+    assert puma._problem.newton_distance < 1e-3

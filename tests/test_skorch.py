@@ -258,3 +258,26 @@ def test_a_module_wider_than_the_classes_is_said(wine):
         puma = PumaPatcher(NeuralNetClassifier(module__n_out=5, **COMMON)).fit(X[::2],
                                                                                y[::2])
     assert puma.predict_proba(X).shape == (len(X), 5)  # skorch's own
+
+
+class _BatchNormMLP(torch.nn.Module):
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.hidden = torch.nn.LazyLinear(8, dtype=torch.float64)
+        self.norm = torch.nn.BatchNorm1d(8, dtype=torch.float64)
+        self.out = torch.nn.Linear(8, n_out, dtype=torch.float64)
+
+    def forward(self, X):
+        return torch.softmax(self.out(torch.tanh(self.norm(self.hidden(X)))), dim=-1)
+
+
+def test_a_batch_norm_module_is_probed_in_eval_mode(wine):
+    """The output-width probe passed one row through the module as skorch left it (in
+    training mode, with ``train_split=None``): batch norm refused a batch of one."""
+    X, y = wine
+    net = NeuralNetClassifier(_BatchNormMLP, **{k: v for k, v in COMMON.items()
+                                               if not k.startswith("module")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 20 epochs: not at an optimum
+        puma = PumaPatcher(net).fit(X[::2], y[::2])
+    assert puma.predict_proba(X).shape == (len(X), 3)
