@@ -353,7 +353,7 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
         curvature) is also measured by a Newton step to its optimum, in typical
         influence steps: past 5 it is warned about with that figure and patched on
         the tilted objective (see ``patch``); short of it, values that one Newton
-        step would change by more than a tenth are warned about.
+        step would change by more than 30% are warned about.
     criterion_before_, criterion_after_ : ndarray of shape (n_rows,)
         Criteria measured before and after the patch.
     criterion_names_ : list of str
