@@ -488,7 +488,7 @@ class LooFlags:
 
 # A model linear in theta whose Newton step to its optimum is longer than this many
 # typical leave-one-out moves (``Problem._newton_distance``) is not at an optimum:
-# between scikit-learn's default fits on standardised features (up to 3.6) and the fits
+# between scikit-learn's default fits on standardised features (up to 3.9) and the fits
 # whose values went wrong (9.3 and up; at 4, on wine at tol=1e-2, the largest values
 # were already 0.75 off the refits' against 0.22 when converged).
 _NEWTON_DISTANCE = 5.0
@@ -891,11 +891,12 @@ def _check_values_converged(problem, criterion):
     breast cancer, wine and digits: 0.03; fits whose values ranked refits at Spearman
     0.22-0.84 (a user's sweep of real tables: ISLP's Default at C=10, breast cancer's
     raw columns by newton-cg, Carseats by a default SGDRegressor): 0.35-61."""
-    if (not problem.adapter.linear_in_params or problem.newton_distance is None
-            or problem.newton_distance > _NEWTON_DISTANCE  # said at fit already
+    distance = getattr(problem, "newton_distance", None)  # None: pickled before it
+    if (not problem.adapter.linear_in_params or distance is None
+            or distance > _NEWTON_DISTANCE  # said at fit already
             # At its optimum to rounding: values that are themselves rounding (a
             # penalty that swamps every coefficient, C=1e-12) read a huge share.
-            or problem.newton_distance < 1e-2):
+            or distance < 1e-2):
         return
     inverse, theta = problem.inverse_hat, problem.theta_hat
     step = inverse.solve(problem.tilt[:, None])[:, 0]
