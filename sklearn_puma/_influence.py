@@ -120,8 +120,9 @@ class Problem:
         self._inverse_hat = self.inverse(self.theta_hat, sample_weight)  # tilt-free
         # A model linear in theta is convex: its distance to the optimum is measured
         # (a Newton step), not read off the gradient alone (see _newton_distance).
-        # Only where the inverse is explicit: 65 iterative solves cost a fit of 3,500
-        # parameters 7x its time by CG, and LiSSA's read 1.3 where the exact 23.
+        # Only where the inverse is explicit: 65 iterative solves at every fit (by CG,
+        # timed single-threaded, 7x a 3,500-parameter fit), and LiSSA's read 1.3
+        # where the exact inverse's read 23.
         self.newton_distance = (self._newton_distance() if adapter.linear_in_params
                                 and self.hessian_kind in ("exact", "dual") else None)
         self.optimality_gap = self._optimality_gap()
@@ -135,7 +136,8 @@ class Problem:
         # an L-BFGS polish on it ran off to J_w = -1 (a 600-row MLP, gap 0.02); on
         # its own objective the patch lands where the net retrained from its fitted
         # weights on sample_weight_ (the warm retrain) lands.
-        self.tilted = adapter.linear_in_params and not self._at_optimum()
+        self.tilted = adapter.linear_in_params and (self.optimality_gap > 1e-2
+                                                    or self.far_by_newton)
         self._patch_tilt = self.tilt if self.tilted else None
 
     def _typical_gradient(self):
@@ -160,13 +162,28 @@ class Problem:
         its default tol 15-40, an SGDRegressor at its defaults 9-14, a
         LinearRegression whose least-squares cut-off dropped a direction 12.5 (all
         with gradients under 1e-2 of a per-sample one)."""
-        rows = _spread_rows(self.s)
-        G = (self.s[rows, None]
-             * per_sample_grads(self.adapter, self.theta_hat, self.X[rows], self.y[rows]))
+        G = self.spread_gradients()
         both = self.inverse_hat.solve(torch.cat([self.tilt[:, None], G.T], dim=1))
-        self.decrement = float((self.tilt @ both[:, 0]).clamp_min(0).sqrt())
+        self._newton_step = both[:, 0]
+        self.decrement = float((self.tilt @ self._newton_step).clamp_min(0).sqrt())
         leave_one_out = float((G.T * both[:, 1:]).sum(0).clamp_min(0).mean().sqrt()) / self.n
         return self.decrement / max(leave_one_out, 1e-300)
+
+    def spread_gradients(self):
+        """The weighted per-sample gradients ``s_i g_i`` at the fitted model of the
+        rows ``_spread_rows`` picks: the typical rows the Newton distance and the
+        values' convergence are measured on."""
+        rows = _spread_rows(self.s)
+        return self.s[rows, None] * per_sample_grads(self.adapter, self.theta_hat,
+                                                     self.X[rows], self.y[rows])
+
+    @property
+    def newton_step(self):
+        """``H^-1 g`` at the fitted model: the fit's own way to its optimum (kept from
+        ``_newton_distance``, else solved once)."""
+        if getattr(self, "_newton_step", None) is None:
+            self._newton_step = self.inverse_hat.solve(self.tilt[:, None])[:, 0]
+        return self._newton_step
 
     def _reweighted_tilt(self, weights):
         """The tilt that keeps the fit's own distance to its optimum as it is under
@@ -179,17 +196,19 @@ class Problem:
         and a share of it by weight missed a small one (five rows off a raw-column
         LogisticRegression 27 influence steps from its optimum: 2.8 times their
         refits' move)."""
-        delta = self.inverse_hat.solve(self.tilt[:, None])[:, 0]
         X, y, change = self._changed(weights)
         if len(change) == 0:
             return self.tilt
+        delta = self.newton_step
         rows = hvp_function(self.adapter, self.theta_hat, X, y, change, self.n)(delta)
         penalty = penalty_curvature(self.adapter, self.theta_hat, self.n) * delta
         return self.tilt + rows - penalty
 
-    def _at_optimum(self):
-        return (self.optimality_gap <= 1e-2 and (self.newton_distance is None
-                                                  or self.newton_distance <= _NEWTON_DISTANCE))
+    @property
+    def far_by_newton(self):
+        """Whether the Newton distance, where measured, is past ``_NEWTON_DISTANCE``."""
+        distance = getattr(self, "newton_distance", None)  # None: pickled before it
+        return distance is not None and distance > _NEWTON_DISTANCE
 
     @contextmanager
     def tilted_for(self, weights):
@@ -210,8 +229,9 @@ class Problem:
                          .clamp_min(0).sqrt())
             tilted = self.decrement > _FINISHED_SHARE * move
         before = self.tilted, self._patch_tilt, self._objective_hat
-        self.tilted, self._objective_hat = tilted, None
-        self._patch_tilt = self._reweighted_tilt(weights) if tilted else None
+        if tilted or self._patch_tilt is not None:  # a net's objective is never tilted
+            self.tilted, self._objective_hat = tilted, None
+            self._patch_tilt = self._reweighted_tilt(weights) if tilted else None
         try:
             yield
         finally:
@@ -222,8 +242,7 @@ class Problem:
         one weighted per-sample gradient: about zero at an optimum, well above 1e-2
         for a net stopped after a few epochs."""
         gap = float(self.tilt.norm()) / max(self.typical_gradient, 1e-300)
-        far = self.newton_distance is not None and self.newton_distance > _NEWTON_DISTANCE
-        if gap > 1e-2 or far:
+        if gap > 1e-2 or self.far_by_newton:
             warnings.warn(
                 f"The fitted {type(self.adapter.estimator).__name__} is not at an optimum "
                 f"of its objective (gradient {gap:.2g} times a typical per-sample "
@@ -893,18 +912,15 @@ def _check_values_converged(problem, criterion):
     raw columns by newton-cg, Carseats by a default SGDRegressor): 0.35-61."""
     distance = getattr(problem, "newton_distance", None)  # None: pickled before it
     if (not problem.adapter.linear_in_params or distance is None
-            or distance > _NEWTON_DISTANCE  # said at fit already
+            or problem.far_by_newton  # said at fit already
             # At its optimum to rounding: values that are themselves rounding (a
             # penalty that swamps every coefficient, C=1e-12) read a huge share.
             or distance < 1e-2):
         return
     inverse, theta = problem.inverse_hat, problem.theta_hat
-    step = inverse.solve(problem.tilt[:, None])[:, 0]
     J = jacobian(criterion, theta)
-    moved = jacobian(criterion, theta - step) - J
-    rows = _spread_rows(problem.s)
-    G = (problem.s[rows, None]
-         * per_sample_grads(problem.adapter, theta, problem.X[rows], problem.y[rows]))
+    moved = jacobian(criterion, theta - problem.newton_step) - J
+    G = problem.spread_gradients()
     m = J.shape[0]
     V = G @ inverse.solve(torch.cat([J, moved]).T)
     at, change = V[:, :m], V[:, m:]
@@ -917,7 +933,7 @@ def _check_values_converged(problem, criterion):
             "to its optimum for these values: one Newton step towards it changes the "
             f"values of criterion row {criterion.names[worst]!r} by "
             f"{float(share[worst]):.2g} of their size (root mean square over "
-            f"{len(rows)} rows; its distance, {problem.newton_distance:.2g} typical "
+            f"{len(G)} rows; its distance, {problem.newton_distance:.2g} typical "
             "influence steps, is short of the warning at fit). Train to convergence "
             "(a tighter tol, more iterations, standardised features).",
             PumaWarning, stacklevel=user_stacklevel())
@@ -1248,7 +1264,7 @@ def _patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight,
         # the reweighted curvature there, or started by the influence step, where
         # that curvature is convex: see _lbfgs_polish.
         net_scale[:] = [removal_gradient(weights)]
-        tol = (net_tol[0] if rtol == _POLISH_RTOL else _NET_TRIAL_RTOL)
+        tol = net_tol[0] if rtol == _POLISH_RTOL else _NET_TRIAL_RTOL
         if not net_inverse:
             net_inverse.append(polish_preconditioner(weights))
         polished = _lbfgs_polish(problem, theta, weights, precondition=net_inverse[0],
