@@ -281,6 +281,7 @@ class Problem:
         # Iterative solvers hold closures over torch functions, which do not pickle.
         state = self.__dict__.copy()
         state["_inverse_hat"] = state["_hessian_hat"] = None
+        state.pop("_lock", None)  # on_fitted_model's, made afresh where needed
         return state
 
     def data_hessian(self, theta):

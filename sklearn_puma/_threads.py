@@ -99,15 +99,21 @@ def using_n_jobs(method):
 
 def on_fitted_model(method):
     """``using_n_jobs`` for a method of a fitted estimator, with the cores claimed for
-    its fitted model's passes (``claim_cores``)."""
+    its fitted model's passes (``claim_cores``), one such method at a time per fitted
+    model: a patch changes the objective its fitted model is read on while it runs
+    (``Problem.tilted_for``) and then the estimator's fitted attributes, so values or
+    predictions asked from another thread meanwhile would read a half-made state."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with n_jobs_of(self):
             problem = self.__dict__.get("_problem")
-            if problem is not None:
+            if problem is None:
+                return method(self, *args, **kwargs)
+            # Made where first needed (dict.setdefault is atomic), not pickled.
+            with problem.__dict__.setdefault("_lock", threading.RLock()):
                 claim_cores(problem.adapter)
-            return method(self, *args, **kwargs)
+                return method(self, *args, **kwargs)
 
     return wrapper
 

@@ -428,3 +428,43 @@ def test_eval_set_labels_that_are_not_the_classes_are_named(labels, match, breas
     y = np.where(y == 1, "yes", "no").astype(object)  # as pandas' strings are
     with pytest.raises(ValueError, match=match):
         PumaPatcher(LogisticRegression()).fit(X, y, eval_set=(X[:50], labels(y[:50])))
+
+
+def test_values_asked_during_a_patch_in_another_thread_wait_for_it(breast_cancer,
+                                                                    monkeypatch):
+    """A patch changes the objective the fitted model is read on while it runs
+    (``Problem.tilted_for``, on a fit far from its optimum: its tilt and cached
+    objective), so any other method of the same fitted patcher run from another
+    thread meanwhile (another patch, values, self-influence) could read that state
+    half-made.  They ran at once; now one waits for the other, and gets what it gets
+    after it."""
+    import threading
+
+    from sklearn_puma import _influence
+
+    X, y = breast_cancer
+    inside, release = threading.Event(), threading.Event()
+    real = _influence._patch
+
+    def held(*args, **kwargs):
+        inside.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_influence, "_patch", held)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PumaWarning)
+        puma = PumaPatcher(LogisticRegression(C=1e4, tol=1e-1)).fit(X, y)  # far: tilted
+        patching = threading.Thread(target=puma.patch, args=(np.arange(20),))
+        patching.start()
+        assert inside.wait(30)
+        got = []
+        valuing = threading.Thread(target=lambda: got.append(puma.value()))
+        valuing.start()
+        valuing.join(1.0)
+        waited = valuing.is_alive() and not got
+        release.set()
+        patching.join(60)
+        valuing.join(60)
+        assert waited, "value() ran while the patch was under way"
+        np.testing.assert_allclose(got[0], puma.value(), rtol=1e-12)
