@@ -395,7 +395,8 @@ class Adapter:
     def training_weights(self, y, sample_weight):
         """Per-sample weights s_i the estimator used: sample_weight times class_weight."""
         n = len(y)
-        s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
+        # A copy: pandas' copy-on-write hands out read-only arrays, which torch warns of.
+        s = np.ones(n) if sample_weight is None else np.array(sample_weight, float)
         class_weight = getattr(self.estimator, "class_weight", None)
         if class_weight is not None:
             # LogisticRegression balances classes by weighted counts, SGD by raw counts.

@@ -693,8 +693,18 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
                 f"{what} must hold one group label per row ({n}); got shape "
                 f"{groups.shape}."
             )
-        if groups.dtype.kind == "f" and not np.all(np.isfinite(groups)):
-            raise ValueError(f"{what} contains NaN or infinity.")
+        # Any dtype: a text or categorical column's missing labels (NaN, None) had
+        # stopped deep in numpy, comparing 'str' with 'float'.
+        bad = np.asarray(pd.isna(groups), dtype=bool)
+        if groups.dtype.kind == "f":
+            bad |= ~np.isfinite(groups)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise ValueError(
+                f"{what} has no group label (NaN, None or infinity) at {len(rows)} row(s) "
+                f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}; every row needs "
+                "one. Fill them (for example with a group of their own) or drop those "
+                "rows.")
         return groups
 
     def _check_eval_set(self, eval_set):
@@ -911,9 +921,17 @@ class PumaPatcher(TransformerMixin, MetaEstimatorMixin, BaseEstimator):
 
     def _check_classes_survive(self, mask):
         adapter = self._problem.adapter
+        keep = ~mask & (_np(self._problem.s) > 0)
+        if not keep.any():
+            # A regressor's patch had reported the removal of every row complete,
+            # eta_=1, with the fitted coefficients unchanged (LinearRegression) or the
+            # intercept kept (Ridge): no model is fitted on no data.
+            raise ValueError(
+                f"Removing these {int(mask.sum())} points leaves no training point of "
+                "positive weight; a model cannot be fitted on no data. Remove fewer "
+                "points.")
         if not adapter.is_classifier or adapter.multilabel:
             return
-        keep = ~mask & (_np(self._problem.s) > 0)
         present = set(_np(self._problem.y)[keep].astype(int).tolist())
         emptied = [plain_label(self.classes_[k]) for k in range(len(self.classes_))
                    if k not in present]

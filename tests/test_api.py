@@ -9,7 +9,7 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -468,3 +468,44 @@ def test_values_asked_during_a_patch_in_another_thread_wait_for_it(breast_cancer
         valuing.join(60)
         assert waited, "value() ran while the patch was under way"
         np.testing.assert_allclose(got[0], puma.value(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("missing", ["text NaN", "categorical NaN", "object None"])
+def test_group_labels_with_a_missing_value_are_named(missing, breast_cancer):
+    """Groups from a text or categorical column holding NaN (or None) stopped deep in
+    numpy ("'<' not supported between instances of 'str' and 'float'"); only float
+    groups were checked."""
+    X, y = breast_cancer
+    labels = np.where(np.arange(len(y)) % 2, "a", "b").astype(object)
+    labels[[3, 7]] = None if missing == "object None" else np.nan
+    groups = {"text NaN": pd.Series(labels).astype("str").where(pd.notna(labels)),
+              "categorical NaN": pd.Series(labels, dtype="category"),
+              "object None": labels}[missing]
+    with pytest.raises(ValueError, match=r"groups has no group label .* at 2 row\(s\) "
+                                         r"\[3, 7\]"):
+        PumaPatcher(LogisticRegression(), criterion="demographic_parity").fit(
+            X, y, groups=groups)
+
+
+def test_sample_weight_as_a_pandas_series_raises_no_torch_warning(breast_cancer):
+    """pandas' copy-on-write hands out read-only arrays: a Series of weights made torch
+    warn "The given NumPy array is not writable", which LogisticRegression alone does
+    not."""
+    X, y = breast_cancer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PumaPatcher(LogisticRegression(max_iter=1000)).fit(
+            X, y, sample_weight=pd.Series(np.linspace(0.5, 1.5, len(y))))
+
+
+@pytest.mark.parametrize("estimator", [Ridge(), LinearRegression()])
+def test_removing_every_row_of_a_regressor_is_refused(estimator, breast_cancer):
+    """A regressor's patch of every row had reported eta_=1 and a complete removal,
+    with the fitted coefficients kept (LinearRegression) or the intercept
+    (Ridge), which a refit on sample_weight_ (all zero) cannot check: classifiers
+    already refused it."""
+    X, _ = breast_cancer
+    y = X[:, 0] + X[:, 1]
+    puma = PumaPatcher(estimator).fit(X[:, 2:], y)
+    with pytest.raises(ValueError, match="leaves no training point of positive weight"):
+        puma.patch(np.ones(len(y), dtype=bool))
