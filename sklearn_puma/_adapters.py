@@ -432,9 +432,11 @@ class LinearAdapter(Adapter):
     sparse_design = True
 
     def __init__(self, estimator, *, loss, log_proba=None, penalty_coef=0.0,
-                 penalty_scales_with_n=True, classes=None, balance_by_weight=False):
+                 penalty_scales_with_n=True, classes=None, balance_by_weight=False,
+                 centres=False):
         super().__init__(estimator, loss=loss, log_proba=log_proba, classes=classes,
                          balance_by_weight=balance_by_weight)
+        self._centres = centres
         coef = np.asarray(estimator.coef_, dtype=np.float64)
         self._coef_shape = np.shape(estimator.coef_)
         self._intercept_shape = np.shape(estimator.intercept_)
@@ -487,6 +489,19 @@ class LinearAdapter(Adapter):
         F = torch.zeros(K, width, q, dtype=self.theta.dtype, device=self.theta.device)
         F[:, free[:, 0], torch.arange(q, device=F.device)] = K ** -0.5
         return F.reshape(K * width, q)
+
+    def refit_norm(self):
+        """(p,) 0/1: the parameters whose norm a refit from scratch keeps least along
+        directions its data do not determine.  Solvers that centre the data first
+        (LinearRegression's least squares, Ridge's) return the minimum-norm
+        coefficients, the intercept set by the means; iterative ones started at zero
+        (L-BFGS, SGD) never move along a direction no row's gradient has, so every
+        parameter's component there stays zero."""
+        norm = torch.ones(self.n_outputs, self.n_features + self.fit_intercept,
+                          dtype=self.theta.dtype, device=self.theta.device)
+        if self._centres and self.fit_intercept:
+            norm[:, self.n_features] = 0
+        return norm.reshape(-1)
 
     def design(self, X):
         """``[X, 1]``: outputs are ``design(X) @ W.T``."""
@@ -1085,13 +1100,14 @@ def _ridge(est):
     if np.any(alpha < 0):
         raise ValueError(f"Ridge alpha must be non-negative, got {est.alpha!r}.")
     return LinearAdapter(est, loss=functools.partial(_squared_loss, scale=1.0),
-                         penalty_coef=alpha)
+                         penalty_coef=alpha, centres=True)
 
 
 def _linear_regression(est):
     if est.positive:
         raise _unsupported(est, "positive=True adds bound constraints")
-    return LinearAdapter(est, loss=functools.partial(_squared_loss, scale=1.0))
+    return LinearAdapter(est, loss=functools.partial(_squared_loss, scale=1.0),
+                         centres=True)
 
 
 def _mlp_classifier(est):

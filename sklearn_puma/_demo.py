@@ -188,6 +188,12 @@ def _preprocessor(X, enabled):
         # Still a ColumnTransformer: the saved model takes the table's columns by name.
         return (ColumnTransformer([("columns", "passthrough", columns)]),
                 f"none (--no-preprocess): {len(columns)} numeric columns as given")
+    # A column with no value at all carries nothing to impute from: the imputers would
+    # drop it silently while the report counted its cells as imputed.
+    empty = [c for c in columns if X[c].isna().all()]
+    columns = [c for c in columns if c not in set(empty)]
+    if not columns:
+        raise CLIError(f"every feature column is empty: {short_list(empty)}")
     numeric = [c for c in columns if _is_numeric(X[c])]
     other = [c for c in columns if c not in set(numeric)]
     _check_finite(X, numeric)
@@ -205,9 +211,11 @@ def _preprocessor(X, enabled):
     if other:
         parts.append(f"{len(other)} text column(s) imputed (most frequent) and one-hot "
                      "encoded")
-    n_missing = int(X.isna().to_numpy().sum())
+    n_missing = int(X[columns].isna().to_numpy().sum())
     if n_missing:
         parts.append(f"{n_missing} missing cell(s) imputed")
+    if empty:
+        parts.append(f"{len(empty)} empty column(s) dropped: {short_list(empty)}")
     text = "; ".join(parts)
     return ColumnTransformer(steps), text
 

@@ -184,6 +184,15 @@ def check_header(header, path, target, max_columns):
         raise CLIError(f"duplicate column names in {path}: {short_list(repeated)}; every "
                        "column needs its own name")
     if target not in counts:
+        # A file separated by ';' or tabs reads as one comma-separated column.
+        other = [sep for sep in (";", "\t", "|") if len(header) == 1
+                 and target in header[0].split(sep)]
+        if other:
+            raise CLIError(
+                f"target column {target!r} not found in {path}: its header is one "
+                f"column holding {other[0]!r}, so the table looks {other[0]!r}-separated; "
+                "this command reads comma-separated files (pandas.read_csv(path, "
+                f"sep={other[0]!r}).to_csv('table.csv', index=False) converts it)")
         raise CLIError(f"target column {target!r} not found in {path}; available "
                        f"columns: {short_list(header, limit=8)}")
 

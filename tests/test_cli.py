@@ -352,6 +352,10 @@ ERRORS = {
     "bad max bytes": (lambda p: ["--max-bytes", "lots"], ["--max-bytes", "500M"]),
     "remove too many": (lambda p: ["--remove", "10000"], ["--remove 10000"]),
     "bad remove": (lambda p: ["--remove", "1.5"], ["--remove", "(0, 1)"]),
+    # A ';'-separated file read as one column had listed that column as "available".
+    "semicolons": (lambda p: ["--data", _write_text(p, _wine_frame().to_csv(
+        sep=";", index=False)), "--target", "target"],
+        ["looks ';'-separated", "reads comma-separated files", "sep=';'"]),
 }
 
 
@@ -822,3 +826,15 @@ def test_save_model_without_skops_is_refused_before_the_run(tmp_path, monkeypatc
     captured = capsys.readouterr()
     assert "--save-model needs the skops package" in captured.err
     assert captured.out == "" and "fitting" not in captured.err and not path.exists()
+
+
+def test_an_empty_column_is_said_dropped_not_imputed(tmp_path, capsys):
+    """A column with no value at all was dropped by the imputer, silently, while the
+    report counted its cells as "missing cell(s) imputed"."""
+    frame = _wine_frame().assign(empty=np.nan)
+    frame.loc[:4, "alcohol"] = np.nan
+    assert main(["--data", _write(tmp_path, frame), "--target", "target"]) == 0
+    report = capsys.readouterr().out
+    assert "13 numeric column(s) imputed (median) and scaled" in report
+    assert "5 missing cell(s) imputed" in report
+    assert "1 empty column(s) dropped: 'empty'" in report

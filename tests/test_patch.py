@@ -345,3 +345,47 @@ def test_a_compensation_solve_that_stops_at_its_optimum_is_not_said_to_fail(
         pg = np.abs(np.where(lam <= 0, np.minimum(-v * shortfall + alpha, 0),
                              -v * shortfall + alpha)).max()
         assert f"largest projected gradient {pg:.3g}" in str(said[0].message)
+
+
+@pytest.mark.parametrize("drop", ["first", None])
+@pytest.mark.parametrize("target", ["body_mass_g", "sex"])
+def test_a_category_removed_whole_is_unlearned_as_a_refit_would(target, drop):
+    """Every row of one island removed from an unpenalised model on one-hot columns:
+    the kept rows no longer determine that island's coefficient, and the patch, whose
+    Newton steps never move along a direction the objective is flat in, kept the value
+    the removed rows alone had taught (ISLP's Credit: 16.8 against the refit's 0, the
+    removed rows' predictions 16.8 off, reported complete).  The patch now sets it as
+    a refit on ``sample_weight_`` does (least squares' minimum-norm coefficients; zero
+    along it for L-BFGS started at zero), jointly with the directions a full one-hot
+    already left flat beside the intercept."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    penguins = pytest.importorskip("palmerpenguins").load_penguins().dropna()
+    numeric = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm"]
+    if target == "body_mass_g":
+        categorical, est = ["island", "sex"], LinearRegression()
+    else:
+        numeric.append("body_mass_g")
+        categorical = ["island"]
+        est = LogisticRegression(C=np.inf, tol=1e-12, max_iter=100_000)
+    X, y = penguins[numeric + categorical], penguins[target].to_numpy()
+    prepare = ColumnTransformer([("num", StandardScaler(), numeric),
+                                 ("cat", OneHotEncoder(drop=drop), categorical)],
+                                sparse_threshold=0)
+    removed = (penguins["island"] == "Torgersen").to_numpy()
+    puma = PumaPatcher(make_pipeline(prepare, est), delta=np.inf).fit(X, y)
+    puma.patch(removed)
+    assert puma.eta_ == 1.0
+    Z = puma.estimator_[:-1].transform(X)
+    refit = clone(est).fit(Z, y, sample_weight=puma.sample_weight_)
+
+    def out(model):
+        return model.predict(Z) if target == "body_mass_g" else model.predict_proba(Z)[:, 1]
+
+    tol = 1e-8 * y.std() if target == "body_mass_g" else 1e-6
+    # The fitted model is far from the refit on the removed rows (221 g, 0.07 measured).
+    assert np.abs(out(puma._base_estimator[-1]) - out(refit))[removed].max() > 1e3 * tol
+    np.testing.assert_allclose(out(puma.estimator_[-1]), out(refit), rtol=0, atol=tol)
