@@ -430,6 +430,9 @@ class LinearAdapter(Adapter):
 
     linear_in_params = True
     sparse_design = True
+    # Whether the estimator's solver centres the data (``refit_norm``); last layers of
+    # nets, which set their layer themselves, do not.
+    _centres = False
 
     def __init__(self, estimator, *, loss, log_proba=None, penalty_coef=0.0,
                  penalty_scales_with_n=True, classes=None, balance_by_weight=False,
