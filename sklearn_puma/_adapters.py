@@ -496,13 +496,17 @@ class LinearAdapter(Adapter):
     def refit_norm(self):
         """(p,) 0/1: the parameters whose norm a refit from scratch keeps least along
         directions its data do not determine.  Solvers that centre the data first
-        (LinearRegression's least squares, Ridge's) return the minimum-norm
-        coefficients, the intercept set by the means; iterative ones started at zero
+        (LinearRegression's least squares; Ridge's lsqr, sag and sparse_cg at alpha=0,
+        not its cholesky or svd, which return huge coefficients on a singular design)
+        return the minimum-norm coefficients, the intercept set by the means; iterative ones started at zero
         (L-BFGS, SGD) never move along a direction no row's gradient has, so every
         parameter's component there stays zero."""
         norm = torch.ones(self.n_outputs, self.n_features + self.fit_intercept,
                           dtype=self.theta.dtype, device=self.theta.device)
-        if self._centres and self.fit_intercept:
+        # Adapters pickled before the flag: LinearRegression's and Ridge's solvers centre.
+        centres = self.__dict__.get("_centres", type(self.estimator).__name__ in (
+            "LinearRegression", "Ridge"))
+        if centres and self.fit_intercept:
             norm[:, self.n_features] = 0
         return norm.reshape(-1)
 

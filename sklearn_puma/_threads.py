@@ -101,8 +101,9 @@ def on_fitted_model(method):
     """``using_n_jobs`` for a method of a fitted estimator, with the cores claimed for
     its fitted model's passes (``claim_cores``), one such method at a time per fitted
     model: a patch changes the objective its fitted model is read on while it runs
-    (``Problem.tilted_for``) and then the estimator's fitted attributes, so values or
-    predictions asked from another thread meanwhile would read a half-made state."""
+    (``Problem.tilted_for``) and then the estimator's fitted attributes, so values
+    asked from another thread meanwhile would read a half-made state.  (Predictions
+    are not held: they read ``estimator_``, replaced whole at the patch's end.)"""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):

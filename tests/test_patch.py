@@ -389,3 +389,28 @@ def test_a_category_removed_whole_is_unlearned_as_a_refit_would(target, drop):
     # The fitted model is far from the refit on the removed rows (221 g, 0.07 measured).
     assert np.abs(out(puma._base_estimator[-1]) - out(refit))[removed].max() > 1e3 * tol
     np.testing.assert_allclose(out(puma.estimator_[-1]), out(refit), rtol=0, atol=tol)
+
+
+def test_a_removal_that_separates_a_category_is_not_moved_off_its_optimum():
+    """Every row of one class in ISLP Wage's race "4. Other" removed from an unpenalised
+    LogisticRegression: the kept rows of that category are all of one class, the
+    patch drives their logit far, and the curvature there underflows where the
+    objective is not flat.  Unheld directions taken from that curvature had moved the
+    patch off its optimum (those rows' probabilities 0.5-0.8 against the refit's 1.0,
+    reported complete); taken from the kept design, the patch is the refit."""
+    ISLP = pytest.importorskip("ISLP")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = ISLP.load_data("Wage")
+    y = (frame["health_ins"] == "1. Yes").to_numpy().astype(int)
+    removed = (frame["race"] == "4. Other").to_numpy() & (y == 0)
+    Z = ColumnTransformer([("n", StandardScaler(), ["year", "age"]),
+                           ("c", OneHotEncoder(drop="first"), ["race", "maritl", "jobclass"])],
+                          sparse_threshold=0).fit_transform(frame)
+    est = LogisticRegression(C=np.inf, tol=1e-12, max_iter=100_000)
+    puma = PumaPatcher(est, delta=np.inf).fit(Z, y)
+    puma.patch(removed)
+    refit = clone(est).fit(Z, y, sample_weight=puma.sample_weight_)
+    np.testing.assert_allclose(puma.predict_proba(Z)[:, 1], refit.predict_proba(Z)[:, 1],
+                               atol=1e-4)
