@@ -1671,8 +1671,7 @@ def _unheld_as_refit(problem, theta, weights):
     if not bool((torch.linalg.svdvals(new) > 0.5).any()):
         return theta
     K = adapter.n_outputs
-    eye = torch.eye(K, dtype=kept.dtype, device=kept.device)
-    directions = torch.kron(eye, kept)  # theta is W (K, width) row by row
+    directions = torch.block_diag(*[kept] * K)  # theta is W (K, width) row by row
     flat = adapter.flat_directions()
     if flat is not None and flat.shape[1]:
         directions = torch.cat([directions, flat.to(directions)], dim=1)

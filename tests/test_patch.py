@@ -414,3 +414,22 @@ def test_a_removal_that_separates_a_category_is_not_moved_off_its_optimum():
     refit = clone(est).fit(Z, y, sample_weight=puma.sample_weight_)
     np.testing.assert_allclose(puma.predict_proba(Z)[:, 1], refit.predict_proba(Z)[:, 1],
                                atol=1e-4)
+
+
+def test_a_category_removed_whole_from_a_multi_output_model_is_unlearned():
+    """The unheld directions, one block per output (a multi-output LinearRegression),
+    as a refit on ``sample_weight_`` sets them (the block structure had crashed)."""
+    from sklearn.linear_model import LinearRegression
+
+    penguins = pytest.importorskip("palmerpenguins").load_penguins().dropna()
+    islands = (penguins["island"].to_numpy()[:, None]
+               == np.array(["Dream", "Torgersen"])).astype(float)
+    X = np.c_[(penguins[["bill_length_mm", "bill_depth_mm"]].to_numpy()
+               - [44.0, 17.0]) / [5.0, 2.0], islands]
+    Y = penguins[["flipper_length_mm", "body_mass_g"]].to_numpy() / [10.0, 1000.0]
+    removed = islands[:, 1] == 1
+    puma = PumaPatcher(LinearRegression(), delta=np.inf).fit(X, Y)
+    puma.patch(removed)
+    refit = LinearRegression().fit(X, Y, sample_weight=puma.sample_weight_)
+    assert np.abs(puma._base_estimator.predict(X) - refit.predict(X))[removed].max() > 1e-2
+    np.testing.assert_allclose(puma.predict(X), refit.predict(X), atol=1e-9)
