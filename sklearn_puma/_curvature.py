@@ -135,9 +135,6 @@ class ExactInverse:
         # needs its figure to be damped.
         self.min_eigenvalue = None
         self.condition = None  # of the matrix factorised (a bound, by Cholesky)
-        # Orthonormal columns (p, q) of the directions treated as flat (known or
-        # found), in the original basis, or None: the pseudo-inverse's null space.
-        self.null = None
         self.method = "cholesky"
         # The raw Cholesky where it is well conditioned as it stands (the common case,
         # and the cheapest: no scaling passes over the p x p matrix), else in the
@@ -200,7 +197,6 @@ class ExactInverse:
         self.damping, self.condition = shift, bound
         self._matrix = (self._unscale(inverse, scale, flat if deflate else None) if scaled
                         else inverse)
-        self.null = flat if deflate else None
         return True
 
     def _by_eigh(self, H, damping):
@@ -265,7 +261,6 @@ class ExactInverse:
         basis = eigvecs[:, keep]
         inverse = basis @ (basis.T / kept[:, None])
         self._matrix = self._unscale(inverse, scale, null)
-        self.null = null
 
     def solve(self, B):
         return self._matrix @ B

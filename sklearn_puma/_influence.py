@@ -1538,7 +1538,6 @@ def _patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight,
                      and last_polish.reason == "converged")
         # The removal diagnostic of a network: the larger of the relative gradient and
         # the share of the removed rows' move still predicted where the polish ended.
-        share_measured = True
         if converged:
             remaining = last_polish.remaining
         elif net_inverse and net_inverse[0] is not None:
@@ -1568,16 +1567,19 @@ def _patch(problem, criterion, remove_mask, upweight_mask, *, alpha, max_weight,
         # nor started elsewhere (plain L-BFGS from the fitted model, an indefinite
         # reweighted curvature; ISLP's Default and Smarket, vega's weather).  Checked,
         # the second path caught two (agreement 0.22-0.25), at 2-3x the patch's time.
-        near_exact = (_unexplained_share(problem, final) <= _INTERPOLATION_SHARE
-                      or _unexplained_share(problem, final, theta) <= _INTERPOLATION_SHARE)
+        def near_exact():  # two passes over the data: asked only where it decides
+            return (_unexplained_share(problem, final) <= _INTERPOLATION_SHARE
+                    or _unexplained_share(problem, final, theta) <= _INTERPOLATION_SHARE)
+
         small = problem.n * problem.adapter.n_params <= _SECOND_PATH_SIZE
-        if converged and (small or near_exact):
+        if converged and (small or near_exact()):
             checked = _second_path(
                 problem, theta, final, watch=watch, outputs=removed_outputs,
                 gtol=net_tol[0] * g0, scale=g0, deadline=deadline,
                 memory=None if started_elsewhere else _SECOND_PATH_MEMORY)
             if (checked is not None and checked[0].reason != "converged"
-                    and not checked[0].below and not (near_exact or started_elsewhere)):
+                    and not checked[0].below and not started_elsewhere
+                    and not near_exact()):
                 # Where neither calls for it, a second path that neither converged nor
                 # got below the patch's minimum says nothing of other minima: on an
                 # ill-conditioned regressor (a 1,000-row MLP(32), complete to 0.99996,
@@ -1662,7 +1664,10 @@ def _unheld_as_refit(problem, theta, weights):
         flat = values <= 1e-10 * float(values.abs().max().clamp_min(1e-300))
         return torch.linalg.qr(scale[:, None] * vectors[:, flat])[0]
 
-    kept = null(weights > 0)
+    positive = weights > 0
+    if torch.equal(positive, problem.s > 0):  # no row left: no direction lost
+        return theta
+    kept = null(positive)
     if not kept.shape[1]:
         return theta
     fitted = null(problem.s > 0)
